@@ -1,0 +1,212 @@
+"""The payload envelope: what travels inside each MQTT message.
+
+Wire format (version 1). The MQTT payload is a Fernet token (ASCII, url-safe base64).
+Its authenticated plaintext is a UTF-8 JSON object::
+
+    {"v": 1, "topic": "home/pi-kitchen/temperature", "device": "pi-kitchen",
+     "seq": 1732480000123, "data": {"temperature": 21.5, "timestamp": 1614555518.14}}
+
+The token's own timestamp (seconds, authenticated by Fernet's HMAC) is the send time.
+The subscriber picks the key ring by the device named in the topic, and accepts a
+message only if it decrypts, its ``topic``/``device`` equal where it arrived, it is not
+older than the TTL nor from the future beyond the clock-skew tolerance, and its
+sequence number was not seen before (sliding window per device).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.fernet import InvalidToken, MultiFernet
+
+from homewatch.errors import EnvelopeError
+
+VERSION = 1
+REPLAY_WINDOW = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reading:
+    """A verified, decrypted message."""
+
+    topic: str
+    device: str
+    kind: str
+    seq: int
+    sent_at: int
+    data: Any
+
+
+def topic_for(base: str, device: str, kind: str) -> str:
+    return f"{base}/{device}/{kind}"
+
+
+def seal(ring: MultiFernet, *, topic: str, device: str, seq: int, data: Any,
+         now: int | None = None) -> bytes:
+    """Encrypt and authenticate one message for ``topic``."""
+    plaintext = json.dumps(
+        {"v": VERSION, "topic": topic, "device": device, "seq": seq, "data": data},
+        separators=(",", ":"),
+    ).encode("utf-8")
+    if now is None:
+        return ring.encrypt(plaintext)
+    return ring.encrypt_at_time(plaintext, now)
+
+
+def token_timestamp(token: bytes) -> int:
+    """The send time inside an already-authenticated Fernet token."""
+    raw = base64.urlsafe_b64decode(token)
+    return int(struct.unpack(">Q", raw[1:9])[0])
+
+
+class KeyLookup(Protocol):
+    def get(self, device: str, *, force: bool = False) -> MultiFernet | None: ...
+
+
+class StaticKeys:
+    """A fixed device -> key ring mapping (tests, benchmarks)."""
+
+    def __init__(self, rings: Mapping[str, MultiFernet]) -> None:
+        self._rings = dict(rings)
+
+    def get(self, device: str, *, force: bool = False) -> MultiFernet | None:
+        return self._rings.get(device)
+
+
+class ReplayGuard:
+    """Per-device sliding-window replay detection (as IPsec's anti-replay window).
+
+    Accepts each sequence number once; refuses numbers that fall behind the window.
+    ``check`` does not change state; ``commit`` records an accepted number, so a
+    forged or otherwise rejected message can never move the window.
+    """
+
+    def __init__(self, window: int = REPLAY_WINDOW) -> None:
+        self.window = window
+        self._mask = (1 << window) - 1
+        self._state: dict[str, tuple[int, int]] = {}  # device -> (highest, bitmap)
+
+    def check(self, device: str, seq: int) -> None:
+        state = self._state.get(device)
+        if state is None:
+            return
+        highest, bitmap = state
+        if seq > highest:
+            return
+        offset = highest - seq
+        if offset >= self.window:
+            raise EnvelopeError("replay", f"sequence {seq} is older than the replay window")
+        if (bitmap >> offset) & 1:
+            raise EnvelopeError("replay", f"sequence {seq} was already seen")
+
+    def commit(self, device: str, seq: int) -> None:
+        state = self._state.get(device)
+        if state is None:
+            self._state[device] = (seq, 1)
+            return
+        highest, bitmap = state
+        if seq > highest:
+            shift = seq - highest
+            bitmap = ((bitmap << shift) | 1) & self._mask if shift < self.window else 1
+            self._state[device] = (seq, bitmap)
+        else:
+            self._state[device] = (highest, bitmap | (1 << (highest - seq)))
+
+    def highest(self, device: str) -> int | None:
+        state = self._state.get(device)
+        return None if state is None else state[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "devices": {d: [h, format(b, "x")] for d, (h, b) in sorted(self._state.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplayGuard:
+        guard = cls(int(data.get("window", REPLAY_WINDOW)))
+        for device, (highest, bitmap) in dict(data.get("devices", {})).items():
+            guard._state[str(device)] = (int(highest), int(str(bitmap), 16) & guard._mask)
+        return guard
+
+
+class Opener:
+    """Verifies and decrypts messages arriving at the subscriber."""
+
+    def __init__(
+        self,
+        keys: KeyLookup,
+        *,
+        base: str,
+        ttl: float = 300.0,
+        skew: float = 60.0,
+        replay: ReplayGuard | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._prefix = base + "/"
+        self._ttl = ttl
+        self._skew = skew
+        self.replay = replay if replay is not None else ReplayGuard()
+        self._clock = clock
+
+    def open(self, topic: str, payload: bytes) -> Reading:
+        """Return the verified reading or raise EnvelopeError(reason)."""
+        if not topic.startswith(self._prefix):
+            raise EnvelopeError("topic", f"{topic!r} is outside the base topic")
+        levels = topic[len(self._prefix):].split("/")
+        if len(levels) != 2 or not all(levels):
+            raise EnvelopeError("topic", f"{topic!r} is not BASE/<device>/<kind>")
+        device, kind = levels
+        ring = self._keys.get(device)
+        if ring is None:
+            raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")
+        plaintext = self._decrypt(device, ring, payload)
+        try:
+            body = json.loads(plaintext)
+            version, inner_topic, inner_device, seq = (
+                body["v"], body["topic"], body["device"], body["seq"])
+            data = body["data"]
+        except (ValueError, KeyError, TypeError):
+            raise EnvelopeError("malformed", "decrypted payload is not a v1 envelope") from None
+        if version != VERSION:
+            raise EnvelopeError("malformed", f"unsupported envelope version {version!r}")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise EnvelopeError("malformed", "sequence number is not a non-negative integer")
+        if inner_topic != topic:
+            raise EnvelopeError("topic", f"sealed for {inner_topic!r}, arrived on {topic!r}")
+        if inner_device != device:
+            raise EnvelopeError("device", f"sealed by {inner_device!r}, arrived as {device!r}")
+        sent_at = token_timestamp(payload)
+        now = self._clock()
+        if sent_at > now + self._skew:
+            raise EnvelopeError(
+                "future", f"sent {sent_at - now:.0f} s in the future (skew {self._skew:.0f} s)")
+        if now - sent_at > self._ttl + self._skew:
+            raise EnvelopeError(
+                "expired", f"sent {now - sent_at:.0f} s ago (ttl {self._ttl:.0f} s)")
+        self.replay.check(device, seq)
+        self.replay.commit(device, seq)
+        return Reading(topic=topic, device=device, kind=kind, seq=seq, sent_at=sent_at,
+                       data=data)
+
+    def _decrypt(self, device: str, ring: MultiFernet, payload: bytes) -> bytes:
+        try:
+            return ring.decrypt(payload)
+        except (InvalidToken, binascii.Error, ValueError, TypeError):
+            pass
+        fresh = self._keys.get(device, force=True)  # the key may have just rotated
+        if fresh is not None and fresh is not ring:
+            try:
+                return fresh.decrypt(payload)
+            except (InvalidToken, binascii.Error, ValueError, TypeError):
+                pass
+        raise EnvelopeError("decrypt", "token does not decrypt with the device's keys "
+                            "(wrong key or tampered)")

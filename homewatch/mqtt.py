@@ -1,0 +1,231 @@
+"""The one paho-mqtt 2.x client factory, and a connection that translates paho's errors.
+
+TLS is always verified: the CA file is required, the host name is checked against the
+certificate's subjectAltNames, TLS 1.2 is the floor. Credentials come from files or env.
+After the first successful connection paho reconnects by itself with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from homewatch.errors import AuthError, ConfigError, ConnectError, TLSError
+from homewatch.secrets import Secret
+from homewatch.url import BrokerURL
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionSettings:
+    """Everything needed to reach the broker as one identity."""
+
+    url: BrokerURL
+    username: str
+    client_id: str
+    ca_file: Path | None
+    password: Secret | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    keepalive: int = 60
+    clean_session: bool = True
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+
+
+def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
+    """A verifying client TLS context: CA file, host name check, TLS >= 1.2."""
+    if settings.ca_file is None:
+        raise ConfigError("a CA certificate is required for mqtts:// (--ca)")
+    if not settings.ca_file.is_file():
+        raise ConfigError(f"CA certificate not found: {settings.ca_file}")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.ca_file))
+    except ssl.SSLError as exc:
+        raise ConfigError(f"CA certificate {settings.ca_file}: {exc.reason}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if settings.client_cert is not None:
+        try:
+            ctx.load_cert_chain(str(settings.client_cert),
+                                str(settings.client_key) if settings.client_key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"client certificate {settings.client_cert}: {exc}") from None
+    return ctx
+
+
+def make_client(settings: ConnectionSettings, *, will: Will | None = None) -> mqtt.Client:
+    """Create (not connect) a paho client configured from ``settings``."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id,
+        clean_session=settings.clean_session,
+        protocol=mqtt.MQTTv311,
+    )
+    if settings.url.tls:
+        client.tls_set_context(tls_context(settings))
+    if settings.password is not None:
+        client.username_pw_set(settings.username, settings.password.reveal())
+    else:
+        client.username_pw_set(settings.username)
+    client.reconnect_delay_set(int(settings.reconnect_min), int(settings.reconnect_max))
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    client.enable_logger(logging.getLogger("paho"))
+    return client
+
+
+def describe_tls_error(exc: ssl.SSLError, host: str) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        msg = exc.verify_message or str(exc)
+        if "Hostname mismatch" in msg or "IP address mismatch" in msg:
+            return (f"the broker's certificate is not valid for {host!r} (not in its "
+                    "subjectAltNames); connect by a name the certificate lists or reissue it "
+                    "with scripts/gen-certs.sh --san")
+        return (f"the broker's certificate is not trusted by the CA file ({msg}); "
+                "is --ca the CA that signed the broker certificate?")
+    return f"TLS handshake with {host} failed: {exc.reason or exc}"
+
+
+class Connection:
+    """One MQTT connection: connect with backoff, fail fast on auth/TLS, clean stop.
+
+    Callbacks only hand messages to ``on_message`` (which must not block: enqueue and
+    return) and record state; all real work happens in the program's own loop.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        on_message: MessageHandler | None = None,
+        subscriptions: tuple[tuple[str, int], ...] = (),
+        will: Will | None = None,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._on_message = on_message
+        self._subscriptions = subscriptions
+        self._on_connected = on_connected
+        self.client = make_client(settings, will=will)
+        self.client.on_connect = self._handle_connect
+        self.client.on_disconnect = self._handle_disconnect
+        self.client.on_message = self._handle_message
+        self.client.on_subscribe = self._handle_subscribe
+        self._connack = threading.Event()
+        self._connack_rc: mqtt.ReasonCode | None = None
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._was_connected = False
+
+    # -- paho callbacks (network thread): record and return --------------------------
+    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                        rc: mqtt.ReasonCode, properties: object) -> None:
+        self._connack_rc = rc
+        self._connack.set()
+        if rc.is_failure:
+            log.error("broker refused the connection: %s", rc)
+            return
+        if self._was_connected:
+            log.info("reconnected to %s", self.settings.url)
+        self._was_connected = True
+        self.connected.set()
+        for topic, qos in self._subscriptions:
+            client.subscribe(topic, qos)
+        if self._on_connected is not None:
+            self._on_connected()
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                           rc: mqtt.ReasonCode, properties: object) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was and rc.is_failure:
+            log.warning("lost connection to %s (%s); reconnecting", self.settings.url, rc)
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                          rcs: list[mqtt.ReasonCode], properties: object) -> None:
+        if any(rc.is_failure for rc in rcs):
+            log.error("subscription refused by the broker: %s", rcs)
+        else:
+            self.subscribed.set()
+
+    def _handle_message(self, client: mqtt.Client, userdata: object,
+                        msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(msg.topic, msg.payload)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, stop: threading.Event, *, connack_timeout: float = 10.0) -> None:
+        """Connect, retrying unreachable brokers with backoff until ``stop`` is set.
+
+        Raises AuthError or TLSError at once: retrying cannot fix those.
+        """
+        s = self.settings
+        delay = s.reconnect_min
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            self._connack.clear()
+            try:
+                self.client.connect(s.url.host, s.url.port, keepalive=s.keepalive)
+            except ssl.SSLError as exc:
+                raise TLSError(describe_tls_error(exc, s.url.host)) from None
+            except (OSError, socket.gaierror) as exc:
+                reason = exc.strerror or str(exc)
+                wait = min(delay, s.reconnect_max) * random.uniform(0.5, 1.0)  # noqa: S311
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("broker %s unreachable (%s); retrying in %.1f s",
+                                s.url, reason, wait)
+                stop.wait(wait)
+                delay = min(delay * 2, s.reconnect_max)
+                continue
+            self.client.loop_start()
+            if not self._connack.wait(connack_timeout):
+                self.client.loop_stop()
+                self.client.disconnect()
+                raise ConnectError(
+                    f"no MQTT answer from {s.url.host}:{s.url.port} within "
+                    f"{connack_timeout:.0f} s (is it an MQTT broker, and does it speak "
+                    f"{'TLS' if s.url.tls else 'plain MQTT'}?)")
+            rc = self._connack_rc
+            if rc is not None and rc.is_failure:
+                self.client.loop_stop()
+                self.client.disconnect()
+                raise AuthError(
+                    f"broker refused {s.username!r}: {rc} (check the user name and its "
+                    "password file)")
+            log.info("connected to %s as %s", s.url, s.username)
+            return
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise ConnectError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,145 @@
+"""The publisher's settings: one frozen object, built defaults < HOMEWATCH_* env < CLI."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from homewatch import config
+from homewatch.config import Option
+from homewatch.errors import ConfigError
+from homewatch.mqtt import ConnectionSettings
+from homewatch.provision import validate_name
+from homewatch.errors import ProvisionError
+from homewatch.secrets import Secret, parse_keyring
+from homewatch.url import parse_broker_url
+from publisher import presence, sensors
+
+from cryptography.fernet import MultiFernet
+
+DESCRIPTION = """Publish temperature and presence to a Homewatch broker, encrypted end to end.
+
+  python -m publisher mqtts://HOST:8883/home
+
+Secrets are never command-line values: the MQTT password comes from --password-file
+(or HOMEWATCH_PASSWORD), the payload key ring from --key-file (or HOMEWATCH_KEY).
+Defaults follow the provisioning layout: certs/clients/<device>/{password,fernet.key}."""
+
+OPTIONS: tuple[Option, ...] = (
+    Option("url", "broker URL mqtts://HOST:PORT/BASE"),
+    Option("device", "device identity = MQTT user name (default: this host's name)",
+           metavar="NAME"),
+    Option("ca", "CA certificate that signed the broker's", default=Path("certs/ca.crt"),
+           convert=config.path, metavar="FILE"),
+    Option("password-file", "file holding the MQTT password "
+           "(default certs/clients/<device>/password)", convert=config.path, metavar="FILE"),
+    Option("key-file", "payload key ring file, newest key first "
+           "(default certs/clients/<device>/fernet.key)", convert=config.path, metavar="FILE"),
+    Option("client-cert", "client certificate (mutual TLS)", convert=config.path,
+           metavar="FILE"),
+    Option("client-key", "client certificate's private key", convert=config.path,
+           metavar="FILE"),
+    Option("interval", "seconds between readings", default=10.0,
+           convert=config.positive_float, metavar="SECONDS"),
+    Option("temperature", "temperature source", default="auto", choices=sensors.KINDS),
+    Option("sysfs", "root of the sysfs tree to read sensors from", default=Path("/sys"),
+           convert=config.path, metavar="DIR"),
+    Option("scanner", "presence scanner", default="auto", choices=presence.KINDS),
+    Option("known-devices", "file mapping MAC addresses to names", convert=config.path,
+           metavar="FILE"),
+    Option("scan-duration", "seconds of each BLE scan window", default=5.0,
+           convert=config.positive_float, metavar="SECONDS"),
+    Option("adapter", "Bluetooth adapter (e.g. hci0)", metavar="NAME"),
+    Option("state-dir", "where the sequence counter is kept "
+           "(default $XDG_STATE_HOME/homewatch/publisher)", convert=config.path, metavar="DIR"),
+    Option("count", "stop after this many readings (0: run until stopped)", default=0,
+           convert=int, metavar="N"),
+    Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
+           flag=True),
+    Option("show-settings", "print the settings (secrets masked) and exit", default=False,
+           flag=True),
+    Option("log-level", "log level", default="info", choices=config.LOG_LEVELS),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublisherSettings:
+    connection: ConnectionSettings
+    device: str
+    keyring: Secret
+    interval: float
+    temperature: str
+    sysfs: Path
+    scanner: str
+    known_devices: Path | None
+    scan_duration: float
+    adapter: str | None
+    state_dir: Path
+    count: int
+    show_settings: bool
+    log_level: str
+
+    def ring(self) -> MultiFernet:
+        return parse_keyring(self.keyring.reveal(), "payload key ring")
+
+
+def parser() -> argparse.ArgumentParser:
+    return config.build_parser("publisher", DESCRIPTION, OPTIONS[1:],
+                               positional=(("url", "broker URL mqtts://HOST:PORT/BASE "
+                                            "[env HOMEWATCH_URL]"),))
+
+
+def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSettings:
+    args = parser().parse_args(argv)
+    v = config.resolve(OPTIONS, args, environ)
+    if not v["url"]:
+        raise ConfigError("missing broker URL: publisher mqtts://HOST:8883/home "
+                          "(or set HOMEWATCH_URL)")
+    url = parse_broker_url(v["url"], allow_plaintext=v["allow-plaintext"])
+    device = v["device"] or config.default_identity()
+    try:
+        validate_name(device)
+    except ProvisionError as exc:
+        raise ConfigError(f"device: {exc}") from None
+    if v["count"] < 0:
+        raise ConfigError("--count: must be 0 or more")
+    if v["scan-duration"] >= v["interval"] and v["scanner"] != "simulated":
+        raise ConfigError("--scan-duration must be shorter than --interval")
+    client_dir = Path("certs/clients") / device
+    password_file = v["password-file"] or client_dir / "password"
+    if "HOMEWATCH_KEY" in environ:
+        keyring = Secret(environ["HOMEWATCH_KEY"].replace(",", "\n"))
+    else:
+        from homewatch.secrets import read_secret_file
+        key_file = v["key-file"] or client_dir / "fernet.key"
+        keyring = Secret(read_secret_file(key_file, "key ring"))
+    parse_keyring(keyring.reveal(), "payload key ring")  # validate now, fail early
+    if (v["client-cert"] is None) != (v["client-key"] is None):
+        raise ConfigError("--client-cert and --client-key go together")
+    connection = ConnectionSettings(
+        url=url,
+        username=device,
+        client_id=f"homewatch-pub-{device}",
+        ca_file=v["ca"] if url.tls else None,
+        password=config.load_password(password_file, environ),
+        client_cert=v["client-cert"],
+        client_key=v["client-key"],
+    )
+    return PublisherSettings(
+        connection=connection,
+        device=device,
+        keyring=keyring,
+        interval=v["interval"],
+        temperature=v["temperature"],
+        sysfs=v["sysfs"],
+        scanner=v["scanner"],
+        known_devices=v["known-devices"],
+        scan_duration=v["scan-duration"],
+        adapter=v["adapter"],
+        state_dir=v["state-dir"] or config.default_state_dir("publisher"),
+        count=v["count"],
+        show_settings=v["show-settings"],
+        log_level=v["log-level"],
+    )

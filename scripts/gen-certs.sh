@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Make the project CA and the broker's TLS certificate.
+#
+# Idempotent: an existing CA is kept (it is what every client trusts); only what is
+# missing is made. --force replaces the CA and everything signed by it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+    cat <<'USAGE'
+usage: scripts/gen-certs.sh [--out DIR] [--san NAME|IP ...] [--days N] [--broker-gid GID]
+                            [--renew-server] [--force]
+
+Makes DIR/ca.crt + DIR/ca.key (the private CA) and DIR/broker/server.{crt,key}
+(the broker certificate) in DIR (default: certs).
+
+  --out DIR         where to write (default: certs)
+  --san VALUE       extra subjectAltName for the broker certificate; repeatable.
+                    A bare IP becomes IP:..., anything else DNS:... ("DNS:x"/"IP:y" as is).
+                    Always included: localhost, 127.0.0.1, ::1, broker, this host's name.
+  --days N          broker certificate validity in days (default 825)
+  --broker-gid GID  make the broker's files group-readable by GID (1883 in the official
+                    Mosquitto image), never world-readable
+  --renew-server    reissue the broker certificate with the existing CA (e.g. new SANs)
+  --force           replace an existing CA: every client must get the new ca.crt
+USAGE
+}
+
+die() { echo "gen-certs: error: $*" >&2; exit 2; }
+
+out=certs
+days=825
+force=0
+renew=0
+broker_gid=""
+extra_sans=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --out) [[ $# -ge 2 ]] || die "--out needs a directory"; out=$2; shift 2 ;;
+        --san) [[ $# -ge 2 ]] || die "--san needs a value"; extra_sans+=("$2"); shift 2 ;;
+        --days) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--days needs a number"; days=$2; shift 2 ;;
+        --broker-gid) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--broker-gid needs a number"
+                      broker_gid=$2; shift 2 ;;
+        --renew-server) renew=1; shift ;;
+        --force) force=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+command -v openssl >/dev/null || die "openssl is not installed (apt-get install openssl)"
+umask 077
+mkdir -p "$out/broker"
+ca_key="$out/ca.key"; ca_crt="$out/ca.crt"
+srv_key="$out/broker/server.key"; srv_crt="$out/broker/server.crt"
+
+san_entry() {
+    local v=$1
+    case "$v" in
+        DNS:*|IP:*) printf '%s' "$v" ;;
+        *) if [[ $v =~ ^[0-9.]+$ || $v == *:* ]]; then printf 'IP:%s' "$v"; else printf 'DNS:%s' "$v"; fi ;;
+    esac
+}
+
+if [[ -e $ca_crt || -e $ca_key ]]; then
+    if [[ $force -eq 1 ]]; then
+        echo "gen-certs: --force: replacing the CA in $out (clients need the new ca.crt)"
+        rm -f "$ca_crt" "$ca_key" "$srv_crt" "$srv_key" "$out/broker/ca.crt"
+    else
+        [[ -e $ca_crt && -e $ca_key ]] || die "$out has only half a CA (ca.crt/ca.key); fix it or use --force"
+        echo "gen-certs: keeping the existing CA in $out (use --force to replace it)"
+    fi
+fi
+
+if [[ ! -e $ca_crt ]]; then
+    openssl ecparam -name prime256v1 -genkey -noout -out "$ca_key"
+    openssl req -x509 -new -sha256 -key "$ca_key" -days 3650 -out "$ca_crt" \
+        -subj "/O=Homewatch/CN=Homewatch private CA $(date -u +%Y-%m-%d)" \
+        -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -addext "subjectKeyIdentifier=hash" 2>/dev/null
+    echo "gen-certs: made CA $ca_crt"
+fi
+
+if [[ $renew -eq 1 ]]; then
+    rm -f "$srv_crt" "$srv_key"
+fi
+
+if [[ ! -e $srv_crt || ! -e $srv_key ]]; then
+    host_short=$(hostname -s 2>/dev/null || hostname)
+    sans=("DNS:localhost" "IP:127.0.0.1" "IP:::1" "DNS:broker")
+    [[ -n $host_short && $host_short != localhost ]] && sans+=("DNS:$host_short" "DNS:$host_short.local")
+    for s in "${extra_sans[@]+"${extra_sans[@]}"}"; do sans+=("$(san_entry "$s")"); done
+    san_list=$(printf '%s\n' "${sans[@]}" | awk '!seen[$0]++' | paste -sd, -)
+    ext=$(mktemp); csr=$(mktemp)
+    trap 'rm -f "$ext" "$csr"' EXIT
+    cat >"$ext" <<EXT
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth
+subjectAltName=$san_list
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid
+EXT
+    openssl ecparam -name prime256v1 -genkey -noout -out "$srv_key"
+    openssl req -new -sha256 -key "$srv_key" -subj "/O=Homewatch/CN=homewatch-broker" -out "$csr"
+    openssl x509 -req -sha256 -in "$csr" -CA "$ca_crt" -CAkey "$ca_key" \
+        -set_serial "0x$(openssl rand -hex 16)" -days "$days" -extfile "$ext" \
+        -out "$srv_crt" 2>/dev/null
+    echo "gen-certs: made broker certificate $srv_crt"
+    echo "           subjectAltNames: $san_list"
+fi
+cp "$ca_crt" "$out/broker/ca.crt"
+
+chmod 600 "$ca_key" "$srv_key"
+chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt"
+if [[ -n $broker_gid ]]; then
+    chgrp "$broker_gid" "$out/broker" "$srv_key" || die "cannot give $out/broker to group $broker_gid (run as root or a member of that group)"
+    chmod 750 "$out/broker"
+    chmod 640 "$srv_key"
+    for f in passwd acl; do
+        if [[ -e $out/broker/$f ]]; then chgrp "$broker_gid" "$out/broker/$f"; chmod 640 "$out/broker/$f"; fi
+    done
+fi
+
+for c in "$ca_crt" "$srv_crt"; do
+    echo "  $c"
+    openssl x509 -in "$c" -noout -subject -enddate -fingerprint -sha256 | sed 's/^/    /'
+done

@@ -1,0 +1,1 @@
+"""The Homewatch subscriber: verifies, decrypts and shows every device's readings."""

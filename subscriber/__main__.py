@@ -1,0 +1,84 @@
+"""``python -m subscriber mqtts://HOST:8883/home``: the program's entry point.
+
+Exit codes: 0 stopped cleanly, 1 broker/TLS failure, 2 bad settings or input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from homewatch import config
+from homewatch.envelope import Opener
+from homewatch.errors import ConfigError, ConnectError, HomewatchError
+from homewatch.mqtt import Connection
+from homewatch.secrets import KeyStore
+from subscriber.app import ReplayState, Subscriber
+from subscriber.settings import SubscriberSettings, build
+
+log = logging.getLogger("subscriber")
+
+
+def _run(settings: SubscriberSettings) -> int:
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    keys = KeyStore(settings.keys_dir)
+    state = ReplayState(settings.state_dir / f"{settings.connection.client_id}.replay.json")
+    opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
+                    skew=settings.clock_skew, replay=state.load())
+    sub = Subscriber(opener, sys.stdout, as_json=settings.json, state=state)
+    base = settings.connection.url.base
+    conn = Connection(settings.connection, on_message=sub.on_message,
+                      subscriptions=((f"{base}/#", 1),))
+    conn.start(stop)
+    if not stop.is_set():
+        log.info("subscribed to %s/# (keys for %d device(s) in %s)", base,
+                 len(keys.devices()), keys.directory)
+    try:
+        sub.run(stop, count=settings.count)
+    finally:
+        conn.stop()
+        sub.drain()
+        sub.save()
+        log.info("stopped: %s", sub.summary())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = build(argv, os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"subscriber: error: {exc}\n")
+        return 2
+    if settings.show_settings:
+        sys.stdout.write(config.describe(settings) + "\n")
+        return 0
+    config.setup_logging(settings.log_level)
+    try:
+        return _run(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"subscriber: error: {exc}\n")
+        return 2
+    except (ConnectError, HomewatchError) as exc:
+        sys.stderr.write(f"subscriber: error: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"subscriber: error: {exc.filename or ''}: {exc.strerror}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The subscriber's settings: one frozen object, built defaults < HOMEWATCH_* env < CLI."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from homewatch import config
+from homewatch.config import Option
+from homewatch.errors import ConfigError, ProvisionError
+from homewatch.mqtt import ConnectionSettings
+from homewatch.provision import SUBSCRIBER, validate_name
+from homewatch.url import parse_broker_url
+
+DESCRIPTION = """Subscribe to every device's readings, verify and decrypt them, print them.
+
+  python -m subscriber mqtts://HOST:8883/home
+
+Prints `Topic:<topic>,Payload:<json>` per reading (--json: JSON lines). Rejected messages
+are logged (one line each) and counted; the program keeps running. The password comes
+from --password-file (or HOMEWATCH_PASSWORD); device key rings from --keys-dir."""
+
+OPTIONS: tuple[Option, ...] = (
+    Option("url", "broker URL mqtts://HOST:PORT/BASE"),
+    Option("username", "MQTT user name", default=SUBSCRIBER, metavar="NAME"),
+    Option("ca", "CA certificate that signed the broker's", default=Path("certs/ca.crt"),
+           convert=config.path, metavar="FILE"),
+    Option("password-file", "file holding the MQTT password "
+           "(default certs/clients/<username>/password)", convert=config.path, metavar="FILE"),
+    Option("keys-dir", "directory of device key rings <device>.key "
+           "(default certs/clients/<username>/keys)", convert=config.path, metavar="DIR"),
+    Option("client-cert", "client certificate (mutual TLS)", convert=config.path,
+           metavar="FILE"),
+    Option("client-key", "client certificate's private key", convert=config.path,
+           metavar="FILE"),
+    Option("client-id", "MQTT client id of the persistent session "
+           "(default homewatch-sub-<username>)", metavar="ID"),
+    Option("ttl", "reject readings older than this many seconds", default=300.0,
+           convert=config.positive_float, metavar="SECONDS"),
+    Option("clock-skew", "tolerated clock difference between devices and this host",
+           default=60.0, convert=config.nonneg_float, metavar="SECONDS"),
+    Option("json", "print JSON lines instead of the tutorial's format", default=False,
+           flag=True),
+    Option("state-dir", "where replay protection state is kept "
+           "(default $XDG_STATE_HOME/homewatch/subscriber)", convert=config.path,
+           metavar="DIR"),
+    Option("count", "exit after this many accepted readings (0: run until stopped)",
+           default=0, convert=int, metavar="N"),
+    Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
+           flag=True),
+    Option("show-settings", "print the settings (secrets masked) and exit", default=False,
+           flag=True),
+    Option("log-level", "log level", default="info", choices=config.LOG_LEVELS),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriberSettings:
+    connection: ConnectionSettings
+    keys_dir: Path
+    ttl: float
+    clock_skew: float
+    json: bool
+    state_dir: Path
+    count: int
+    show_settings: bool
+    log_level: str
+
+
+def parser() -> argparse.ArgumentParser:
+    return config.build_parser("subscriber", DESCRIPTION, OPTIONS[1:],
+                               positional=(("url", "broker URL mqtts://HOST:PORT/BASE "
+                                            "[env HOMEWATCH_URL]"),))
+
+
+def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberSettings:
+    args = parser().parse_args(argv)
+    v = config.resolve(OPTIONS, args, environ)
+    if not v["url"]:
+        raise ConfigError("missing broker URL: subscriber mqtts://HOST:8883/home "
+                          "(or set HOMEWATCH_URL)")
+    url = parse_broker_url(v["url"], allow_plaintext=v["allow-plaintext"])
+    username = v["username"]
+    try:
+        validate_name(username)
+    except ProvisionError as exc:
+        raise ConfigError(f"username: {exc}") from None
+    if v["count"] < 0:
+        raise ConfigError("--count: must be 0 or more")
+    if (v["client-cert"] is None) != (v["client-key"] is None):
+        raise ConfigError("--client-cert and --client-key go together")
+    client_dir = Path("certs/clients") / username
+    keys_dir = v["keys-dir"] or client_dir / "keys"
+    if not keys_dir.is_dir():
+        raise ConfigError(f"keys directory not found: {keys_dir} (provision a device with "
+                          "`homewatch device add NAME`, or set --keys-dir)")
+    connection = ConnectionSettings(
+        url=url,
+        username=username,
+        client_id=v["client-id"] or f"homewatch-sub-{username}",
+        ca_file=v["ca"] if url.tls else None,
+        password=config.load_password(v["password-file"] or client_dir / "password", environ),
+        client_cert=v["client-cert"],
+        client_key=v["client-key"],
+        clean_session=False,
+    )
+    return SubscriberSettings(
+        connection=connection,
+        keys_dir=keys_dir,
+        ttl=v["ttl"],
+        clock_skew=v["clock-skew"],
+        json=v["json"],
+        state_dir=v["state-dir"] or config.default_state_dir("subscriber"),
+        count=v["count"],
+        show_settings=v["show-settings"],
+        log_level=v["log-level"],
+    )
