@@ -75,9 +75,30 @@ def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
     return ctx
 
 
+class _Client(mqtt.Client):  # type: ignore[misc]
+    """paho's client, closing the TLS socket when the handshake fails.
+
+    paho 2.x leaks the half-open SSL socket when certificate verification fails (the
+    exception leaves ``_ssl_wrap_socket`` with the socket unreferenced but open). This
+    replaces that one step with the same logic plus the close; hostname checking is done
+    by the SSL context (``check_hostname`` is always on in ``tls_context``).
+    """
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        ssl_sock = self._ssl_context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False)
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
 def make_client(settings: ConnectionSettings, *, will: Will | None = None) -> mqtt.Client:
     """Create (not connect) a paho client configured from ``settings``."""
-    client = mqtt.Client(
+    client = _Client(
         CallbackAPIVersion.VERSION2,
         client_id=settings.client_id,
         clean_session=settings.clean_session,

@@ -71,8 +71,9 @@ def parse_broker_url(text: str, *, allow_plaintext: bool = False) -> BrokerURL:
             "broker URL: do not put credentials in the URL; "
             "use --password-file or HOMEWATCH_PASSWORD"
         )
-    if parts.query or parts.fragment:
-        raise ConfigError(f"broker URL {text!r}: no query or fragment allowed")
+    if "#" in text or "?" in text:
+        raise ConfigError(f"broker URL {text!r}: the base topic may not contain '?' or '#' "
+                          "(no '+', '#' wildcards: the base is a plain topic prefix)")
     host = parts.hostname
     if not host:
         raise ConfigError(f"broker URL {text!r}: missing host name")

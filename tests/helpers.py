@@ -1,0 +1,206 @@
+"""Test helpers: a real mosquitto process from the project's own broker config, free
+ports, real paho clients, and running the programs as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_CONF = ROOT / "broker" / "mosquitto.conf"
+GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+def render_broker_conf(certs_broker: Path, data_dir: Path, port: int,
+                       bind: str = "127.0.0.1") -> str:
+    """The project's broker/mosquitto.conf with only paths and the listener changed."""
+    text = BROKER_CONF.read_text()
+    assert "listener 8883\n" in text
+    text = text.replace("/mosquitto/certs", str(certs_broker))
+    text = text.replace("/mosquitto/data", str(data_dir))
+    text = text.replace("listener 8883\n", f"listener {port} {bind}\n")
+    if os.geteuid() == 0:  # mosquitto would otherwise drop to user 'mosquitto'
+        text += "\nuser root\n"
+    return text
+
+
+@dataclass
+class Broker:
+    certs: Path          # the certs dir (gen-certs --out)
+    workdir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Broker:
+        if not self.port:
+            self.port = free_port(self.host)
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(render_broker_conf(self.certs / "broker", self.workdir / "data",
+                                           self.port, self.host))
+        self.logfile = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.logfile,
+                                     stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(self.host, self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start:\n{self.log()}") from None
+        return self
+
+    def url(self, host: str | None = None, base: str = "home") -> str:
+        return f"mqtts://{host or self.host}:{self.port}/{base}"
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+
+    def log(self) -> str:
+        return (self.workdir / "mosquitto.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "logfile", None):
+            self.logfile.close()
+
+
+def gen_certs(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(GEN_CERTS), "--out", str(out), *args],
+                          capture_output=True, text=True, check=True)
+
+
+def homewatch_cli(certs: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "homewatch.cli", "--certs", str(certs), *args],
+                          capture_output=True, text=True, check=check, cwd=ROOT, env=clean_env())
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment without any HOMEWATCH_* setting leaking in from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEWATCH_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def password(certs: Path, name: str) -> str:
+    return (certs / "clients" / name / "password").read_text().strip()
+
+
+def paho_client(broker: Broker, certs: Path, username: str | None, secret: str | None, *,
+                client_id: str = "", host: str | None = None, ca: Path | None = None,
+                tls: bool = True) -> tuple[mqtt.Client, mqtt.ReasonCode | None]:
+    """A real paho client; returns it connected (loop running) and the CONNACK code."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    if tls:
+        client.tls_set(ca_certs=str(ca or certs / "ca.crt"))
+    if username is not None:
+        client.username_pw_set(username, secret)
+    got: queue.Queue[mqtt.ReasonCode] = queue.Queue()
+    client.on_connect = lambda c, u, f, rc, p: got.put(rc)
+    client.reconnect_delay_set(1, 1)
+    client.connect(host or broker.host, broker.port)
+    client.loop_start()
+    try:
+        rc = got.get(timeout=5)
+    except queue.Empty:
+        rc = None
+    return client, rc
+
+
+class Collector:
+    """A subscription that records what it receives."""
+
+    def __init__(self, client: mqtt.Client, topic: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.client = client
+        granted: queue.Queue[object] = queue.Queue()
+        client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
+        client.on_subscribe = lambda c, u, mid, rcs, p: granted.put(rcs)
+        client.subscribe(topic, qos=1)
+        granted.get(timeout=5)
+
+    def wait_for(self, topic: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+        """Everything received until a message on ``topic`` arrives."""
+        seen: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                item = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            seen.append(item)
+            if item[0] == topic:
+                return seen
+        raise AssertionError(f"no message on {topic} within {timeout} s; got {seen}")
+
+
+def stop_client(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+@contextmanager
+def running(cmd: list[str], *, cwd: Path, env: Mapping[str, str] | None = None,
+            ) -> Iterator[subprocess.Popen[str]]:
+    """A program running in the background; terminated (SIGTERM) when the block ends."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def python_m(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None

@@ -1,0 +1,100 @@
+"""Temperature sources on fake sysfs trees: thermal zone, DS18B20, fallback to simulated."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from homewatch.errors import ConfigError, SensorError
+from publisher import sensors
+
+
+def thermal(root: Path, zone: int, content: str) -> Path:
+    d = root / "class" / "thermal" / f"thermal_zone{zone}"
+    d.mkdir(parents=True)
+    (d / "temp").write_text(content)
+    (d / "type").write_text("cpu-thermal\n")
+    return d / "temp"
+
+
+def ds18b20(root: Path, crc: str = "YES", milli: str = "23125", sid: str = "28-3c01d607a1b2") -> Path:
+    d = root / "bus" / "w1" / "devices" / sid
+    d.mkdir(parents=True)
+    (d / "w1_slave").write_text(
+        f"72 01 4b 46 7f ff 0e 10 57 : crc=57 {crc}\n72 01 4b 46 7f ff 0e 10 57 t={milli}\n")
+    return d / "w1_slave"
+
+
+def test_thermal_zone_reads_millidegrees(tmp_path: Path) -> None:
+    """A Pi's thermal zone '48312' reads as 48.31 degrees C."""
+    thermal(tmp_path, 0, "48312\n")
+    src = sensors.detect("auto", tmp_path)
+    assert isinstance(src, sensors.ThermalZone)
+    assert src.read() == 48.31
+
+
+def test_unreadable_thermal_zones_are_skipped(tmp_path: Path) -> None:
+    """A zone with bad content is skipped in favour of the next readable one."""
+    thermal(tmp_path, 0, "garbage\n")
+    good = thermal(tmp_path, 1, "40000\n")
+    src = sensors.detect("thermal", tmp_path)
+    assert isinstance(src, sensors.ThermalZone) and src.path == good
+
+
+def test_ds18b20_is_preferred_and_parsed(tmp_path: Path) -> None:
+    """With both present, auto picks the DS18B20 (room air) and reads t=23125 as 23.125."""
+    thermal(tmp_path, 0, "48312\n")
+    ds18b20(tmp_path)
+    src = sensors.detect("auto", tmp_path)
+    assert isinstance(src, sensors.DS18B20)
+    assert src.read() == 23.125
+
+
+def test_ds18b20_negative_temperature(tmp_path: Path) -> None:
+    """Frost reads correctly: t=-5250 is -5.25."""
+    ds18b20(tmp_path, milli="-5250")
+    assert sensors.detect("ds18b20", tmp_path).read() == -5.25
+
+
+def test_ds18b20_crc_failure_is_a_sensor_error(tmp_path: Path) -> None:
+    """The 'NO' CRC line is reported as a read error, not a temperature."""
+    ds18b20(tmp_path, crc="NO")
+    with pytest.raises(SensorError, match="CRC"):
+        sensors.detect("ds18b20", tmp_path).read()
+
+
+def test_ds18b20_power_on_value_is_a_sensor_error(tmp_path: Path) -> None:
+    """85.000 (the power-on reset value) is reported as not ready."""
+    ds18b20(tmp_path, milli="85000")
+    with pytest.raises(SensorError, match="85"):
+        sensors.detect("ds18b20", tmp_path).read()
+
+
+def test_sensor_vanishing_is_a_sensor_error(tmp_path: Path) -> None:
+    """A sensor file that disappears (unplugged) is a SensorError naming the file."""
+    f = ds18b20(tmp_path)
+    src = sensors.detect("auto", tmp_path)
+    f.unlink()
+    with pytest.raises(SensorError, match="w1_slave"):
+        src.read()
+
+
+def test_no_sensor_falls_back_to_simulated_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """auto on a machine without sensors uses the simulation and logs a warning."""
+    with caplog.at_level(logging.WARNING):
+        src = sensors.detect("auto", tmp_path)
+    assert isinstance(src, sensors.SimulatedTemperature)
+    assert "using simulated temperatures" in caplog.text
+    values = [src.read() for _ in range(100)]
+    assert all(15.0 <= v <= 28.0 for v in values)
+
+
+def test_explicit_source_that_is_missing_is_a_config_error(tmp_path: Path) -> None:
+    """Asking for a DS18B20 or thermal zone that is not there is a clear error."""
+    with pytest.raises(ConfigError, match="DS18B20"):
+        sensors.detect("ds18b20", tmp_path)
+    with pytest.raises(ConfigError, match="thermal zone"):
+        sensors.detect("thermal", tmp_path)
