@@ -83,7 +83,7 @@ def path(text: str) -> Path:
 
 def build_parser(prog: str, description: str, options: Sequence[Option],
                  positional: Sequence[tuple[str, str]] = ()) -> OneLineParser:
-    parser = OneLineParser(prog=prog, description=description,
+    parser = OneLineParser(prog=prog, description=description, allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, help_text in positional:
         parser.add_argument(name, nargs="?", default=None, help=help_text)

@@ -196,6 +196,9 @@ def running(cmd: list[str], *, cwd: Path, env: Mapping[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def python_m(module: str, *args: str) -> list[str]:

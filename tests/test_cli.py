@@ -1,0 +1,106 @@
+"""Command lines: settings order (defaults < env < CLI), masked secrets, and bad input
+giving one clear line on stderr with exit code 2 - never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from homewatch.secrets import Secret
+from publisher import settings as pub_settings
+from subscriber import settings as sub_settings
+from tests.helpers import clean_env, python_m
+
+URL = "mqtts://localhost:8883/home"
+
+
+def run(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(python_m(module, *args), cwd=cwd, env=clean_env(env),
+                           capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(("module", "args", "env", "message"), [
+    ("publisher", [], {}, "missing broker URL"),
+    ("publisher", ["http://x/home"], {}, "expected mqtts://"),
+    ("publisher", ["mqtt://broker.example.com/home"], {}, "use mqtts://"),
+    ("publisher", ["mqtt://localhost/home"], {}, "--allow-plaintext"),
+    ("publisher", [URL, "--interval", "abc"], {}, "--interval: could not convert"),
+    ("publisher", [URL, "--interval", "-1"], {}, "--interval: must be greater than 0"),
+    ("publisher", [URL], {"HOMEWATCH_INTERVAL": "soon"}, "HOMEWATCH_INTERVAL"),
+    ("publisher", [URL, "--temperature", "lava"], {}, "invalid choice"),
+    ("publisher", [URL, "--password", "hunter2"], {}, "unrecognized arguments"),
+    ("publisher", [URL, "--device", "Pi/1"], {}, "invalid identity name"),
+    ("publisher", [URL, "--device", "pi-attic"], {}, "key ring file not found"),
+    ("publisher", [URL, "--device", "pi-kitchen", "--known-devices", "nope"], {},
+     "known-devices file not found"),
+    ("publisher", [URL, "--device", "pi-kitchen"], {"HOMEWATCH_KEY": "not-a-key"},
+     "not a Fernet key"),
+    ("subscriber", [], {}, "missing broker URL"),
+    ("subscriber", [URL, "--ttl", "0"], {}, "--ttl: must be greater than 0"),
+    ("subscriber", [URL, "--keys-dir", "nowhere"], {}, "keys directory not found"),
+    ("subscriber", [URL], {"HOMEWATCH_JSON": "maybe"}, "HOMEWATCH_JSON: not a boolean"),
+    ("subscriber", [URL, "--ca", "missing.crt"], {}, "CA certificate not found"),
+])
+def test_bad_input_gives_one_line_and_exit_2(workdir: Path, module: str, args: list[str],
+                                             env: dict[str, str], message: str) -> None:
+    """Every kind of bad input is one line on stderr and exit code 2."""
+    r = run(module, *args, cwd=workdir, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"{module}: error: ") and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_settings_order_is_defaults_then_env_then_cli(workdir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An env value overrides the default; a CLI value overrides the env."""
+    monkeypatch.chdir(workdir)
+    env = {"HOMEWATCH_INTERVAL": "30", "HOMEWATCH_DEVICE": "pi-kitchen",
+           "HOMEWATCH_TEMPERATURE": "thermal"}
+    s = pub_settings.build([URL], env)
+    assert (s.interval, s.device, s.temperature, s.scan_duration) == (30.0, "pi-kitchen",
+                                                                       "thermal", 5.0)
+    s = pub_settings.build([URL, "--interval", "7"], env)
+    assert s.interval == 7.0
+    env["HOMEWATCH_URL"] = "mqtts://other:1234/flat"
+    assert str(pub_settings.build([], env).connection.url) == "mqtts://other:1234/flat"
+    assert str(pub_settings.build([URL], env).connection.url) == URL
+
+
+def test_settings_are_frozen(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings cannot change after start."""
+    monkeypatch.chdir(workdir)
+    s = sub_settings.build([URL], {})
+    with pytest.raises(AttributeError):
+        s.ttl = 1  # type: ignore[misc]
+
+
+def test_password_comes_from_file_or_env_and_prints_masked(workdir: Path, certs: Path) -> None:
+    """--show-settings masks the password and key ring whether from file or env."""
+    pw = (certs / "clients" / "pi-kitchen" / "password").read_text().strip()
+    key = (certs / "clients" / "pi-kitchen" / "fernet.key").read_text().strip()
+    r = run("publisher", URL, "--device", "pi-kitchen", "--show-settings", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert pw not in r.stdout and key not in r.stdout and "********" in r.stdout
+    r = run("publisher", URL, "--device", "pi-kitchen", "--show-settings", cwd=workdir,
+            env={"HOMEWATCH_PASSWORD": "env-secret-123"})
+    assert "env-secret-123" not in r.stdout and "********" in r.stdout
+
+
+def test_env_password_wins_over_the_file(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOMEWATCH_PASSWORD, when set, is used instead of the password file."""
+    monkeypatch.chdir(workdir)
+    s = sub_settings.build([URL], {"HOMEWATCH_PASSWORD": "from-env"})
+    assert s.connection.password == Secret("from-env")
+    assert "from-env" not in repr(s)
+
+
+def test_help_lists_env_names(workdir: Path) -> None:
+    """--help names each option's HOMEWATCH_* variable."""
+    r = run("subscriber", "--help", cwd=workdir)
+    assert r.returncode == 0
+    for name in ("HOMEWATCH_URL", "HOMEWATCH_TTL", "HOMEWATCH_KEYS_DIR", "HOMEWATCH_JSON"):
+        assert name in r.stdout
