@@ -9,7 +9,6 @@ The broker re-reads its password and ACL files on SIGHUP; ``add`` and ``remove``
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence

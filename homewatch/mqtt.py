@@ -18,6 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
 
 from homewatch.errors import AuthError, ConfigError, ConnectError, TLSError
 from homewatch.secrets import Secret
@@ -75,7 +76,7 @@ def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
     return ctx
 
 
-class _Client(mqtt.Client):  # type: ignore[misc]
+class _Client(mqtt.Client):
     """paho's client, closing the TLS socket when the handshake fails.
 
     paho 2.x leaks the half-open SSL socket when certificate verification fails (the
@@ -85,6 +86,7 @@ class _Client(mqtt.Client):  # type: ignore[misc]
     """
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        assert self._ssl_context is not None  # only called when TLS is configured
         ssl_sock = self._ssl_context.wrap_socket(
             tcp_sock, server_hostname=self._host, do_handshake_on_connect=False)
         try:
@@ -155,14 +157,14 @@ class Connection:
         self.client.on_message = self._handle_message
         self.client.on_subscribe = self._handle_subscribe
         self._connack = threading.Event()
-        self._connack_rc: mqtt.ReasonCode | None = None
+        self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._was_connected = False
 
     # -- paho callbacks (network thread): record and return --------------------------
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                        rc: mqtt.ReasonCode, properties: object) -> None:
+                        rc: ReasonCode, properties: object) -> None:
         self._connack_rc = rc
         self._connack.set()
         if rc.is_failure:
@@ -178,14 +180,14 @@ class Connection:
             self._on_connected()
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                           rc: mqtt.ReasonCode, properties: object) -> None:
+                           rc: ReasonCode, properties: object) -> None:
         was = self.connected.is_set()
         self.connected.clear()
         if was and rc.is_failure:
             log.warning("lost connection to %s (%s); reconnecting", self.settings.url, rc)
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                          rcs: list[mqtt.ReasonCode], properties: object) -> None:
+                          rcs: list[ReasonCode], properties: object) -> None:
         if any(rc.is_failure for rc in rcs):
             log.error("subscription refused by the broker: %s", rcs)
         else:
@@ -194,7 +196,7 @@ class Connection:
     def _handle_message(self, client: mqtt.Client, userdata: object,
                         msg: mqtt.MQTTMessage) -> None:
         if self._on_message is not None:
-            self._on_message(msg.topic, msg.payload)
+            self._on_message(msg.topic, bytes(msg.payload))
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, stop: threading.Event, *, connack_timeout: float = 10.0) -> None:

@@ -55,8 +55,7 @@ def hash_password(password: str, *, salt: bytes | None = None,
     """A Mosquitto 2.0 ``$7$`` password hash (PBKDF2-HMAC-SHA512)."""
     salt = salt if salt is not None else secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
-    return "$7${}${}${}".format(
-        iterations, base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 def verify_password(password: str, encoded: str) -> bool:

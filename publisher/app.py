@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -98,8 +99,6 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
             break
         remaining = interval - (time.monotonic() - started)
         if remaining > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), remaining)
-            except TimeoutError:
-                pass
     return pub.stats

@@ -54,14 +54,16 @@ def load_known_devices(path: Path | None) -> dict[str, str]:
     return known
 
 
-def presence_report(seen: Mapping[str, int | None], known: Mapping[str, str]) -> list[dict[str, str]]:
+def presence_report(seen: Mapping[str, int | None],
+                    known: Mapping[str, str]) -> list[dict[str, str]]:
     """The tutorial's ``devices`` shape, known devices only, sorted by name."""
     found = [{"name": name, "mac": mac} for mac, name in known.items() if mac in seen]
     return sorted(found, key=lambda d: (d["name"], d["mac"]))
 
 
 class Scanner(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def scan(self) -> dict[str, int | None]:
         """MAC (upper case) -> RSSI of the devices seen in one scan window."""
@@ -83,10 +85,12 @@ class BleakScan:
             from bleak.exc import BleakError
         except ImportError:
             raise ScannerError("bleak is not installed (pip install 'homewatch[ble]')") from None
-        kwargs = {"adapter": self.adapter} if self.adapter else {}
         try:
-            found = await BleakScanner.discover(timeout=self.duration, return_adv=True,
-                                                **kwargs)
+            if self.adapter:
+                found = await BleakScanner.discover(timeout=self.duration, return_adv=True,
+                                                    adapter=self.adapter)
+            else:
+                found = await BleakScanner.discover(timeout=self.duration, return_adv=True)
         except (BleakError, OSError, EOFError) as exc:
             raise ScannerError(f"BLE scan failed: {exc}") from None
         except Exception as exc:  # dbus-fast raises its own types for a missing BlueZ

@@ -20,7 +20,8 @@ KINDS = ("auto", "ds18b20", "thermal", "simulated")
 
 
 class TemperatureSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def read(self) -> float:
         """Degrees Celsius; raises SensorError when this reading failed."""

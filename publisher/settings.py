@@ -7,17 +7,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.fernet import MultiFernet
+
 from homewatch import config
 from homewatch.config import Option
-from homewatch.errors import ConfigError
+from homewatch.errors import ConfigError, ProvisionError
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import validate_name
-from homewatch.errors import ProvisionError
 from homewatch.secrets import Secret, parse_keyring
 from homewatch.url import parse_broker_url
 from publisher import presence, sensors
-
-from cryptography.fernet import MultiFernet
 
 DESCRIPTION = """Publish temperature and presence to a Homewatch broker, encrypted end to end.
 

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_CONF = ROOT / "broker" / "mosquitto.conf"
+LOCAL_BROKER = ROOT / "scripts" / "local-broker.sh"
 GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
 
 
@@ -41,19 +42,6 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on {host}:{port}")
 
 
-def render_broker_conf(certs_broker: Path, data_dir: Path, port: int,
-                       bind: str = "127.0.0.1") -> str:
-    """The project's broker/mosquitto.conf with only paths and the listener changed."""
-    text = BROKER_CONF.read_text()
-    assert "listener 8883\n" in text
-    text = text.replace("/mosquitto/certs", str(certs_broker))
-    text = text.replace("/mosquitto/data", str(data_dir))
-    text = text.replace("listener 8883\n", f"listener {port} {bind}\n")
-    if os.geteuid() == 0:  # mosquitto would otherwise drop to user 'mosquitto'
-        text += "\nuser root\n"
-    return text
-
-
 @dataclass
 class Broker:
     certs: Path          # the certs dir (gen-certs --out)
@@ -65,13 +53,12 @@ class Broker:
     def start(self) -> Broker:
         if not self.port:
             self.port = free_port(self.host)
-        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(render_broker_conf(self.certs / "broker", self.workdir / "data",
-                                           self.port, self.host))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.logfile,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            ["bash", str(LOCAL_BROKER), "--certs", str(self.certs), "--data", str(self.workdir),
+             "--port", str(self.port), "--bind", self.host],
+            stdout=self.logfile, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port)
         except TimeoutError:
@@ -81,6 +68,13 @@ class Broker:
 
     def url(self, host: str | None = None, base: str = "home") -> str:
         return f"mqtts://{host or self.host}:{self.port}/{base}"
+
+    def kill(self) -> None:
+        """kill -9: no chance to save anything."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
 
     def reload(self) -> None:
         assert self.proc is not None

@@ -19,7 +19,8 @@ def thermal(root: Path, zone: int, content: str) -> Path:
     return d / "temp"
 
 
-def ds18b20(root: Path, crc: str = "YES", milli: str = "23125", sid: str = "28-3c01d607a1b2") -> Path:
+def ds18b20(root: Path, crc: str = "YES", milli: str = "23125",
+            sid: str = "28-3c01d607a1b2") -> Path:
     d = root / "bus" / "w1" / "devices" / sid
     d.mkdir(parents=True)
     (d / "w1_slave").write_text(
