@@ -24,3 +24,34 @@ certs: ## make the CA and broker certificate if missing (scripts/gen-certs.sh)
 
 broker: ## run the broker with a local mosquitto on 127.0.0.1:$(PORT) (no Docker)
 	scripts/local-broker.sh --port $(PORT)
+
+.PHONY: up down logs status add-device remove-device purge offline-images
+NAME ?=
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+up: ## make certificates and identities if missing, build, start the stack, wait until healthy
+	scripts/up.sh
+
+down: ## stop and remove the stack's containers and network (data volumes are kept)
+	$(COMPOSE) down --remove-orphans
+
+purge: ## remove the stack AND its data volumes (broker queue, subscriber state): FORCE=1
+	@if [ "$(FORCE)" != 1 ]; then echo "make purge deletes the broker's and the subscriber's data volumes; run: make purge FORCE=1" >&2; exit 2; fi
+	$(COMPOSE) down --remove-orphans --volumes
+
+logs: ## follow the subscriber's readings and the broker's log
+	$(COMPOSE) logs -f --tail=50 subscriber broker
+
+status: ## show the stack's services and their health
+	$(COMPOSE) ps
+
+add-device: ## provision a Pi on the running stack: make add-device NAME=pi-kitchen [URL=mqtts://host:8883/home]
+	@if [ -z "$(NAME)" ]; then echo "usage: make add-device NAME=pi-kitchen [URL=mqtts://HOST:8883/home]" >&2; exit 2; fi
+	scripts/add-device.sh "$(NAME)" $(URL)
+
+remove-device: ## remove a device and refuse it from now on: make remove-device NAME=pi-kitchen FORCE=1
+	@if [ -z "$(NAME)" ] || [ "$(FORCE)" != 1 ]; then echo "usage: make remove-device NAME=pi-kitchen FORCE=1 (deletes its credentials)" >&2; exit 2; fi
+	scripts/admin.sh homewatch device remove "$(NAME)" --force --reload
+
+offline-images: ## build the broker and Python base images and a wheelhouse with no registry
+	scripts/offline-images.sh

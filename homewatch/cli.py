@@ -1,14 +1,18 @@
 """``homewatch``: the admin command run on the server.
 
-    homewatch device add NAME       provision an identity (password, key ring, broker files)
-    homewatch device list           list identities
-    homewatch device remove NAME --force
+    homewatch device add NAME [--bundle DIR --url URL] [--reload]
+    homewatch device list
+    homewatch device remove NAME --force [--reload]
+    homewatch server init [--app-gid GID] [--demo-device NAME]
+    homewatch health FILE [--max-age SECONDS]
 
-The broker re-reads its password and ACL files on SIGHUP; ``add`` and ``remove`` say so.
+The broker re-reads its password and ACL files on SIGHUP: ``--reload`` sends it to the
+Compose stack's broker through the Docker SDK; otherwise reload it yourself.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -16,59 +20,117 @@ from pathlib import Path
 
 from homewatch import provision
 from homewatch.config import OneLineParser
-from homewatch.errors import HomewatchError
-from homewatch.url import DEFAULT_BASE
+from homewatch.errors import ConfigError, HomewatchError
+from homewatch.health import is_fresh
+from homewatch.url import DEFAULT_BASE, parse_broker_url
 
 
 def _parser() -> OneLineParser:
-    parser = OneLineParser(prog="homewatch", description="Homewatch administration.")
+    parser = OneLineParser(prog="homewatch", description="Homewatch administration.",
+                           allow_abbrev=False)
     parser.add_argument("--certs", type=Path,
                         default=Path(os.environ.get("HOMEWATCH_CERTS_DIR", "certs")),
                         help="certs directory [env HOMEWATCH_CERTS_DIR, default certs]")
     parser.add_argument("--base", default=os.environ.get("HOMEWATCH_BASE", DEFAULT_BASE),
                         help="base topic used in the ACL [env HOMEWATCH_BASE, default home]")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
     device = sub.add_parser("device", help="manage identities (devices and the subscriber)")
     dsub = device.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     add = dsub.add_parser("add", help="provision a device (or the 'subscriber' identity)")
     add.add_argument("name")
     add.add_argument("--force", action="store_true",
                      help="replace an existing identity's password and key")
+    add.add_argument("--group", type=int, metavar="GID",
+                     help="share the identity's directory with this group (a container user)")
+    add.add_argument("--bundle", type=Path, metavar="DIR",
+                     help="also write DIR/NAME.tar.gz with what the Pi needs")
+    add.add_argument("--url", help="broker URL the Pi uses, written into the bundle "
+                     "(e.g. mqtts://homeserver.local:8883/home)")
+    add.add_argument("--reload", action="store_true",
+                     help="reload the Compose stack's broker (SIGHUP via the Docker SDK)")
     dsub.add_parser("list", help="list identities")
     rm = dsub.add_parser("remove", help="remove an identity and delete its material")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true", help="required: removal is destructive")
+    rm.add_argument("--reload", action="store_true",
+                    help="reload the Compose stack's broker (SIGHUP via the Docker SDK)")
+
+    server = sub.add_parser("server", help="server set-up")
+    ssub = server.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    init = ssub.add_parser("init", help="make the subscriber, health-check and demo "
+                           "identities that are missing (keeps existing ones)")
+    init.add_argument("--app-gid", type=int, metavar="GID",
+                      help="group of the app containers' user (10001 in the image)")
+    init.add_argument("--demo-device", metavar="NAME", help="also make this demo device")
+
+    health = sub.add_parser("health", help="exit 0 if a program's health file is fresh")
+    health.add_argument("file", type=Path)
+    health.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS")
     return parser
+
+
+def _reload() -> str:
+    from homewatch.dockerctl import default_project, reload_broker
+
+    project = default_project()
+    return f"reloaded the broker ({reload_broker(project)})"
+
+
+def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
+    out: list[str] = []
+    if a.bundle is not None:
+        if not a.url:
+            raise ConfigError("--bundle needs --url, the broker address the Pi will use")
+        parse_broker_url(a.url)
+    made = provision.add_identity(layout, a.name, base=a.base, force=a.force,
+                                  group=a.group)
+    out.append(f"provisioned {made.name}")
+    out.append(f"  password: {made.password_file}")
+    if made.key_file is not None:
+        out.append(f"  key ring: {made.key_file}")
+    if a.bundle is not None:
+        bundle = provision.make_bundle(layout, made.name, url=a.url,
+                                       out_dir=a.bundle)
+        out.append(f"  bundle:   {bundle}  (copy it to the Pi; it holds secrets)")
+    out.append(_reload() if a.reload else "reload the broker (SIGHUP) to apply")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     layout = provision.Layout(args.certs)
-    out = sys.stdout
+    lines: list[str] = []
     try:
-        if args.action == "add":
-            made = provision.add_identity(layout, args.name, base=args.base, force=args.force)
-            out.write(f"provisioned {made.name}\n  password: {made.password_file}\n")
-            if made.key_file is not None:
-                out.write(f"  key ring: {made.key_file}\n")
-            out.write("the broker picks this up on reload (SIGHUP)\n")
+        if args.command == "health":
+            return 0 if is_fresh(args.file, args.max_age) else 1
+        if args.command == "server":
+            made = provision.init_server(layout, base=args.base, app_gid=args.app_gid,
+                                         demo_device=args.demo_device)
+            lines.append("made: " + ", ".join(made) if made else "all identities present")
+        elif args.action == "add":
+            lines = _device_add(args, layout)
         elif args.action == "list":
             for name in provision.list_identities(layout):
-                role = "subscriber" if name == provision.SUBSCRIBER else "device"
-                out.write(f"{name}\t{role}\n")
+                role = ("subscriber" if name == provision.SUBSCRIBER else
+                        "health check" if name == provision.HEALTHCHECK else "device")
+                lines.append(f"{name}\t{role}")
         elif args.action == "remove":
             if not args.force:
                 sys.stderr.write(f"homewatch: error: removing {args.name!r} deletes its "
                                  "credentials and keys; add --force to confirm\n")
                 return 2
             provision.remove_identity(layout, args.name, base=args.base)
-            out.write(f"removed {args.name}; the broker refuses it after reload (SIGHUP)\n")
+            lines.append(f"removed {args.name}")
+            lines.append(_reload() if args.reload else
+                         "reload the broker (SIGHUP) to refuse it from now on")
     except HomewatchError as exc:
         sys.stderr.write(f"homewatch: error: {exc}\n")
         return 2
     except OSError as exc:
         sys.stderr.write(f"homewatch: error: {exc.filename}: {exc.strerror}\n")
         return 1
+    sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
 
 

@@ -34,6 +34,7 @@ from homewatch.url import DEFAULT_BASE, validate_base
 log = logging.getLogger(__name__)
 
 SUBSCRIBER = "subscriber"
+HEALTHCHECK = "healthcheck"  # the broker container's own health probe
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default for $7$ hashes
 RESERVED = frozenset({"broker", "clients", "healthcheck"})
@@ -99,6 +100,11 @@ class Layout:
         return self.client_dir(name) / "fernet.key"
 
     @property
+    def healthcheck_config(self) -> Path:
+        """mosquitto_sub's option file for the broker container's health check."""
+        return self.broker_dir / "healthcheck" / "mosquitto_sub"
+
+    @property
     def subscriber_keys(self) -> Path:
         return self.client_dir(SUBSCRIBER) / "keys"
 
@@ -128,6 +134,8 @@ def render_acl(users: list[str], base: str) -> str:
         lines.append(f"user {user}")
         if user == SUBSCRIBER:
             lines.append(f"topic read {base}/#")
+        elif user == HEALTHCHECK:
+            lines.append("topic read $SYS/broker/uptime")
         else:
             lines.append(f"topic write {base}/{user}/#")
         lines.append("")
@@ -136,27 +144,23 @@ def render_acl(users: list[str], base: str) -> str:
 
 def _write_broker_files(layout: Layout, users: dict[str, str], base: str) -> None:
     text = "".join(f"{u}:{h}\n" for u, h in sorted(users.items()))
-    mode = _broker_file_mode(layout)
-    write_private_file(layout.passwd, text, mode=mode)
-    write_private_file(layout.acl, render_acl(list(users), base), mode=mode)
-    _match_group(layout)
+    write_private_file(layout.passwd, text)
+    write_private_file(layout.acl, render_acl(list(users), base))
 
 
-def _broker_file_mode(layout: Layout) -> int:
-    """0640 when the broker directory is shared with the broker's group, else 0600."""
+def share_directory(directory: Path, gid: int) -> None:
+    """Make ``directory`` setgid ``gid`` (2750): files made in it become readable by that
+    group (a container's user) and by nobody else."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        st = layout.broker_dir.stat()
-    except FileNotFoundError:
-        return 0o600
-    return 0o640 if st.st_gid != os.getgid() else 0o600
-
-
-def _match_group(layout: Layout) -> None:
-    """Give the broker files the broker directory's group (the broker's, in Docker)."""
-    gid = layout.broker_dir.stat().st_gid
-    if gid != os.getgid():
-        for f in (layout.passwd, layout.acl):
-            os.chown(f, -1, gid)
+        os.chown(directory, -1, gid)
+    except PermissionError:
+        raise ProvisionError(f"cannot give {directory} to group {gid}: run as root, or "
+                             "through scripts/admin.sh") from None
+    directory.chmod(0o2750)
+    for child in directory.rglob("*"):
+        os.chown(child, -1, gid)
+        child.chmod(0o2750 if child.is_dir() else 0o640)
 
 
 @dataclass(frozen=True)
@@ -167,19 +171,28 @@ class Provisioned:
 
 
 def add_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE,
-                 force: bool = False) -> Provisioned:
-    """Create an identity's password (and, for a device, its key ring); update the broker."""
-    validate_name(name)
+                 force: bool = False, group: int | None = None,
+                 _internal: bool = False) -> Provisioned:
+    """Create an identity's password (and, for a device, its key ring); update the broker.
+
+    ``group``: the client directory is shared with that group (a container's user).
+    """
+    if not (_internal and name == HEALTHCHECK):
+        validate_name(name)
     validate_base(base)
     users = read_passwd(layout.passwd)
     if name in users and not force:
         raise ProvisionError(
             f"identity {name!r} already exists; `homewatch device add {name} --force` "
             "replaces its password and key (the old ones stop working)")
+    if group is not None:
+        share_directory(layout.client_dir(name), group)
     password = secrets.token_urlsafe(32)
     write_private_file(layout.password(name), password + "\n")
+    if name == HEALTHCHECK:
+        write_private_file(layout.healthcheck_config, _healthcheck_config(password))
     key_file: Path | None = None
-    if name != SUBSCRIBER:
+    if name not in (SUBSCRIBER, HEALTHCHECK):
         key = new_key() + "\n"
         key_file = layout.device_key(name)
         write_private_file(key_file, key)
@@ -189,6 +202,13 @@ def add_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE,
     _write_broker_files(layout, users, base)
     log.info("provisioned %s", name)
     return Provisioned(name=name, password_file=layout.password(name), key_file=key_file)
+
+
+def _healthcheck_config(password: str) -> str:
+    # Read by mosquitto_sub from $XDG_CONFIG_HOME/mosquitto_sub: keeps the password off
+    # the health check's command line.
+    return ("-h localhost\n-p 8883\n--cafile /mosquitto/certs/ca.crt\n"
+            f"-u {HEALTHCHECK}\n-P {password}\n")
 
 
 def remove_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE) -> None:
@@ -208,3 +228,61 @@ def remove_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE) -> N
 
 def list_identities(layout: Layout) -> list[str]:
     return sorted(read_passwd(layout.passwd))
+
+
+def make_bundle(layout: Layout, name: str, *, url: str, out_dir: Path) -> Path:
+    """Pack what a Pi needs into ``out_dir/<name>.tar.gz`` (0600).
+
+    Contents, under ``<name>/``: ``ca.crt``, ``password``, ``fernet.key`` and
+    ``homewatch.env`` (the non-secret settings: broker URL and device name).
+    """
+    import io
+    import tarfile
+    import time as _time
+
+    validate_name(name)
+    files = {
+        "ca.crt": layout.ca,
+        "password": layout.password(name),
+        "fernet.key": layout.device_key(name),
+    }
+    for what, path in files.items():
+        if not path.exists():
+            raise ProvisionError(f"cannot bundle {name}: {what} missing ({path})")
+    env = (f"# Homewatch publisher settings for {name}\n"
+           f"HOMEWATCH_URL={url}\nHOMEWATCH_DEVICE={name}\n")
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = out_dir / f"{name}.tar.gz"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        members = [(n, p.read_bytes(), 0o644 if n == "ca.crt" else 0o600)
+                   for n, p in files.items()]
+        members.append(("homewatch.env", env.encode(), 0o644))
+        for member, data, mode in members:
+            info = tarfile.TarInfo(f"{name}/{member}")
+            info.size, info.mode, info.mtime = len(data), mode, int(_time.time())
+            tar.addfile(info, io.BytesIO(data))
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(buf.getvalue())
+    os.chmod(target, 0o600)
+    return target
+
+
+def init_server(layout: Layout, *, base: str = DEFAULT_BASE, app_gid: int | None = None,
+                demo_device: str | None = None) -> list[str]:
+    """Make the server's identities that are missing: subscriber, health check, demo device.
+
+    Idempotent: existing identities keep their credentials. Returns the names made.
+    """
+    made: list[str] = []
+    existing = read_passwd(layout.passwd)
+    wanted: list[tuple[str, int | None]] = [(SUBSCRIBER, app_gid), (HEALTHCHECK, None)]
+    if demo_device:
+        wanted.append((demo_device, app_gid))
+    for name, group in wanted:
+        if name in existing:
+            continue
+        add_identity(layout, name, base=base, group=group, _internal=True)
+        made.append(name)
+    return made

@@ -65,9 +65,35 @@ def read_secret_file(path: Path, what: str) -> str:
     return value
 
 
-def write_private_file(path: Path, data: str, *, mode: int = 0o600) -> None:
+def private_mode(directory: Path) -> int:
+    """0600, or 0640 in a setgid directory shared with a service's group.
+
+    ``scripts/gen-certs.sh --broker-gid`` and ``homewatch device add --group`` make such
+    directories (the broker's uid 1883, the app containers' uid 10001): files created
+    there inherit the service's group, which may read them and nobody else.
+    """
+    st = directory.stat()
+    if st.st_mode & stat.S_ISGID and st.st_gid != os.getegid():
+        return 0o640
+    return 0o600
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Make ``directory`` (0700; 2750 inside a directory shared with a service's group)."""
+    if directory.is_dir():
+        return
+    ensure_private_dir(directory.parent)
+    directory.mkdir(mode=0o700)
+    st = directory.stat()
+    if st.st_mode & stat.S_ISGID and st.st_gid != os.getegid():
+        directory.chmod(0o2750)
+
+
+def write_private_file(path: Path, data: str, *, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically; the file never exists with looser permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(path.parent)
+    if mode is None:
+        mode = private_mode(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from homewatch import config
 from homewatch.errors import ConfigError, ConnectError, HomewatchError
+from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from publisher import presence, sensors
 from publisher.app import Publisher, run
@@ -46,6 +47,7 @@ async def _main(settings: PublisherSettings) -> int:
                                     adapter=settings.adapter)
     sequence = SequenceCounter(settings.state_dir / f"{settings.device}.seq")
     conn = Connection(settings.connection)
+    heartbeat = Heartbeat(settings.health_file, every=min(5.0, settings.interval))
     await asyncio.to_thread(conn.start, stop_thread)
     if stop.is_set():
         conn.stop()
@@ -54,8 +56,10 @@ async def _main(settings: PublisherSettings) -> int:
                     base=settings.connection.url.base, sequence=sequence)
     try:
         stats = await run(pub, temperature=temperature, scanner=scanner, known=known,
-                          interval=settings.interval, count=settings.count, stop=stop)
+                          interval=settings.interval, count=settings.count, stop=stop,
+                          heartbeat=heartbeat)
     finally:
+        heartbeat.clear()
         flushed = await pub.flush(FLUSH_TIMEOUT)
         conn.stop()
     if not flushed:

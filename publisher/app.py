@@ -13,6 +13,7 @@ from cryptography.fernet import MultiFernet
 
 from homewatch.envelope import seal, topic_for
 from homewatch.errors import ScannerError, SensorError
+from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from publisher.presence import Scanner, presence_report
 from publisher.sensors import TemperatureSource
@@ -53,6 +54,9 @@ class Publisher:
         log.debug("queued %s seq %d", topic, seq)
         return seq
 
+    def connected(self) -> bool:
+        return self._conn.connected.is_set()
+
     def outstanding(self) -> int:
         self.stats.pending = [i for i in self.stats.pending if not i.is_published()]
         return len(self.stats.pending)
@@ -67,7 +71,7 @@ class Publisher:
 
 async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanner,
               known: dict[str, str], interval: float, count: int,
-              stop: asyncio.Event) -> Stats:
+              stop: asyncio.Event, heartbeat: Heartbeat | None = None) -> Stats:
     """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done)."""
     log.info("publishing every %.1f s: temperature from %s, presence from %s scanner, "
              "%d known device(s)", interval, temperature.name, scanner.name, len(known))
@@ -95,6 +99,8 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
         else:
             pub.publish("devices", presence_report(seen, known))
         pub.stats.readings += 1
+        if heartbeat is not None:
+            heartbeat.beat(pub.connected())
         if count and pub.stats.readings >= count:
             break
         remaining = interval - (time.monotonic() - started)

@@ -14,7 +14,7 @@ from homewatch.config import Option
 from homewatch.errors import ConfigError, ProvisionError
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import validate_name
-from homewatch.secrets import Secret, parse_keyring
+from homewatch.secrets import Secret, parse_keyring, read_secret_file
 from homewatch.url import parse_broker_url
 from publisher import presence, sensors
 
@@ -28,10 +28,13 @@ Defaults follow the provisioning layout: certs/clients/<device>/{password,fernet
 
 OPTIONS: tuple[Option, ...] = (
     Option("url", "broker URL mqtts://HOST:PORT/BASE"),
-    Option("device", "device identity = MQTT user name (default: this host's name)",
-           metavar="NAME"),
-    Option("ca", "CA certificate that signed the broker's", default=Path("certs/ca.crt"),
-           convert=config.path, metavar="FILE"),
+    Option("device", "device identity = MQTT user name (default: the --credentials "
+           "directory's name, else this host's name)", metavar="NAME"),
+    Option("credentials", "a device bundle directory holding ca.crt, password and "
+           "fernet.key (made by `homewatch device add --bundle`)", convert=config.path,
+           metavar="DIR"),
+    Option("ca", "CA certificate that signed the broker's (default certs/ca.crt, or "
+           "ca.crt in --credentials)", convert=config.path, metavar="FILE"),
     Option("password-file", "file holding the MQTT password "
            "(default certs/clients/<device>/password)", convert=config.path, metavar="FILE"),
     Option("key-file", "payload key ring file, newest key first "
@@ -55,6 +58,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default $XDG_STATE_HOME/homewatch/publisher)", convert=config.path, metavar="DIR"),
     Option("count", "stop after this many readings (0: run until stopped)", default=0,
            convert=int, metavar="N"),
+    Option("health-file", "touch this file while connected (container health checks)",
+           convert=config.path, metavar="FILE"),
     Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
            flag=True),
     Option("show-settings", "print the settings (secrets masked) and exit", default=False,
@@ -77,6 +82,7 @@ class PublisherSettings:
     adapter: str | None
     state_dir: Path
     count: int
+    health_file: Path | None
     show_settings: bool
     log_level: str
 
@@ -97,7 +103,10 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         raise ConfigError("missing broker URL: publisher mqtts://HOST:8883/home "
                           "(or set HOMEWATCH_URL)")
     url = parse_broker_url(v["url"], allow_plaintext=v["allow-plaintext"])
-    device = v["device"] or config.default_identity()
+    creds: Path | None = v["credentials"]
+    if creds is not None and not creds.is_dir():
+        raise ConfigError(f"credentials directory not found: {creds}")
+    device = v["device"] or (creds.name if creds is not None else config.default_identity())
     try:
         validate_name(device)
     except ProvisionError as exc:
@@ -106,12 +115,12 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         raise ConfigError("--count: must be 0 or more")
     if v["scan-duration"] >= v["interval"] and v["scanner"] != "simulated":
         raise ConfigError("--scan-duration must be shorter than --interval")
-    client_dir = Path("certs/clients") / device
+    client_dir = creds if creds is not None else Path("certs/clients") / device
+    ca = v["ca"] or (creds / "ca.crt" if creds is not None else Path("certs/ca.crt"))
     password_file = v["password-file"] or client_dir / "password"
     if "HOMEWATCH_KEY" in environ:
         keyring = Secret(environ["HOMEWATCH_KEY"].replace(",", "\n"))
     else:
-        from homewatch.secrets import read_secret_file
         key_file = v["key-file"] or client_dir / "fernet.key"
         keyring = Secret(read_secret_file(key_file, "key ring"))
     parse_keyring(keyring.reveal(), "payload key ring")  # validate now, fail early
@@ -121,7 +130,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         url=url,
         username=device,
         client_id=f"homewatch-pub-{device}",
-        ca_file=v["ca"] if url.tls else None,
+        ca_file=ca if url.tls else None,
         password=config.load_password(password_file, environ),
         client_cert=v["client-cert"],
         client_key=v["client-key"],
@@ -139,6 +148,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         adapter=v["adapter"],
         state_dir=v["state-dir"] or config.default_state_dir("publisher"),
         count=v["count"],
+        health_file=v["health-file"],
         show_settings=v["show-settings"],
         log_level=v["log-level"],
     )

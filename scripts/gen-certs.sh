@@ -87,7 +87,7 @@ if [[ $renew -eq 1 ]]; then
 fi
 
 if [[ ! -e $srv_crt || ! -e $srv_key ]]; then
-    host_short=$(hostname -s 2>/dev/null || hostname)
+    host_short=${GEN_CERTS_HOSTNAME:-$(hostname -s 2>/dev/null || hostname)}
     sans=("DNS:localhost" "IP:127.0.0.1" "IP:::1" "DNS:broker")
     [[ -n $host_short && $host_short != localhost ]] && sans+=("DNS:$host_short" "DNS:$host_short.local")
     for s in "${extra_sans[@]+"${extra_sans[@]}"}"; do sans+=("$(san_entry "$s")"); done
@@ -115,12 +115,12 @@ cp "$ca_crt" "$out/broker/ca.crt"
 chmod 600 "$ca_key" "$srv_key"
 chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt"
 if [[ -n $broker_gid ]]; then
-    chgrp "$broker_gid" "$out/broker" "$srv_key" || die "cannot give $out/broker to group $broker_gid (run as root or a member of that group)"
-    chmod 750 "$out/broker"
-    chmod 640 "$srv_key"
-    for f in passwd acl; do
-        if [[ -e $out/broker/$f ]]; then chgrp "$broker_gid" "$out/broker/$f"; chmod 640 "$out/broker/$f"; fi
-    done
+    # Shared with the broker's group (setgid: files made here later inherit the group).
+    chgrp -R "$broker_gid" "$out/broker" || die "cannot give $out/broker to group $broker_gid (run as root, or through scripts/admin.sh)"
+    find "$out/broker" -type d -exec chmod 2750 {} +
+fi
+if [[ -g $out/broker ]]; then
+    find "$out/broker" -type f ! -name '*.crt' -exec chmod 640 {} +
 fi
 
 for c in "$ca_crt" "$srv_crt"; do

@@ -16,6 +16,7 @@ from types import FrameType
 from homewatch import config
 from homewatch.envelope import Opener
 from homewatch.errors import ConfigError, ConnectError, HomewatchError
+from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
@@ -47,9 +48,11 @@ def _run(settings: SubscriberSettings) -> int:
     if not stop.is_set():
         log.info("subscribed to %s/# (keys for %d device(s) in %s)", base,
                  len(keys.devices()), keys.directory)
+    heartbeat = Heartbeat(settings.health_file)
     try:
-        sub.run(stop, count=settings.count)
+        sub.run(stop, count=settings.count, heartbeat=heartbeat, connected=conn.connected)
     finally:
+        heartbeat.clear()
         conn.stop()
         sub.drain()
         sub.save()

@@ -14,6 +14,7 @@ from typing import TextIO
 
 from homewatch.envelope import Opener, Reading, ReplayGuard
 from homewatch.errors import EnvelopeError
+from homewatch.health import Heartbeat
 from homewatch.secrets import write_private_file
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,14 @@ class Subscriber:
         self.out.flush()
         return reading
 
-    def run(self, stop: threading.Event, *, count: int = 0) -> None:
+    def run(self, stop: threading.Event, *, count: int = 0,
+            heartbeat: Heartbeat | None = None,
+            connected: threading.Event | None = None) -> None:
         last_save = time.monotonic()
         dirty = False
         while not stop.is_set():
+            if heartbeat is not None:
+                heartbeat.beat(connected is None or connected.is_set())
             try:
                 topic, payload = self.inbox.get(timeout=0.2)
             except queue.Empty:

@@ -48,6 +48,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DIR"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),
+    Option("health-file", "touch this file while connected (container health checks)",
+           convert=config.path, metavar="FILE"),
     Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
            flag=True),
     Option("show-settings", "print the settings (secrets masked) and exit", default=False,
@@ -65,6 +67,7 @@ class SubscriberSettings:
     json: bool
     state_dir: Path
     count: int
+    health_file: Path | None
     show_settings: bool
     log_level: str
 
@@ -114,6 +117,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         json=v["json"],
         state_dir=v["state-dir"] or config.default_state_dir("subscriber"),
         count=v["count"],
+        health_file=v["health-file"],
         show_settings=v["show-settings"],
         log_level=v["log-level"],
     )

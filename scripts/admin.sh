@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Run the admin CLI inside the app image, so the server needs nothing but Docker:
+#   scripts/admin.sh homewatch device add pi-kitchen --bundle bundles --url mqtts://...
+#   scripts/admin.sh gen-certs [gen-certs.sh options]
+# Runs as root in a throw-away container (it must give files to the broker's and the app
+# containers' groups), then hands every file back to you (your uid).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $# -eq 0 || $1 == -h || $1 == --help ]]; then
+    echo "usage: scripts/admin.sh homewatch ARGS... | scripts/admin.sh gen-certs ARGS..."
+    exit 0
+fi
+# shellcheck source=scripts/lib/compose.sh
+source scripts/lib/compose.sh
+
+docker image inspect "$IMAGE" >/dev/null 2>&1 || "${COMPOSE[@]}" build subscriber >&2
+
+mkdir -p certs bundles
+chmod 700 bundles
+args=(--rm --user 0:0 --read-only --tmpfs /tmp --network none
+      --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add DAC_OVERRIDE
+      -v "$PWD/certs:/work/certs" -v "$PWD/bundles:/work/bundles" -w /work
+      -e "HOST_UID=$(id -u)" -e "COMPOSE_PROJECT_NAME=$PROJECT"
+      -e "HOMEWATCH_CERTS_DIR=/work/certs" -e "HOMEWATCH_BASE=$BASE_TOPIC")
+case "$1" in
+    homewatch)
+        if [[ " $* " == *" --reload "* ]]; then
+            sock=${DOCKER_HOST#unix://}
+            [[ $sock == "${DOCKER_HOST:-}" || -z $sock ]] && sock=/var/run/docker.sock
+            args+=(-v "$sock:/var/run/docker.sock" --network bridge)
+        fi
+        cmd=("$@") ;;
+    gen-certs)
+        shift
+        # The certificate should name this server as the Pis will reach it.
+        host=$(hostname -s 2>/dev/null || hostname)
+        sans=()
+        for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
+        args+=(-e "GEN_CERTS_HOSTNAME=$host")
+        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out certs "${sans[@]+"${sans[@]}"}" "$@") ;;
+    *) echo "admin: error: unknown command $1 (homewatch or gen-certs)" >&2; exit 2 ;;
+esac
+# shellcheck disable=SC2016
+docker run "${args[@]}" --entrypoint /bin/bash "$IMAGE" -c \
+    '"$@"; rc=$?; chown -R "$HOST_UID" certs bundles; exit $rc' admin "${cmd[@]}"

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make up`: make what is missing (CA, broker certificate, identities), build the image,
+# start the stack, wait until every service is healthy, and say where things are.
+# Running it again keeps the existing CA and credentials.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    echo "usage: scripts/up.sh   (make up; settings in .env: MQTT_BIND, MQTT_PORT, COMPOSE_PROJECT_NAME, ...)"
+    exit 0
+fi
+# shellcheck source=scripts/lib/compose.sh
+source scripts/lib/compose.sh
+say() { echo "homewatch: $*"; }
+
+say "building the app image ($IMAGE)"
+"${COMPOSE[@]}" build --quiet subscriber >/dev/null 2>&1 || "${COMPOSE[@]}" build subscriber
+
+if [[ ! -e certs/ca.crt || ! -e certs/broker/server.key ]]; then
+    say "making the CA and the broker certificate"
+fi
+scripts/admin.sh gen-certs --broker-gid 1883 | grep -E '^gen-certs: made|subjectAltNames' || true
+scripts/admin.sh homewatch server init --app-gid 10001 --demo-device "$DEMO_DEVICE_NAME" \
+    | sed 's/^/homewatch: identities: /'
+
+say "starting the stack (project $PROJECT)"
+"${COMPOSE[@]}" up -d --remove-orphans
+
+say "waiting until every service is healthy"
+deadline=$((SECONDS + ${UP_TIMEOUT:-180}))
+while :; do
+    ids=$("${COMPOSE[@]}" ps -q)
+    states=$(for id in $ids; do docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"; done)
+    if [[ -n $ids ]] && ! grep -qv ' healthy$' <<<"$states"; then break; fi
+    if (( SECONDS > deadline )); then
+        echo "$states" >&2
+        say "error: the stack did not become healthy; see: make logs" >&2
+        exit 1
+    fi
+    sleep 2
+done
+echo "$states" | sed 's/^\//  /'
+
+host=$(hostname -s 2>/dev/null || hostname)
+cat <<INFO
+
+Homewatch is up.
+  Broker:          mqtts://$host:$MQTT_PORT_VALUE/$BASE_TOPIC  (TLS, listening on $MQTT_BIND_VALUE:$MQTT_PORT_VALUE)
+  CA certificate:  certs/ca.crt
+  Follow readings: make logs        (or: ${COMPOSE[*]} logs -f subscriber)
+  Add a Pi:        make add-device NAME=pi-kitchen
+  Stop:            make down
+INFO
