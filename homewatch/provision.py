@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homewatch.errors import ProvisionError
-from homewatch.secrets import new_key, write_private_file
+from homewatch.secrets import ensure_private_dir, new_key, write_private_file
 from homewatch.url import DEFAULT_BASE, validate_base
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _write_broker_files(layout: Layout, users: dict[str, str], base: str) -> Non
 def share_directory(directory: Path, gid: int) -> None:
     """Make ``directory`` setgid ``gid`` (2750): files made in it become readable by that
     group (a container's user) and by nobody else."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(directory)
     try:
         os.chown(directory, -1, gid)
     except PermissionError:

@@ -17,18 +17,18 @@ source scripts/lib/compose.sh
 docker image inspect "$IMAGE" >/dev/null 2>&1 || "${COMPOSE[@]}" build subscriber >&2
 
 mkdir -p certs bundles
-chmod 700 bundles
+chmod 700 certs bundles
 args=(--rm --user 0:0 --read-only --tmpfs /tmp --network none
-      --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add DAC_OVERRIDE
+      --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add FSETID --cap-add DAC_OVERRIDE
       -v "$PWD/certs:/work/certs" -v "$PWD/bundles:/work/bundles" -w /work
       -e "HOST_UID=$(id -u)" -e "COMPOSE_PROJECT_NAME=$PROJECT"
       -e "HOMEWATCH_CERTS_DIR=/work/certs" -e "HOMEWATCH_BASE=$BASE_TOPIC")
 case "$1" in
     homewatch)
         if [[ " $* " == *" --reload "* ]]; then
-            sock=${DOCKER_HOST#unix://}
-            [[ $sock == "${DOCKER_HOST:-}" || -z $sock ]] && sock=/var/run/docker.sock
-            args+=(-v "$sock:/var/run/docker.sock" --network bridge)
+            sock=/var/run/docker.sock
+            if [[ ${DOCKER_HOST:-} == unix://* ]]; then sock=${DOCKER_HOST#unix://}; fi
+            args+=(-v "$sock:/var/run/docker.sock")
         fi
         cmd=("$@") ;;
     gen-certs)
@@ -38,7 +38,7 @@ case "$1" in
         sans=()
         for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
         args+=(-e "GEN_CERTS_HOSTNAME=$host")
-        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out certs "${sans[@]+"${sans[@]}"}" "$@") ;;
+        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out /work/certs "${sans[@]+"${sans[@]}"}" "$@") ;;
     *) echo "admin: error: unknown command $1 (homewatch or gen-certs)" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2016

@@ -19,7 +19,7 @@ say "building the app image ($IMAGE)"
 if [[ ! -e certs/ca.crt || ! -e certs/broker/server.key ]]; then
     say "making the CA and the broker certificate"
 fi
-scripts/admin.sh gen-certs --broker-gid 1883 | grep -E '^gen-certs: made|subjectAltNames' || true
+scripts/admin.sh gen-certs --broker-gid 1883 | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
 scripts/admin.sh homewatch server init --app-gid 10001 --demo-device "$DEMO_DEVICE_NAME" \
     | sed 's/^/homewatch: identities: /'
 
