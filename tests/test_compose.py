@@ -1,0 +1,282 @@
+"""The home-server stack: the real docker-compose.yml brought up by `make up` on a real
+Docker engine (through the offline images where no registry is reachable), checked from
+the host and through the Docker SDK. pytest-docker tears it down at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.helpers import ROOT, clean_env, free_port, paho_client, python_m, stop_client
+
+pytestmark = pytest.mark.compose
+
+SERVICES = {"broker", "subscriber", "publisher"}
+
+
+class Stack:
+    """A copy of the repository with its own project name and loopback port."""
+
+    def __init__(self, directory: Path, project: str, port: int) -> None:
+        self.dir = directory
+        self.project = project
+        self.port = port
+        self.host = "127.0.0.1"
+        self.certs = directory / "certs"
+        self.sdk = docker.from_env()
+
+    def make(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(["make", "-s", *args], cwd=self.dir, env=clean_env(),
+                           capture_output=True, text=True, timeout=900)
+        if check and r.returncode != 0:
+            raise AssertionError(f"make {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def containers(self, service: str | None = None, *, all: bool = False) -> list[Any]:
+        labels = [f"com.docker.compose.project={self.project}"]
+        if service:
+            labels.append(f"com.docker.compose.service={service}")
+        return list(self.sdk.containers.list(all=all, filters={"label": labels}))
+
+    def container(self, service: str) -> Any:
+        (c,) = self.containers(service)
+        return c
+
+    def logs(self, service: str) -> str:
+        return str(self.container(service).logs().decode(errors="replace"))
+
+    def wait_in_logs(self, service: str, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            logs = self.logs(service)
+            if text in logs:
+                return logs
+            time.sleep(1)
+        raise AssertionError(f"{text!r} not in {service} logs:\n{self.logs(service)[-3000:]}")
+
+    # the Broker interface of tests.helpers.paho_client
+    def url(self, host: str | None = None, base: str = "home") -> str:
+        return f"mqtts://{host or self.host}:{self.port}/{base}"
+
+
+def copy_repository(target: Path) -> None:
+    """The files a clone has (tracked + new), plus the offline build's .env and wheels."""
+    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            dst = target / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+            dst.chmod(src.stat().st_mode & 0o777)
+    for extra in [ROOT / ".env", *(ROOT / ".wheelhouse").glob("*.whl")]:
+        if extra.is_file():
+            (target / extra.relative_to(ROOT)).write_bytes(extra.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """`make up` in a fresh copy of the repository: unique project, free 127.0.0.1 port."""
+    directory = tmp_path_factory.mktemp("stack") / "homewatch"
+    directory.mkdir()
+    copy_repository(directory)
+    project = f"hwtest{os.getpid()}{uuid.uuid4().hex[:4]}"
+    port = free_port()
+    with open(directory / ".env", "a") as env:
+        env.write(f"\nCOMPOSE_PROJECT_NAME={project}\nMQTT_BIND=127.0.0.1\n"
+                  f"MQTT_PORT={port}\nDEMO_INTERVAL=2\n")
+    s = Stack(directory, project, port)
+    s.up_output = s.make("up").stdout  # type: ignore[attr-defined]
+    return s
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command() -> str:
+    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return "docker compose" if v2 else "docker-compose"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file(stack: Stack) -> str:
+    return str(stack.dir / "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name(stack: Stack) -> str:
+    return stack.project
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    return []  # `make up` (the stack fixture) is the set-up under test
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup() -> list[str]:
+    return ["down --volumes --remove-orphans"]
+
+
+@pytest.fixture(scope="session")
+def running(stack: Stack, docker_services: Any) -> Iterator[Stack]:
+    yield stack
+
+
+def test_make_up_starts_three_healthy_services(running: Stack) -> None:
+    """`make up` on a fresh copy ends with broker, subscriber and publisher healthy."""
+    out = running.up_output  # type: ignore[attr-defined]
+    assert "Homewatch is up." in out and f":{running.port}/home" in out
+    containers = running.containers()
+    assert {c.labels["com.docker.compose.service"] for c in containers} == SERVICES
+    for c in containers:
+        assert c.attrs["State"]["Health"]["Status"] == "healthy", c.name
+
+
+def test_demo_reading_appears_decrypted_in_the_subscriber_log(running: Stack) -> None:
+    """The demo publisher's readings show in the subscriber's log, decrypted."""
+    logs = running.wait_in_logs("subscriber", 'Topic:home/demo-pi/temperature,Payload:{"temperature": ')
+    line = next(x for x in logs.splitlines() if x.startswith("Topic:home/demo-pi/temperature"))
+    payload = json.loads(line.split(",Payload:", 1)[1])
+    assert set(payload) == {"temperature", "timestamp"}
+    running.wait_in_logs("subscriber", "Topic:home/demo-pi/devices,Payload:[")
+
+
+def test_only_the_tls_port_is_published_on_the_chosen_address(running: Stack) -> None:
+    """Only the broker publishes a port: 8883/tcp on MQTT_BIND:MQTT_PORT."""
+    published = {}
+    for c in running.containers():
+        for port, bindings in (c.attrs["NetworkSettings"]["Ports"] or {}).items():
+            if bindings:
+                published[(c.labels["com.docker.compose.service"], port)] = bindings
+    assert published == {("broker", "8883/tcp"): [{"HostIp": "127.0.0.1",
+                                                    "HostPort": str(running.port)}]}
+
+
+def test_anonymous_and_wrong_password_are_refused_from_the_host(running: Stack) -> None:
+    """From the host: no user, or a wrong password, gets CONNACK refused."""
+    for user, secret in ((None, None), ("demo-pi", "wrong"), ("subscriber", "")):
+        client, rc = paho_client(running, running.certs, user, secret)  # type: ignore[arg-type]
+        stop_client(client)
+        assert rc is not None and rc.is_failure, user
+
+
+def test_plaintext_mqtt_to_the_tls_port_fails(running: Stack) -> None:
+    """A plain MQTT CONNECT to the published port never gets a CONNACK."""
+    pw = (running.certs / "clients" / "demo-pi" / "password").read_text().strip()
+    client, rc = paho_client(running, running.certs, "demo-pi", pw,  # type: ignore[arg-type]
+                             tls=False)
+    stop_client(client)
+    assert rc is None
+
+
+def test_app_containers_are_hardened(running: Stack) -> None:
+    """Subscriber and publisher: non-root, read-only root, no capabilities,
+    no-new-privileges; every service has a health check and a restart policy."""
+    for c in running.containers():
+        host = c.attrs["HostConfig"]
+        assert host["RestartPolicy"]["Name"] == "unless-stopped", c.name
+        assert c.attrs["Config"].get("Healthcheck", {}).get("Test"), c.name
+        assert "no-new-privileges:true" in host["SecurityOpt"], c.name
+        if c.labels["com.docker.compose.service"] == "broker":
+            continue
+        assert c.attrs["Config"]["User"] == "10001:10001"
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"]
+        assert c.exec_run("id -u").output.decode().strip() == "10001"
+        assert c.exec_run("touch /opt/homewatch/x").exit_code != 0
+
+
+def test_broker_runs_as_its_own_user_and_its_key_is_not_world_readable(
+        running: Stack) -> None:
+    """The broker dropped root (uid 1883); its key, passwd and ACL are 0640 to gid 1883."""
+    broker = running.container("broker")
+    status = broker.exec_run("cat /proc/1/status").output.decode()
+    uid_line = next(x for x in status.splitlines() if x.startswith("Uid:"))
+    assert uid_line.split()[1:] == ["1883"] * 4
+    for name in ("server.key", "passwd", "acl"):
+        st = (running.certs / "broker" / name).stat()
+        assert (st.st_gid, st.st_mode & 0o777) == (1883, 0o640), name
+
+
+def secrets_of(certs: Path) -> list[str]:
+    found = [p.read_text().strip() for p in certs.glob("clients/*/password")]
+    found += [p.read_text().strip() for p in certs.glob("clients/*/fernet.key")]
+    found += [(certs / "ca.key").read_text().strip(), (certs / "broker/server.key").read_text()]
+    return [s for s in found if s]
+
+
+def test_no_secret_in_any_container_environment_or_config(running: Stack) -> None:
+    """No password, key or private key appears in `docker inspect` of any container."""
+    secrets = secrets_of(running.certs)
+    assert len(secrets) >= 5
+    for c in running.containers():
+        inspected = json.dumps(c.attrs)
+        for secret in secrets:
+            assert secret not in inspected, c.name
+        assert not any("PASSWORD=" in e and "FILE" not in e for e in c.attrs["Config"]["Env"])
+
+
+def test_make_up_again_keeps_the_ca_and_credentials(running: Stack) -> None:
+    """A second `make up` keeps the CA, the broker key and every password."""
+    before = {p: p.read_bytes() for p in running.certs.rglob("*") if p.is_file()}
+    out = running.make("up").stdout
+    assert "Homewatch is up." in out and "made CA" not in out
+    after = {p: p.read_bytes() for p in running.certs.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_device_added_while_running_publishes_without_restart_and_removal_refuses_it(
+        running: Stack, tmp_path: Path) -> None:
+    """`make add-device` makes a bundle and reloads the broker (no restart); a publisher
+    using only that bundle is shown by the subscriber; `make remove-device` refuses it."""
+    broker = running.container("broker")
+    started = broker.attrs["State"]["StartedAt"]
+    out = running.make("add-device", "NAME=pi-test", f"URL={running.url('localhost')}").stdout
+    assert "reloaded the broker" in out
+    bundle = running.dir / "bundles" / "pi-test.tar.gz"
+    assert bundle.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(bundle) as tar:
+        tar.extractall(tmp_path, filter="data")
+    creds = tmp_path / "pi-test"
+    env_file = (creds / "homewatch.env").read_text()
+    assert f"HOMEWATCH_URL={running.url('localhost')}" in env_file
+    r = subprocess.run(
+        python_m("publisher", running.url("localhost"), "--credentials", str(creds),
+                 "--count", "1", "--scanner", "simulated", "--temperature", "simulated",
+                 "--state-dir", str(tmp_path / "state")),
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    running.wait_in_logs("subscriber", "Topic:home/pi-test/temperature", timeout=20)
+    broker.reload()
+    assert broker.attrs["State"]["StartedAt"] == started
+    assert broker.attrs["RestartCount"] == 0
+
+    running.make("remove-device", "NAME=pi-test", "FORCE=1")
+    password = (creds / "password").read_text().strip()
+    client, rc = paho_client(running, running.certs, "pi-test", password)  # type: ignore[arg-type]
+    stop_client(client)
+    assert rc is not None and rc.is_failure
+
+
+def test_make_down_leaves_no_container_or_network_and_purge_removes_volumes(
+        running: Stack) -> None:
+    """`make down` removes containers and network, keeps data volumes;
+    `make purge FORCE=1` removes the volumes too. (Runs last: it stops the stack.)"""
+    label = {"label": f"com.docker.compose.project={running.project}"}
+    assert running.make("purge", check=False).returncode == 2  # needs FORCE=1
+    running.make("down")
+    assert running.containers(all=True) == []
+    assert running.sdk.networks.list(filters=label) == []
+    assert len(running.sdk.volumes.list(filters=label)) == 3
+    running.make("purge", "FORCE=1")
+    assert running.sdk.volumes.list(filters=label) == []
