@@ -62,12 +62,12 @@ if [[ $rebuild -eq 1 ]] || ! have_image "$base"; then
 fi
 
 if [[ $rebuild -eq 1 ]] || ! have_image "$broker"; then
-    docker build -q --build-arg "BASE_IMAGE=$base" -t "$broker" docker/broker-offline >/dev/null
+    docker build -q --build-arg "BASE_IMAGE=$base" -t "$broker" images/broker-offline >/dev/null
     say "made $broker"
 fi
 
 if [[ $rebuild -eq 1 ]] || ! have_image "$python"; then
-    docker build -q --build-arg "BASE_IMAGE=$base" -t "$python" docker/python-offline >/dev/null
+    docker build -q --build-arg "BASE_IMAGE=$base" -t "$python" images/python-offline >/dev/null
     say "made $python"
 fi
 

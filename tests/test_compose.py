@@ -144,7 +144,8 @@ def test_make_up_starts_three_healthy_services(running: Stack) -> None:
 
 def test_demo_reading_appears_decrypted_in_the_subscriber_log(running: Stack) -> None:
     """The demo publisher's readings show in the subscriber's log, decrypted."""
-    logs = running.wait_in_logs("subscriber", 'Topic:home/demo-pi/temperature,Payload:{"temperature": ')
+    logs = running.wait_in_logs(
+        "subscriber", 'Topic:home/demo-pi/temperature,Payload:{"temperature": ')
     line = next(x for x in logs.splitlines() if x.startswith("Topic:home/demo-pi/temperature"))
     payload = json.loads(line.split(",Payload:", 1)[1])
     assert set(payload) == {"temperature", "timestamp"}
@@ -226,6 +227,41 @@ def test_no_secret_in_any_container_environment_or_config(running: Stack) -> Non
         assert not any("PASSWORD=" in e and "FILE" not in e for e in c.attrs["Config"]["Env"])
 
 
+def test_no_secret_in_the_image_layers(running: Stack) -> None:
+    """The app image (every layer, as `docker save` exports it) holds no credential."""
+    secrets = [s.encode() for s in secrets_of(running.certs)]
+    image = running.container("subscriber").image
+    data = b"".join(image.save(named=False))
+    assert len(data) > 10_000_000
+    for secret in secrets:
+        assert secret not in data
+
+
+def test_a_second_stack_runs_beside_the_first(running: Stack, docker_compose_command: str,
+                                              ) -> None:
+    """Another project name and port give a second, independent broker at the same time."""
+    other = f"{running.project}b"
+    port = free_port()
+    env = clean_env({"COMPOSE_PROJECT_NAME": other, "MQTT_PORT": str(port)})
+    compose = docker_compose_command.split()
+    try:
+        subprocess.run([*compose, "up", "-d", "broker"], cwd=running.dir, env=env, check=True,
+                       capture_output=True, timeout=300)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            (c,) = running.sdk.containers.list(filters={"label": [
+                f"com.docker.compose.project={other}"]})
+            if c.attrs["State"]["Health"]["Status"] == "healthy":
+                break
+            time.sleep(1)
+        assert c.attrs["State"]["Health"]["Status"] == "healthy"
+        assert running.container("broker").attrs["State"]["Health"]["Status"] == "healthy"
+        assert c.attrs["NetworkSettings"]["Ports"]["8883/tcp"][0]["HostPort"] == str(port)
+    finally:
+        subprocess.run([*compose, "down", "--volumes"], cwd=running.dir, env=env,
+                       capture_output=True, timeout=120)
+
+
 def test_make_up_again_keeps_the_ca_and_credentials(running: Stack) -> None:
     """A second `make up` keeps the CA, the broker key and every password."""
     before = {p: p.read_bytes() for p in running.certs.rglob("*") if p.is_file()}
@@ -260,12 +296,50 @@ def test_device_added_while_running_publishes_without_restart_and_removal_refuse
     broker.reload()
     assert broker.attrs["State"]["StartedAt"] == started
     assert broker.attrs["RestartCount"] == 0
+    assert "lost connection" not in running.logs("subscriber")  # nobody was disconnected
 
     running.make("remove-device", "NAME=pi-test", "FORCE=1")
     password = (creds / "password").read_text().strip()
     client, rc = paho_client(running, running.certs, "pi-test", password)  # type: ignore[arg-type]
     stop_client(client)
     assert rc is not None and rc.is_failure
+
+
+def test_pi_variant_runs_the_publisher_from_a_bundle(
+        running: Stack, docker_compose_command: str, tmp_path: Path) -> None:
+    """docker-compose.pi.yml: a publisher container made from nothing but a device bundle,
+    with a D-Bus socket mounted (no BlueZ here: it falls back to simulated presence),
+    publishes readings the subscriber shows."""
+    running.make("add-device", "NAME=pi-box", f"URL={running.url()}")
+    pi = running.dir / "pi"
+    pi.mkdir()
+    with tarfile.open(running.dir / "bundles" / "pi-box.tar.gz") as tar:
+        tar.extractall(pi, filter="data")
+    (pi / "known-devices").write_text("88:29:9C:00:61:A9 Franks Phone\n")
+    (pi / "state").mkdir()
+    no_bluez = tmp_path / "no-bluez-socket"
+    no_bluez.touch()
+    env_file = pi / "pi-box" / "homewatch.env"
+    with open(env_file, "a") as f:
+        f.write(f"HOST_UID={os.getuid()}\nHOST_GID={os.getgid()}\nBLUETOOTH_GID={os.getgid()}\n"
+                f"DBUS_SYSTEM_SOCKET={no_bluez}\nHOMEWATCH_INTERVAL=2\nHOMEWATCH_SCAN_DURATION=1\n")
+    compose = [*docker_compose_command.split(), "-f", "docker-compose.pi.yml",
+               "--env-file", str(env_file), "-p", f"{running.project}pi"]
+    try:
+        subprocess.run([*compose, "up", "-d"], cwd=running.dir, env=clean_env(), check=True,
+                       capture_output=True, timeout=300)
+        (c,) = running.sdk.containers.list(all=True, filters={"label": [
+            f"com.docker.compose.project={running.project}pi"]})
+        try:
+            running.wait_in_logs("subscriber", "Topic:home/pi-box/temperature", timeout=60)
+        except AssertionError:
+            raise AssertionError(c.logs().decode()[-3000:]) from None
+        env = c.attrs["Config"]["Env"]
+        assert not any(s in json.dumps(env) for s in secrets_of(running.certs))
+        assert "/run/dbus/system_bus_socket" in [m["Destination"] for m in c.attrs["Mounts"]]
+    finally:
+        subprocess.run([*compose, "down", "--volumes"], cwd=running.dir, env=clean_env(),
+                       capture_output=True, timeout=120)
 
 
 def test_make_down_leaves_no_container_or_network_and_purge_removes_volumes(

@@ -220,3 +220,25 @@ def test_device_provisioned_while_running_is_accepted_without_restarts(
     client, rc = paho_client(broker, certs, "pi-new", "anything")
     stop_client(client)
     assert rc is not None and rc.is_failure
+
+
+def test_publisher_started_before_the_broker_waits_and_then_publishes(
+        certs: Path, workdir: Path, tmp_path: Path) -> None:
+    """With the broker not up yet, the publisher logs that it is unreachable, retries
+    with backoff, and publishes once the broker starts."""
+    from tests.helpers import free_port
+    late = Broker(certs=certs, workdir=tmp_path / "late", port=free_port())
+    cmd = python_m("publisher", late.url("localhost"), "--device", "pi-kitchen",
+                   "--temperature", "simulated", "--scanner", "simulated", "--count", "1",
+                   "--state-dir", str(workdir / "pub-state"))
+    with running(cmd, cwd=workdir) as pub:
+        time.sleep(2.5)
+        assert pub.poll() is None
+        late.start()
+        try:
+            _, err = pub.communicate(timeout=60)
+        finally:
+            late.stop()
+    assert pub.returncode == 0, err
+    assert "unreachable" in err and "retrying in" in err
+    assert "connected to mqtts://localhost" in err and "2 message(s) published" in err
