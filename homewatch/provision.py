@@ -18,6 +18,7 @@ device that may only write ``BASE/<its name>/#``. Nothing else is allowed.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -27,6 +28,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
+from homewatch import pki
 from homewatch.errors import ProvisionError
 from homewatch.secrets import ensure_private_dir, new_key, write_private_file
 from homewatch.url import DEFAULT_BASE, validate_base
@@ -98,6 +102,24 @@ class Layout:
 
     def device_key(self, name: str) -> Path:
         return self.client_dir(name) / "fernet.key"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca.key"
+
+    @property
+    def crl(self) -> Path:
+        return self.broker_dir / "crl.pem"
+
+    def cert_dir(self, name: str) -> Path:
+        # the health check's certificate must be inside the broker's mount
+        return self.healthcheck_config.parent if name == HEALTHCHECK else self.client_dir(name)
+
+    def client_cert(self, name: str) -> Path:
+        return self.cert_dir(name) / "client.crt"
+
+    def client_key(self, name: str) -> Path:
+        return self.cert_dir(name) / "client.key"
 
     @property
     def healthcheck_config(self) -> Path:
@@ -189,14 +211,16 @@ def add_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE,
         share_directory(layout.client_dir(name), group)
     password = secrets.token_urlsafe(32)
     write_private_file(layout.password(name), password + "\n")
+    cert = _issue_cert(layout, name, replace=name in users)
     if name == HEALTHCHECK:
-        write_private_file(layout.healthcheck_config, _healthcheck_config(password))
+        write_private_file(layout.healthcheck_config,
+                           _healthcheck_config(password, with_cert=cert is not None))
     key_file: Path | None = None
     if name not in (SUBSCRIBER, HEALTHCHECK):
-        key = new_key() + "\n"
+        ring = keyring_text([new_key()])
         key_file = layout.device_key(name)
-        write_private_file(key_file, key)
-        write_private_file(layout.subscriber_key(name), key)
+        write_private_file(key_file, ring)
+        write_private_file(layout.subscriber_key(name), ring)
     users[name] = hash_password(password)
     layout.broker_dir.mkdir(parents=True, exist_ok=True)
     _write_broker_files(layout, users, base)
@@ -204,11 +228,97 @@ def add_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE,
     return Provisioned(name=name, password_file=layout.password(name), key_file=key_file)
 
 
-def _healthcheck_config(password: str) -> str:
+def _healthcheck_config(password: str, *, with_cert: bool) -> str:
     # Read by mosquitto_sub from $XDG_CONFIG_HOME/mosquitto_sub: keeps the password off
-    # the health check's command line.
-    return ("-h localhost\n-p 8883\n--cafile /mosquitto/certs/ca.crt\n"
+    # the health check's command line. The certificate serves mutual-TLS mode.
+    text = ("-h localhost\n-p 8883\n--cafile /mosquitto/certs/ca.crt\n"
             f"-u {HEALTHCHECK}\n-P {password}\n")
+    if with_cert:
+        text += ("--cert /mosquitto/certs/healthcheck/client.crt\n"
+                 "--key /mosquitto/certs/healthcheck/client.key\n")
+    return text
+
+
+def _issue_cert(layout: Layout, name: str, *, replace: bool) -> x509.Certificate | None:
+    """Issue the identity's client certificate (revoking the one it replaces), and make
+    sure the broker has a CRL. Without the CA key (a CA kept offline) there is none."""
+    if not layout.ca_key.exists():
+        log.warning("no CA key at %s: %s gets no client certificate (mutual TLS)",
+                    layout.ca_key, name)
+        return None
+    ca = pki.load_ca(layout.ca, layout.ca_key)
+    old = layout.client_cert(name)
+    if replace and old.exists():
+        pki.write_crl(ca, layout.crl, revoke=pki.load_cert(old))
+    cert = pki.issue_client_cert(ca, name, layout.client_cert(name), layout.client_key(name))
+    if not layout.crl.exists():
+        pki.write_crl(ca, layout.crl)
+    return cert
+
+
+def keyring_text(keys: list[str], created: list[str] | None = None) -> str:
+    """Key ring file text: newest first, each key preceded by its creation time."""
+    stamps = created or [_utcnow()] * len(keys)
+    return "".join(f"# created {c}\n{k}\n" for k, c in zip(keys, stamps, strict=True))
+
+
+def read_keyring_entries(path: Path) -> list[tuple[str, str]]:
+    """(key, created) pairs of a key ring file, newest first; created may be ''."""
+    entries: list[tuple[str, str]] = []
+    created = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("# created "):
+            created = line[len("# created "):]
+        elif line and not line.startswith("#"):
+            entries.append((line, created))
+            created = ""
+    return entries
+
+
+def _utcnow() -> str:
+    return pki.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rotate_key(layout: Layout, name: str, *, keep: int = 2) -> int:
+    """Put a new key first in the device's and the subscriber's key rings, keeping the
+    ``keep`` newest in all. Tokens under the previous key still open: nothing in flight
+    is lost. Returns the number of keys in the ring."""
+    validate_name(name)
+    if name == SUBSCRIBER or not layout.device_key(name).exists():
+        raise ProvisionError(f"no device named {name!r} with a key ring")
+    if keep < 2:
+        raise ProvisionError("--keep must be at least 2 (the new key and the one in use)")
+    entries = [(new_key(), _utcnow()), *read_keyring_entries(layout.device_key(name))][:keep]
+    text = keyring_text([k for k, _ in entries], [c for _, c in entries])
+    # the subscriber first: it must accept the new key before the device uses it
+    write_private_file(layout.subscriber_key(name), text)
+    write_private_file(layout.device_key(name), text)
+    return len(entries)
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    name: str
+    role: str
+    key_created: str | None
+    cert_expires: dt.datetime | None
+
+
+def describe_identities(layout: Layout) -> list[IdentityInfo]:
+    infos = []
+    for name in list_identities(layout):
+        role = ("subscriber" if name == SUBSCRIBER else
+                "health check" if name == HEALTHCHECK else "device")
+        key_created = None
+        if layout.device_key(name).exists():
+            entries = read_keyring_entries(layout.device_key(name))
+            key_created = entries[0][1] if entries else None
+        expires = None
+        if layout.client_cert(name).exists():
+            expires = pki.load_cert(layout.client_cert(name)).not_valid_after_utc
+        infos.append(IdentityInfo(name, role, key_created, expires))
+    return infos
 
 
 def remove_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE) -> None:
@@ -218,6 +328,9 @@ def remove_identity(layout: Layout, name: str, *, base: str = DEFAULT_BASE) -> N
     if name not in users:
         raise ProvisionError(f"no identity named {name!r}")
     del users[name]
+    if layout.client_cert(name).exists() and layout.ca_key.exists():
+        ca = pki.load_ca(layout.ca, layout.ca_key)
+        pki.write_crl(ca, layout.crl, revoke=pki.load_cert(layout.client_cert(name)))
     _write_broker_files(layout, users, base)
     if name == SUBSCRIBER:  # keep the device key rings the subscriber holds
         layout.password(name).unlink(missing_ok=True)
@@ -249,13 +362,16 @@ def make_bundle(layout: Layout, name: str, *, url: str, out_dir: Path) -> Path:
     for what, path in files.items():
         if not path.exists():
             raise ProvisionError(f"cannot bundle {name}: {what} missing ({path})")
+    if layout.client_cert(name).exists():
+        files["client.crt"] = layout.client_cert(name)
+        files["client.key"] = layout.client_key(name)
     env = (f"# Homewatch publisher settings for {name}\n"
            f"HOMEWATCH_URL={url}\nHOMEWATCH_DEVICE={name}\n")
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = out_dir / f"{name}.tar.gz"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        members = [(n, p.read_bytes(), 0o644 if n == "ca.crt" else 0o600)
+        members = [(n, p.read_bytes(), 0o644 if n.endswith(".crt") else 0o600)
                    for n, p in files.items()]
         members.append(("homewatch.env", env.encode(), 0o644))
         for member, data, mode in members:

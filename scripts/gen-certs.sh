@@ -4,6 +4,7 @@
 # Idempotent: an existing CA is kept (it is what every client trusts); only what is
 # missing is made. --force replaces the CA and everything signed by it.
 set -euo pipefail
+caller_pwd=$PWD
 cd "$(dirname "$0")/.."
 
 usage() {
@@ -36,7 +37,8 @@ broker_gid=""
 extra_sans=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --out) [[ $# -ge 2 ]] || die "--out needs a directory"; out=$2; shift 2 ;;
+        --out) [[ $# -ge 2 ]] || die "--out needs a directory"
+               out=$2; [[ $out == /* ]] || out="$caller_pwd/$out"; shift 2 ;;
         --san) [[ $# -ge 2 ]] || die "--san needs a value"; extra_sans+=("$2"); shift 2 ;;
         --days) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--days needs a number"; days=$2; shift 2 ;;
         --broker-gid) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--broker-gid needs a number"

@@ -6,7 +6,9 @@
 # listener's bind address are rewritten. Runs in the foreground (exec), so signals reach
 # mosquitto: SIGHUP reloads passwords/ACL/certificates, SIGTERM stops it.
 set -euo pipefail
+caller_pwd=$PWD
 cd "$(dirname "$0")/.."
+abs() { if [[ $1 == /* ]]; then printf '%s' "$1"; else printf '%s' "$caller_pwd/$1"; fi; }
 
 usage() {
     cat <<'USAGE'
@@ -27,8 +29,8 @@ port=8883
 bind=127.0.0.1
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --certs) [[ $# -ge 2 ]] || die "--certs needs a directory"; certs=$2; shift 2 ;;
-        --data) [[ $# -ge 2 ]] || die "--data needs a directory"; data=$2; shift 2 ;;
+        --certs) [[ $# -ge 2 ]] || die "--certs needs a directory"; certs=$(abs "$2"); shift 2 ;;
+        --data) [[ $# -ge 2 ]] || die "--data needs a directory"; data=$(abs "$2"); shift 2 ;;
         --port) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--port needs a number"; port=$2; shift 2 ;;
         --bind) [[ $# -ge 2 ]] || die "--bind needs an address"; bind=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;

@@ -83,3 +83,10 @@ def test_bad_arguments_give_usage_and_exit_2(tmp_path: Path) -> None:
     r = subprocess.run(["bash", str(GEN_CERTS), "--out", str(tmp_path), "--bogus"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown argument: --bogus" in r.stderr
+
+
+def test_relative_out_is_relative_to_where_you_run_it(tmp_path: Path) -> None:
+    """--out mycerts writes ./mycerts of the caller, not of the repository."""
+    subprocess.run(["bash", str(GEN_CERTS), "--out", "mycerts"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    assert (tmp_path / "mycerts" / "ca.crt").is_file()
