@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from homewatch import provision
+from homewatch import pki, provision
 from homewatch.config import OneLineParser
 from homewatch.errors import ConfigError, HomewatchError
 from homewatch.health import is_fresh
@@ -49,7 +49,15 @@ def _parser() -> OneLineParser:
                      "(e.g. mqtts://homeserver.local:8883/home)")
     add.add_argument("--reload", action="store_true",
                      help="reload the Compose stack's broker (SIGHUP via the Docker SDK)")
-    dsub.add_parser("list", help="list identities")
+    dsub.add_parser("list", help="list identities with key age and certificate expiry")
+    rot = dsub.add_parser("rotate-key", help="give a device a new payload key; the previous "
+                          "one stays valid so nothing in flight is lost")
+    rot.add_argument("name")
+    rot.add_argument("--keep", type=int, default=2, metavar="N",
+                     help="keys kept in the key rings, newest first (default 2)")
+    rot.add_argument("--bundle", type=Path, metavar="DIR",
+                     help="also write DIR/NAME.tar.gz with the new key ring for the Pi")
+    rot.add_argument("--url", help="broker URL for the bundle")
     rm = dsub.add_parser("remove", help="remove an identity and delete its material")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true", help="required: removal is destructive")
@@ -111,10 +119,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.action == "add":
             lines = _device_add(args, layout)
         elif args.action == "list":
-            for name in provision.list_identities(layout):
-                role = ("subscriber" if name == provision.SUBSCRIBER else
-                        "health check" if name == provision.HEALTHCHECK else "device")
-                lines.append(f"{name}\t{role}")
+            lines.append(f"{'NAME':<20} {'ROLE':<13} {'KEY CREATED':<21} CERTIFICATE EXPIRES")
+            for info in provision.describe_identities(layout):
+                expires = "-"
+                if info.cert_expires is not None:
+                    days = (info.cert_expires - pki.now()).days
+                    expires = f"{info.cert_expires:%Y-%m-%d} ({days} days)"
+                lines.append(f"{info.name:<20} {info.role:<13} {info.key_created or '-':<21} "
+                             f"{expires}")
+        elif args.action == "rotate-key":
+            if args.bundle is not None and not args.url:
+                raise ConfigError("--bundle needs --url, the broker address the Pi will use")
+            count = provision.rotate_key(layout, args.name, keep=args.keep)
+            lines.append(f"rotated the key of {args.name}: {count} key(s) in its rings, "
+                         "newest first; the subscriber accepts old and new")
+            if args.bundle is not None:
+                bundle = provision.make_bundle(layout, args.name, url=args.url,
+                                               out_dir=args.bundle)
+                lines.append(f"  bundle: {bundle}  (copy fernet.key to the Pi; the publisher "
+                             "picks it up without a restart)")
         elif args.action == "remove":
             if not args.force:
                 sys.stderr.write(f"homewatch: error: removing {args.name!r} deletes its "

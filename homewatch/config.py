@@ -133,6 +133,17 @@ def load_password(password_file: Path | None, environ: Mapping[str, str]) -> Sec
     return Secret(read_secret_file(password_file, "password"))
 
 
+def client_certificate(cert: Path | None, key: Path | None,
+                       identity_dir: Path) -> tuple[Path | None, Path | None]:
+    """The client certificate and key: given explicitly, else client.crt/client.key in the
+    identity directory when both exist (mutual TLS needs them; password mode ignores them)."""
+    if cert is not None or key is not None:
+        return cert, key
+    if (identity_dir / "client.crt").is_file() and (identity_dir / "client.key").is_file():
+        return identity_dir / "client.crt", identity_dir / "client.key"
+    return None, None
+
+
 def default_identity() -> str:
     """The device identity: this host's short name, lower-cased."""
     return socket.gethostname().split(".")[0].lower()

@@ -53,7 +53,8 @@ async def _main(settings: PublisherSettings) -> int:
         conn.stop()
         return 0
     pub = Publisher(conn, settings.ring(), device=settings.device,
-                    base=settings.connection.url.base, sequence=sequence)
+                    base=settings.connection.url.base, sequence=sequence,
+                    key_file=settings.key_file)
     try:
         stats = await run(pub, temperature=temperature, scanner=scanner, known=known,
                           interval=settings.interval, count=settings.count, stop=stop,

@@ -7,14 +7,16 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import MultiFernet
 
 from homewatch.envelope import seal, topic_for
-from homewatch.errors import ScannerError, SensorError
+from homewatch.errors import ConfigError, ScannerError, SensorError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
+from homewatch.secrets import load_keyring
 from publisher.presence import Scanner, presence_report
 from publisher.sensors import TemperatureSource
 from publisher.sequence import SequenceCounter
@@ -35,15 +37,39 @@ class Publisher:
     """Seals readings for one device and hands them to the connection."""
 
     def __init__(self, conn: Connection, ring: MultiFernet, *, device: str, base: str,
-                 sequence: SequenceCounter) -> None:
+                 sequence: SequenceCounter, key_file: Path | None = None,
+                 recheck_seconds: float = 5.0) -> None:
         self._conn = conn
         self._ring = ring
+        self._key_file = key_file
+        self._key_mtime = key_file.stat().st_mtime_ns if key_file else 0
+        self._recheck = recheck_seconds
+        self._checked = time.monotonic()
         self._device = device
         self._base = base
         self._seq = sequence
         self.stats = Stats()
 
+    def _reload_key(self) -> None:
+        """Pick up a rotated key ring (``homewatch device rotate-key``) without a restart."""
+        now = time.monotonic()
+        if self._key_file is None or now - self._checked < self._recheck:
+            return
+        self._checked = now
+        try:
+            mtime = self._key_file.stat().st_mtime_ns
+            if mtime == self._key_mtime:
+                return
+            self._ring = load_keyring(self._key_file)
+        except (OSError, ConfigError) as exc:
+            log.error("key ring %s changed but is unusable (%s); keeping the current keys",
+                      self._key_file, exc)
+            return
+        self._key_mtime = mtime
+        log.info("key ring %s changed: encrypting with its newest key", self._key_file)
+
     def publish(self, kind: str, data: Any) -> int:
+        self._reload_key()
         topic = topic_for(self._base, self._device, kind)
         seq = self._seq.next()
         token = seal(self._ring, topic=topic, device=self._device, seq=seq, data=data)

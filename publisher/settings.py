@@ -39,8 +39,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default certs/clients/<device>/password)", convert=config.path, metavar="FILE"),
     Option("key-file", "payload key ring file, newest key first "
            "(default certs/clients/<device>/fernet.key)", convert=config.path, metavar="FILE"),
-    Option("client-cert", "client certificate (mutual TLS)", convert=config.path,
-           metavar="FILE"),
+    Option("client-cert", "client certificate for mutual TLS (default client.crt in the "
+           "identity directory, when present)", convert=config.path, metavar="FILE"),
     Option("client-key", "client certificate's private key", convert=config.path,
            metavar="FILE"),
     Option("interval", "seconds between readings", default=10.0,
@@ -73,6 +73,7 @@ class PublisherSettings:
     connection: ConnectionSettings
     device: str
     keyring: Secret
+    key_file: Path | None
     interval: float
     temperature: str
     sysfs: Path
@@ -118,6 +119,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
     client_dir = creds if creds is not None else Path("certs/clients") / device
     ca = v["ca"] or (creds / "ca.crt" if creds is not None else Path("certs/ca.crt"))
     password_file = v["password-file"] or client_dir / "password"
+    key_file: Path | None = None
     if "HOMEWATCH_KEY" in environ:
         keyring = Secret(environ["HOMEWATCH_KEY"].replace(",", "\n"))
     else:
@@ -126,19 +128,22 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
     parse_keyring(keyring.reveal(), "payload key ring")  # validate now, fail early
     if (v["client-cert"] is None) != (v["client-key"] is None):
         raise ConfigError("--client-cert and --client-key go together")
+    client_cert, client_key = config.client_certificate(v["client-cert"], v["client-key"],
+                                                        client_dir)
     connection = ConnectionSettings(
         url=url,
         username=device,
         client_id=f"homewatch-pub-{device}",
         ca_file=ca if url.tls else None,
         password=config.load_password(password_file, environ),
-        client_cert=v["client-cert"],
-        client_key=v["client-key"],
+        client_cert=client_cert,
+        client_key=client_key,
     )
     return PublisherSettings(
         connection=connection,
         device=device,
         keyring=keyring,
+        key_file=key_file,
         interval=v["interval"],
         temperature=v["temperature"],
         sysfs=v["sysfs"],

@@ -25,14 +25,17 @@ from --password-file (or HOMEWATCH_PASSWORD); device key rings from --keys-dir."
 OPTIONS: tuple[Option, ...] = (
     Option("url", "broker URL mqtts://HOST:PORT/BASE"),
     Option("username", "MQTT user name", default=SUBSCRIBER, metavar="NAME"),
+    Option("credentials", "identity directory holding password, keys/ and (mutual TLS) "
+           "client.crt + client.key (default certs/clients/<username>)", convert=config.path,
+           metavar="DIR"),
     Option("ca", "CA certificate that signed the broker's", default=Path("certs/ca.crt"),
            convert=config.path, metavar="FILE"),
     Option("password-file", "file holding the MQTT password "
            "(default certs/clients/<username>/password)", convert=config.path, metavar="FILE"),
     Option("keys-dir", "directory of device key rings <device>.key "
            "(default certs/clients/<username>/keys)", convert=config.path, metavar="DIR"),
-    Option("client-cert", "client certificate (mutual TLS)", convert=config.path,
-           metavar="FILE"),
+    Option("client-cert", "client certificate for mutual TLS (default client.crt in the "
+           "identity directory, when present)", convert=config.path, metavar="FILE"),
     Option("client-key", "client certificate's private key", convert=config.path,
            metavar="FILE"),
     Option("client-id", "MQTT client id of the persistent session "
@@ -94,7 +97,12 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         raise ConfigError("--count: must be 0 or more")
     if (v["client-cert"] is None) != (v["client-key"] is None):
         raise ConfigError("--client-cert and --client-key go together")
-    client_dir = Path("certs/clients") / username
+    creds: Path | None = v["credentials"]
+    if creds is not None and not creds.is_dir():
+        raise ConfigError(f"credentials directory not found: {creds}")
+    client_dir = creds if creds is not None else Path("certs/clients") / username
+    client_cert, client_key = config.client_certificate(v["client-cert"], v["client-key"],
+                                                        client_dir)
     keys_dir = v["keys-dir"] or client_dir / "keys"
     if not keys_dir.is_dir():
         raise ConfigError(f"keys directory not found: {keys_dir} (provision a device with "
@@ -105,8 +113,8 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         client_id=v["client-id"] or f"homewatch-sub-{username}",
         ca_file=v["ca"] if url.tls else None,
         password=config.load_password(v["password-file"] or client_dir / "password", environ),
-        client_cert=v["client-cert"],
-        client_key=v["client-key"],
+        client_cert=client_cert,
+        client_key=client_key,
         clean_session=False,
     )
     return SubscriberSettings(

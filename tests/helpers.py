@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_CONF = ROOT / "broker" / "mosquitto.conf"
+BROKER_MTLS_CONF = ROOT / "broker" / "mosquitto-mtls.conf"
 LOCAL_BROKER = ROOT / "scripts" / "local-broker.sh"
 GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
 
@@ -48,6 +49,7 @@ class Broker:
     workdir: Path
     host: str = "127.0.0.1"
     port: int = 0
+    conf: Path = BROKER_CONF
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Broker:
@@ -57,7 +59,7 @@ class Broker:
         self.logfile = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["bash", str(LOCAL_BROKER), "--certs", str(self.certs), "--data", str(self.workdir),
-             "--port", str(self.port), "--bind", self.host],
+             "--port", str(self.port), "--bind", self.host, "--conf", str(self.conf)],
             stdout=self.logfile, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port)
@@ -123,17 +125,24 @@ def password(certs: Path, name: str) -> str:
 
 def paho_client(broker: Broker, certs: Path, username: str | None, secret: str | None, *,
                 client_id: str = "", host: str | None = None, ca: Path | None = None,
-                tls: bool = True) -> tuple[mqtt.Client, mqtt.ReasonCode | None]:
-    """A real paho client; returns it connected (loop running) and the CONNACK code."""
+                tls: bool = True, cert: tuple[Path, Path] | None = None,
+                ) -> tuple[mqtt.Client, mqtt.ReasonCode | None]:
+    """A real paho client; returns it connected (loop running) and the CONNACK code
+    (None when no CONNACK came: the connection was refused or dropped)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     if tls:
-        client.tls_set(ca_certs=str(ca or certs / "ca.crt"))
+        client.tls_set(ca_certs=str(ca or certs / "ca.crt"),
+                       certfile=str(cert[0]) if cert else None,
+                       keyfile=str(cert[1]) if cert else None)
     if username is not None:
         client.username_pw_set(username, secret)
     got: queue.Queue[mqtt.ReasonCode] = queue.Queue()
     client.on_connect = lambda c, u, f, rc, p: got.put(rc)
     client.reconnect_delay_set(1, 1)
-    client.connect(host or broker.host, broker.port)
+    try:
+        client.connect(host or broker.host, broker.port)
+    except OSError:  # the handshake itself was refused
+        return client, None
     client.loop_start()
     try:
         rc = got.get(timeout=5)
