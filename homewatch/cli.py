@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,18 @@ def _parser() -> OneLineParser:
                       help="group of the app containers' user (10001 in the image)")
     init.add_argument("--demo-device", metavar="NAME", help="also make this demo device")
 
+    doctor = sub.add_parser("doctor", help="audit a running deployment; exit 1 on any "
+                            "failure")
+    doctor.add_argument("url", nargs="?", default=None,
+                        help="broker URL as clients use it (default mqtts://localhost:"
+                        "$MQTT_PORT/BASE)")
+    doctor.add_argument("--config", type=Path, default=None,
+                        help="the broker's config (default broker/$BROKER_CONF or "
+                        "broker/mosquitto.conf)")
+    doctor.add_argument("--broker-pid", type=int, metavar="PID",
+                        help="reload a local mosquitto with SIGHUP (default: the Compose "
+                        "stack's broker through the Docker SDK)")
+
     health = sub.add_parser("health", help="exit 0 if a program's health file is fresh")
     health.add_argument("file", type=Path)
     health.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS")
@@ -83,6 +96,28 @@ def _reload() -> str:
 
     project = default_project()
     return f"reloaded the broker ({reload_broker(project)})"
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from homewatch import doctor
+    from homewatch.dockerctl import default_project, reload_broker
+
+    port = os.environ.get("MQTT_PORT", "8883")
+    url = parse_broker_url(args.url or f"mqtts://localhost:{port}/{args.base}")
+    config = args.config or Path("broker") / os.environ.get("BROKER_CONF", "mosquitto.conf")
+    pid: int | None = args.broker_pid
+    project = default_project()
+
+    def reload() -> None:
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+        else:
+            reload_broker(project)
+
+    checks = doctor.run_all(doctor.Target(url=url, certs=args.certs, config=config,
+                                          reload=reload))
+    sys.stdout.write(doctor.render(checks) + "\n")
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
@@ -112,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "health":
             return 0 if is_fresh(args.file, args.max_age) else 1
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "server":
             made = provision.init_server(layout, base=args.base, app_gid=args.app_gid,
                                          demo_device=args.demo_device)

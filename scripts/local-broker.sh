@@ -14,8 +14,8 @@ usage() {
     cat <<'USAGE'
 usage: scripts/local-broker.sh [--certs DIR] [--data DIR] [--port N] [--bind ADDR] [--conf FILE]
 
-  --certs DIR   certs directory made by gen-certs.sh and `homewatch device add` (default certs)
-  --data DIR    where the rendered config, persistence and log go (default state/broker)
+  --certs DIR   certs directory made by gen-certs.sh and `homewatch device add` (default ./certs)
+  --data DIR    where the rendered config, persistence and log go (default ./state/broker)
   --port N      TLS listener port (default 8883)
   --bind ADDR   listener address (default 127.0.0.1; 0.0.0.0 to serve the LAN)
   --conf FILE   broker configuration (default broker/mosquitto.conf; mutual TLS:
@@ -25,8 +25,8 @@ USAGE
 
 die() { echo "local-broker: error: $*" >&2; exit 2; }
 
-certs=certs
-data=state/broker
+certs=$(abs certs)
+data=$(abs state/broker)
 port=8883
 bind=127.0.0.1
 source_conf=broker/mosquitto.conf

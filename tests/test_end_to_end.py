@@ -242,3 +242,28 @@ def test_publisher_started_before_the_broker_waits_and_then_publishes(
     assert pub.returncode == 0, err
     assert "unreachable" in err and "retrying in" in err
     assert "connected to mqtts://localhost" in err and "2 message(s) published" in err
+
+
+def test_key_rotation_while_running_loses_nothing(broker: Broker, workdir: Path,
+                                                  certs: Path) -> None:
+    """`homewatch device rotate-key` during a stream: the publisher switches to the new
+    key without a restart, the subscriber accepts old and new, nothing is rejected or lost."""
+    with running(subscriber_cmd(broker, workdir, "--json"), cwd=workdir) as sub:
+        wait_subscribed(sub)
+        cmd = publisher_cmd(broker, workdir, "--interval", "0.25", "--scan-duration", "0.1")
+        cmd[cmd.index("pi-kitchen")] = "pi-garage"
+        with running(cmd, cwd=workdir) as pub:
+            time.sleep(1.5)
+            homewatch_cli(certs, "device", "rotate-key", "pi-garage")
+            time.sleep(7.0)  # the publisher re-checks its key ring every 5 s
+            pub.send_signal(signal.SIGTERM)
+            _, pub_err = pub.communicate(timeout=20)
+        assert pub.returncode == 0, pub_err
+        published = int(re.search(r"(\d+) message\(s\) published", pub_err).group(1))  # type: ignore[union-attr]
+        lines = read_lines(sub, published)
+        sub.send_signal(signal.SIGTERM)
+        _, sub_err = sub.communicate(timeout=20)
+    assert "changed: encrypting with its newest key" in pub_err
+    seqs = [json.loads(line)["seq"] for line in lines]
+    assert seqs == list(range(seqs[0], seqs[0] + published))
+    assert f"stopped: {published} accepted, 0 rejected" in sub_err
