@@ -25,7 +25,7 @@ certs: ## make the CA and broker certificate if missing (scripts/gen-certs.sh)
 broker: ## run the broker with a local mosquitto on 127.0.0.1:$(PORT) (no Docker)
 	scripts/local-broker.sh --port $(PORT)
 
-.PHONY: up down logs status add-device remove-device purge offline-images
+.PHONY: up down logs status add-device remove-device purge doctor offline-images
 NAME ?=
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
@@ -52,6 +52,9 @@ add-device: ## provision a Pi on the running stack: make add-device NAME=pi-kitc
 remove-device: ## remove a device and refuse it from now on: make remove-device NAME=pi-kitchen FORCE=1
 	@if [ -z "$(NAME)" ] || [ "$(FORCE)" != 1 ]; then echo "usage: make remove-device NAME=pi-kitchen FORCE=1 (deletes its credentials)" >&2; exit 2; fi
 	scripts/admin.sh homewatch device remove "$(NAME)" --force --reload
+
+doctor: ## audit the running stack: certificates, permissions, anonymous, TLS, ACL isolation
+	scripts/admin.sh doctor
 
 offline-images: ## build the broker and Python base images and a wheelhouse with no registry
 	scripts/offline-images.sh

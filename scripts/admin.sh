@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ $# -eq 0 || $1 == -h || $1 == --help ]]; then
-    echo "usage: scripts/admin.sh homewatch ARGS... | scripts/admin.sh gen-certs ARGS..."
+    echo "usage: scripts/admin.sh homewatch ARGS... | gen-certs ARGS... | doctor [ARGS...]"
     exit 0
 fi
 # shellcheck source=scripts/lib/compose.sh
@@ -18,19 +18,26 @@ docker image inspect "$IMAGE" >/dev/null 2>&1 || "${COMPOSE[@]}" build subscribe
 
 mkdir -p certs bundles
 chmod 700 certs bundles
-args=(--rm --user 0:0 --read-only --tmpfs /tmp --network none
+network=none
+if [[ $1 == doctor || " $* " == *" --reload "* ]]; then
+    sock=/var/run/docker.sock
+    if [[ ${DOCKER_HOST:-} == unix://* ]]; then sock=${DOCKER_HOST#unix://}; fi
+fi
+[[ $1 == doctor ]] && network=host  # it probes the broker's published port
+args=(--rm --user 0:0 --read-only --tmpfs /tmp --network "$network"
       --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add FSETID --cap-add DAC_OVERRIDE
       -v "$PWD/certs:/work/certs" -v "$PWD/bundles:/work/bundles" -w /work
       -e "HOST_UID=$(id -u)" -e "COMPOSE_PROJECT_NAME=$PROJECT"
       -e "HOMEWATCH_CERTS_DIR=/work/certs" -e "HOMEWATCH_BASE=$BASE_TOPIC")
+if [[ -n ${sock:-} ]]; then args+=(-v "$sock:/var/run/docker.sock"); fi
 case "$1" in
     homewatch)
-        if [[ " $* " == *" --reload "* ]]; then
-            sock=/var/run/docker.sock
-            if [[ ${DOCKER_HOST:-} == unix://* ]]; then sock=${DOCKER_HOST#unix://}; fi
-            args+=(-v "$sock:/var/run/docker.sock")
-        fi
         cmd=("$@") ;;
+    doctor)
+        shift
+        args+=(-v "$PWD/broker:/work/broker:ro" -e "MQTT_PORT=$MQTT_PORT_VALUE"
+               -e "BROKER_CONF=$(env_value BROKER_CONF mosquitto.conf)")
+        cmd=(homewatch doctor "$@") ;;
     gen-certs)
         shift
         # The certificate should name this server as the Pis will reach it.
@@ -39,7 +46,7 @@ case "$1" in
         for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
         args+=(-e "GEN_CERTS_HOSTNAME=$host")
         cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out /work/certs "${sans[@]+"${sans[@]}"}" "$@") ;;
-    *) echo "admin: error: unknown command $1 (homewatch or gen-certs)" >&2; exit 2 ;;
+    *) echo "admin: error: unknown command $1 (homewatch, gen-certs or doctor)" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2016
 docker run "${args[@]}" --entrypoint /bin/bash "$IMAGE" -c \

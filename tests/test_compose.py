@@ -262,6 +262,15 @@ def test_a_second_stack_runs_beside_the_first(running: Stack, docker_compose_com
                        capture_output=True, timeout=120)
 
 
+def test_doctor_passes_on_the_fresh_stack(running: Stack) -> None:
+    """`make doctor` (the doctor in the app image) passes every check on `make up`'s stack,
+    reloading the broker through the Docker SDK for its isolation probe."""
+    r = running.make("doctor", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "8 passed, 0 failed" in r.stdout
+    assert "doctor-" not in (running.certs / "broker" / "passwd").read_text()
+
+
 def test_make_up_again_keeps_the_ca_and_credentials(running: Stack) -> None:
     """A second `make up` keeps the CA, the broker key and every password."""
     before = {p: p.read_bytes() for p in running.certs.rglob("*") if p.is_file()}
