@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -29,6 +30,42 @@ def format_reading(reading: Reading, *, as_json: bool) -> str:
                            "kind": reading.kind, "seq": reading.seq,
                            "sent_at": reading.sent_at, "data": reading.data})
     return f"Topic:{reading.topic},Payload:{json.dumps(reading.data)}"
+
+
+class RejectionLog:
+    """One log line per rejected message, but at most ``burst`` per reason and window:
+    a flood of junk cannot flood the log (or the disk); what was not logged is counted
+    and summarised once per window."""
+
+    def __init__(self, *, burst: int = 20, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._start = clock()
+        self._logged: Counter[str] = Counter()
+        self._suppressed: Counter[str] = Counter()
+
+    def rejected(self, topic: str, exc: EnvelopeError) -> None:
+        self.tick()
+        if self._logged[exc.reason] < self._burst:
+            self._logged[exc.reason] += 1
+            log.warning("rejected message on %s: %s", topic, exc)
+        else:
+            self._suppressed[exc.reason] += 1
+
+    def tick(self) -> None:
+        if self._clock() - self._start < self._window:
+            return
+        self.flush()
+        self._start = self._clock()
+        self._logged.clear()
+
+    def flush(self) -> None:
+        for reason, count in sorted(self._suppressed.items()):
+            log.warning("%d more message(s) rejected (%s) and not logged one by one",
+                        count, reason)
+        self._suppressed.clear()
 
 
 class ReplayState:
@@ -60,6 +97,7 @@ class Subscriber:
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=QUEUE_BOUND)
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
+        self.rejection_log = RejectionLog()
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """paho callback: enqueue and return."""
@@ -70,7 +108,7 @@ class Subscriber:
             reading = self.opener.open(topic, payload)
         except EnvelopeError as exc:
             self.rejected[exc.reason] += 1
-            log.warning("rejected message on %s: %s", topic, exc)
+            self.rejection_log.rejected(topic, exc)
             return None
         self.accepted += 1
         self.out.write(format_reading(reading, as_json=self.as_json) + "\n")
@@ -85,6 +123,7 @@ class Subscriber:
         while not stop.is_set():
             if heartbeat is not None:
                 heartbeat.beat(connected is None or connected.is_set())
+            self.rejection_log.tick()
             try:
                 topic, payload = self.inbox.get(timeout=0.2)
             except queue.Empty:
@@ -110,6 +149,7 @@ class Subscriber:
             self.handle(topic, payload)
 
     def save(self) -> None:
+        self.rejection_log.flush()
         if self.state is not None:
             self.state.save(self.opener.replay)
 

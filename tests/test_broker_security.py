@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -16,7 +18,15 @@ from homewatch.errors import AuthError, TLSError
 from homewatch.mqtt import Connection, ConnectionSettings
 from homewatch.secrets import Secret
 from homewatch.url import parse_broker_url
-from tests.helpers import Broker, Collector, gen_certs, paho_client, password, stop_client
+from tests.helpers import (
+    Broker,
+    Collector,
+    gen_certs,
+    homewatch_cli,
+    paho_client,
+    password,
+    stop_client,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -109,8 +119,25 @@ def test_tls_below_1_2_is_refused(broker: Broker, certs: Path) -> None:
 
     assert handshake(ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
     assert handshake(ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
-    with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):  # the broker's alert
-        handshake(ssl.TLSVersion.TLSv1_1)
+    for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):  # the broker's alert
+            handshake(old)
+
+
+def test_an_independent_scanner_grades_every_offered_suite_a(broker: Broker) -> None:
+    """nmap ssl-enum-ciphers: only TLS 1.2 and 1.3, forward-secret AEAD suites, all 'A'."""
+    out = subprocess.run(["nmap", "-Pn", "-p", str(broker.port), "--script",
+                          "ssl-enum-ciphers", broker.host], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    suites = re.findall(r"\|\s+(TLS_\w+) \(([^)]*)\) - (\w+)", out)
+    versions = re.findall(r"\|\s+(TLSv[\d.]+|SSLv\d):", out)
+    assert versions == ["TLSv1.2", "TLSv1.3"], out
+    assert len(suites) >= 4, out
+    for name, _kex, grade in suites:
+        assert grade == "A", out
+        assert "ECDHE" in name or name.startswith("TLS_AKE"), name  # forward secrecy
+        assert "GCM" in name or "CHACHA20_POLY1305" in name, name  # AEAD
+    assert "least strength: A" in out
 
 
 @pytest.fixture
@@ -173,6 +200,28 @@ def test_a_device_cannot_read_anything(broker: Broker, certs: Path) -> None:
     time.sleep(1.0)
     stop_client(client)
     assert spy.messages.empty()
+
+
+def test_a_device_cannot_read_sys_topics(broker: Broker, certs: Path) -> None:
+    """A device subscribed to $SYS/# receives nothing (the broker publishes there often)."""
+    client, rc = paho_client(broker, certs, "pi-garage", password(certs, "pi-garage"))
+    assert rc is not None and not rc.is_failure
+    spy = Collector(client, "$SYS/#")
+    time.sleep(1.5)
+    stop_client(client)
+    assert spy.messages.empty()
+
+
+@pytest.mark.parametrize("name", ["pi-kitchen/#", "+", "#", "pi-kitchen/x", "home/+"])
+def test_usernames_with_topic_wildcards_or_slashes_get_nowhere(
+        broker: Broker, certs: Path, name: str) -> None:
+    """Provisioning refuses them, and the broker refuses a client claiming one, even with
+    a valid device password."""
+    r = homewatch_cli(certs, "device", "add", name, check=False)
+    assert r.returncode == 2 and "invalid identity name" in r.stderr
+    client, rc = paho_client(broker, certs, name, password(certs, "pi-kitchen"))
+    stop_client(client)
+    assert rc is not None and rc.is_failure
 
 
 def test_oversized_payload_is_not_delivered(broker: Broker, certs: Path,
