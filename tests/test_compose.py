@@ -351,6 +351,33 @@ def test_pi_variant_runs_the_publisher_from_a_bundle(
                        capture_output=True, timeout=120)
 
 
+def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(
+        running: Stack, docker_compose_command: str) -> None:
+    """BROKER_CONF=mosquitto-mtls.conf + recreating the broker: the health check, the
+    subscriber and the demo publisher carry on with their certificates; a client with
+    only a password is now refused."""
+    with open(running.dir / ".env", "a") as env:
+        env.write("BROKER_CONF=mosquitto-mtls.conf\n")
+    compose = docker_compose_command.split()
+    subprocess.run([*compose, "up", "-d", "broker"], cwd=running.dir, env=clean_env(),
+                   check=True, capture_output=True, timeout=300)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if running.container("broker").attrs["State"]["Health"]["Status"] == "healthy":
+            break
+        time.sleep(1)
+    assert running.container("broker").attrs["State"]["Health"]["Status"] == "healthy"
+    before = running.logs("subscriber").count("Topic:home/demo-pi/temperature")
+    deadline = time.monotonic() + 60
+    while running.logs("subscriber").count("Topic:home/demo-pi/temperature") < before + 2:
+        assert time.monotonic() < deadline, running.logs("publisher")[-2000:]
+        time.sleep(1)
+    pw = (running.certs / "clients" / "demo-pi" / "password").read_text().strip()
+    client, rc = paho_client(running, running.certs, "demo-pi", pw)  # type: ignore[arg-type]
+    stop_client(client)
+    assert rc is None
+
+
 def test_make_down_leaves_no_container_or_network_and_purge_removes_volumes(
         running: Stack) -> None:
     """`make down` removes containers and network, keeps data volumes;
