@@ -157,14 +157,24 @@ class Opener:
         self.replay = replay if replay is not None else ReplayGuard()
         self._clock = clock
 
-    def open(self, topic: str, payload: bytes) -> Reading:
-        """Return the verified reading or raise EnvelopeError(reason)."""
+    def _split(self, topic: str) -> tuple[str, str]:
         if not topic.startswith(self._prefix):
             raise EnvelopeError("topic", f"{topic!r} is outside the base topic")
         levels = topic[len(self._prefix):].split("/")
         if len(levels) != 2 or not all(levels):
             raise EnvelopeError("topic", f"{topic!r} is not BASE/<device>/<kind>")
-        device, kind = levels
+        return levels[0], levels[1]
+
+    def device_of(self, topic: str) -> str:
+        """The device a BASE/<device>/<kind> topic belongs to; it must have a key ring."""
+        device, _ = self._split(topic)
+        if self._keys.get(device) is None:
+            raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")
+        return device
+
+    def open(self, topic: str, payload: bytes) -> Reading:
+        """Return the verified reading or raise EnvelopeError(reason)."""
+        device, kind = self._split(topic)
         ring = self._keys.get(device)
         if ring is None:
             raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")

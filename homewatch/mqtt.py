@@ -12,12 +12,13 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.reasoncodes import ReasonCode
 
 from homewatch.errors import AuthError, ConfigError, ConnectError, TLSError
@@ -26,7 +27,9 @@ from homewatch.url import BrokerURL
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
+_STOPPED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
+
+MessageHandler = Callable[[str, bytes, int, int], None]  # topic, payload, mid, qos
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +88,22 @@ class _Client(mqtt.Client):
     by the SSL context (``check_hostname`` is always on in ``tls_context``).
     """
 
+    def _reconnect_wait(self) -> None:
+        """paho's capped exponential backoff, plus jitter (so a fleet of Pis does not
+        reconnect in lock step after the broker restarts), sleeping in short steps."""
+        with self._reconnect_delay_mutex:
+            if self._reconnect_delay is None:
+                self._reconnect_delay = self._reconnect_min_delay
+            else:
+                self._reconnect_delay = min(self._reconnect_delay * 2,
+                                            self._reconnect_max_delay)
+            delay = self._reconnect_delay * random.uniform(0.5, 1.0)  # noqa: S311
+        log.info("reconnecting in %.1f s", delay)
+        deadline = time.monotonic() + delay
+        while (not self._thread_terminate and self._state not in _STOPPED
+               and time.monotonic() < deadline):
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         assert self._ssl_context is not None  # only called when TLS is configured
         ssl_sock = self._ssl_context.wrap_socket(
@@ -98,13 +117,15 @@ class _Client(mqtt.Client):
         return ssl_sock
 
 
-def make_client(settings: ConnectionSettings, *, will: Will | None = None) -> mqtt.Client:
+def make_client(settings: ConnectionSettings, *, will: Will | None = None,
+                manual_ack: bool = False) -> mqtt.Client:
     """Create (not connect) a paho client configured from ``settings``."""
     client = _Client(
         CallbackAPIVersion.VERSION2,
         client_id=settings.client_id,
         clean_session=settings.clean_session,
         protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
     )
     if settings.url.tls:
         client.tls_set_context(tls_context(settings))
@@ -146,16 +167,20 @@ class Connection:
         subscriptions: tuple[tuple[str, int], ...] = (),
         will: Will | None = None,
         on_connected: Callable[[], None] | None = None,
+        on_published: Callable[[int], None] | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.settings = settings
         self._on_message = on_message
         self._subscriptions = subscriptions
         self._on_connected = on_connected
-        self.client = make_client(settings, will=will)
+        self._on_published = on_published
+        self.client = make_client(settings, will=will, manual_ack=manual_ack)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
         self.client.on_subscribe = self._handle_subscribe
+        self.client.on_publish = self._handle_publish
         self._connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
@@ -184,7 +209,7 @@ class Connection:
         was = self.connected.is_set()
         self.connected.clear()
         if was and rc.is_failure:
-            log.warning("lost connection to %s (%s); reconnecting", self.settings.url, rc)
+            log.warning("lost connection to %s (%s)", self.settings.url, rc)
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                           rcs: list[ReasonCode], properties: object) -> None:
@@ -196,7 +221,17 @@ class Connection:
     def _handle_message(self, client: mqtt.Client, userdata: object,
                         msg: mqtt.MQTTMessage) -> None:
         if self._on_message is not None:
-            self._on_message(msg.topic, bytes(msg.payload))
+            self._on_message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _handle_publish(self, client: mqtt.Client, userdata: object, mid: int,
+                        rc: ReasonCode, properties: object) -> None:
+        if self._on_published is not None:
+            self._on_published(mid)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received message (manual_ack): only once it is safely handled."""
+        if qos > 0:
+            self.client.ack(mid, qos)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, stop: threading.Event, *, connack_timeout: float = 10.0) -> None:

@@ -6,6 +6,7 @@ Exit codes: 0 stopped cleanly, 1 broker/TLS failure, 2 bad settings or input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,10 +17,10 @@ from collections.abc import Sequence
 from homewatch import config
 from homewatch.errors import ConfigError, ConnectError, HomewatchError
 from homewatch.health import Heartbeat
-from homewatch.mqtt import Connection
+from homewatch.mqtt import Connection, Will
 from publisher import presence, sensors
 from publisher.app import Publisher, run
-from publisher.sequence import SequenceCounter
+from publisher.outbox import Outbox
 from publisher.settings import PublisherSettings, build
 
 log = logging.getLogger("publisher")
@@ -31,12 +32,13 @@ async def _main(settings: PublisherSettings) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_thread = threading.Event()
+    signalled = asyncio.Event()
 
     def request_stop(signame: str) -> None:
         if not stop.is_set():
             log.info("%s received: finishing in-flight publishes", signame)
+        signalled.set()
         stop.set()
-        stop_thread.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
@@ -45,29 +47,56 @@ async def _main(settings: PublisherSettings) -> int:
     temperature = sensors.detect(settings.temperature, settings.sysfs)
     scanner = presence.make_scanner(settings.scanner, known, duration=settings.scan_duration,
                                     adapter=settings.adapter)
-    sequence = SequenceCounter(settings.state_dir / f"{settings.device}.seq")
-    conn = Connection(settings.connection)
-    heartbeat = Heartbeat(settings.health_file, every=min(5.0, settings.interval))
-    await asyncio.to_thread(conn.start, stop_thread)
-    if stop.is_set():
-        conn.stop()
-        return 0
-    pub = Publisher(conn, settings.ring(), device=settings.device,
-                    base=settings.connection.url.base, sequence=sequence,
+    outbox = Outbox(settings.state_dir / f"{settings.device}.outbox.sqlite",
+                    limit=settings.outbox_limit)
+    pub = Publisher(settings.ring(), device=settings.device,
+                    base=settings.connection.url.base, outbox=outbox,
                     key_file=settings.key_file)
+    conn = Connection(settings.connection, will=Will(topic=pub.status_topic, payload=b"offline"),
+                      on_connected=pub.on_connected, on_published=pub.on_published)
+    pub.conn = conn
+    heartbeat = Heartbeat(settings.health_file, every=min(5.0, settings.interval))
+
+    # Connect in the background: readings are taken (into the outbox) meanwhile.
+    connecting = asyncio.ensure_future(asyncio.to_thread(conn.start, stop_thread))
+
+    def connect_failed(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            stop.set()  # main() reports the error
+            stop_thread.set()
+
+    connecting.add_done_callback(connect_failed)
+    pumping = asyncio.ensure_future(pub.pump_forever(stop))
     try:
         stats = await run(pub, temperature=temperature, scanner=scanner, known=known,
                           interval=settings.interval, count=settings.count, stop=stop,
                           heartbeat=heartbeat)
+        if connecting.done() and connecting.exception() is not None:
+            raise connecting.exception()  # type: ignore[misc]
+        # Finish what is in flight. After --count, also wait (bounded) for a broker that
+        # is still coming up; after a signal with no broker, keep the outbox for later.
+        flushed = False
+        if pub.connected() or not signalled.is_set():
+            flushed = await pub.flush(FLUSH_TIMEOUT)
+        if pub.connected():
+            conn.publish(pub.status_topic, b"offline", qos=1, retain=True).wait_for_publish(2)
     finally:
+        stop.set()
+        stop_thread.set()
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+        with contextlib.suppress(Exception):
+            await connecting
         heartbeat.clear()
-        flushed = await pub.flush(FLUSH_TIMEOUT)
         conn.stop()
+        outbox.close()
     if not flushed:
-        log.warning("%d publish(es) not acknowledged within %.0f s", pub.outstanding(),
-                    FLUSH_TIMEOUT)
-    log.info("stopped: %d reading(s), %d message(s) published, %d sensor error(s), "
-             "%d scanner error(s)", stats.readings, stats.published, stats.sensor_errors,
+        log.warning("%d reading(s) not acknowledged; they stay in the outbox for the next "
+                    "start", len(outbox))
+    log.info("stopped: %d reading(s), %d message(s) sent, %d acknowledged, %d dropped "
+             "(outbox full), %d sensor error(s), %d scanner error(s)", stats.readings,
+             stats.sent, stats.acked, outbox.dropped, stats.sensor_errors,
              stats.scanner_errors)
     return 0
 
@@ -87,10 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"publisher: error: {exc}\n")
         return 2
-    except ConnectError as exc:
-        sys.stderr.write(f"publisher: error: {exc}\n")
-        return 1
-    except HomewatchError as exc:
+    except (ConnectError, HomewatchError) as exc:
         sys.stderr.write(f"publisher: error: {exc}\n")
         return 1
     except OSError as exc:

@@ -1,12 +1,22 @@
-"""The publisher's loop: read, seal, publish at QoS 1; on stop, flush and disconnect."""
+"""The publisher's loops.
+
+``run`` takes a reading every interval and commits it to the outbox; ``Publisher.pump``
+moves readings from the outbox to the broker, oldest first, at most ``window`` awaiting
+their PUBACK at a time (far below paho's 65,535 limit), and forgets a reading only when
+the broker acknowledged it. After a reconnect everything unacknowledged is sent again;
+the subscriber drops the duplicates by sequence number. Tokens are sealed when sent, so
+readings that waited out a long outage are not stale on arrival.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +27,126 @@ from homewatch.errors import ConfigError, ScannerError, SensorError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import load_keyring
+from publisher.outbox import Outbox
 from publisher.presence import Scanner, presence_report
 from publisher.sensors import TemperatureSource
-from publisher.sequence import SequenceCounter
 
 log = logging.getLogger(__name__)
+
+STATUS_KIND = "status"
 
 
 @dataclass
 class Stats:
     readings: int = 0
-    published: int = 0
+    sent: int = 0
+    acked: int = 0
     sensor_errors: int = 0
     scanner_errors: int = 0
-    pending: list[Any] = field(default_factory=list)
 
 
 class Publisher:
-    """Seals readings for one device and hands them to the connection."""
+    """Owns the outbox for one device and pumps it into the connection."""
 
-    def __init__(self, conn: Connection, ring: MultiFernet, *, device: str, base: str,
-                 sequence: SequenceCounter, key_file: Path | None = None,
+    def __init__(self, ring: MultiFernet, *, device: str, base: str, outbox: Outbox,
+                 key_file: Path | None = None, window: int = 100,
                  recheck_seconds: float = 5.0) -> None:
-        self._conn = conn
         self._ring = ring
+        self._device = device
+        self._base = base
+        self.outbox = outbox
+        self._window = window
         self._key_file = key_file
         self._key_mtime = key_file.stat().st_mtime_ns if key_file else 0
         self._recheck = recheck_seconds
         self._checked = time.monotonic()
-        self._device = device
-        self._base = base
-        self._seq = sequence
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._reconnected = threading.Event()
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._early: set[int] = set()  # acks that arrived before we noted their mid
+        self._last_sent = -1
+        self.conn: Connection | None = None
         self.stats = Stats()
+
+    # -- called from paho's network thread: record and return -----------------------
+    def on_published(self, mid: int) -> None:
+        self._acks.put(mid)
+
+    def on_connected(self) -> None:
+        self._reconnected.set()
+        if self.conn is not None:
+            self.conn.publish(self.status_topic, b"online", qos=1, retain=True)
+
+    # -- the program's own loop -----------------------------------------------------
+    @property
+    def status_topic(self) -> str:
+        return topic_for(self._base, self._device, STATUS_KIND)
+
+    def record(self, kind: str, data: Any) -> int:
+        """Commit a reading to the outbox (durable before anything is sent)."""
+        seq = self.outbox.add(kind, data)
+        log.debug("stored %s seq %d", kind, seq)
+        return seq
+
+    def connected(self) -> bool:
+        return self.conn is not None and self.conn.connected.is_set()
+
+    def pump(self) -> None:
+        """Forget acknowledged readings, then fill the send window from the outbox."""
+        self._reload_key()
+        done = []
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                self._early.add(mid)
+            else:
+                done.append(seq)
+        if done:
+            self.outbox.remove(done)
+            self.stats.acked += len(done)
+        if self._reconnected.is_set():
+            self._reconnected.clear()
+            if self._inflight:
+                log.info("resending %d unacknowledged reading(s)", len(self._inflight))
+            self._inflight.clear()
+            self._early.clear()
+            self._last_sent = -1
+        if self.conn is None or not self.connected():
+            return
+        room = self._window - len(self._inflight)
+        if room <= 0:
+            return
+        for entry in self.outbox.after(self._last_sent, room):
+            topic = topic_for(self._base, self._device, entry.kind)
+            token = seal(self._ring, topic=topic, device=self._device, seq=entry.seq,
+                         data=entry.data)
+            info = self.conn.publish(topic, token, qos=1)
+            self._last_sent = entry.seq
+            self.stats.sent += 1
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.outbox.remove([entry.seq])
+                self.stats.acked += 1
+            else:
+                self._inflight[info.mid] = entry.seq
+
+    async def pump_forever(self, stop: asyncio.Event, every: float = 0.02) -> None:
+        while not stop.is_set():
+            self.pump()
+            await asyncio.sleep(every)
+
+    async def flush(self, timeout: float) -> bool:
+        """Pump until the outbox is empty (all acknowledged); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while len(self.outbox) and time.monotonic() < deadline:
+            self.pump()
+            await asyncio.sleep(0.02)
+        self.pump()
+        return len(self.outbox) == 0
 
     def _reload_key(self) -> None:
         """Pick up a rotated key ring (``homewatch device rotate-key``) without a restart."""
@@ -68,37 +166,14 @@ class Publisher:
         self._key_mtime = mtime
         log.info("key ring %s changed: encrypting with its newest key", self._key_file)
 
-    def publish(self, kind: str, data: Any) -> int:
-        self._reload_key()
-        topic = topic_for(self._base, self._device, kind)
-        seq = self._seq.next()
-        token = seal(self._ring, topic=topic, device=self._device, seq=seq, data=data)
-        info = self._conn.publish(topic, token, qos=1)
-        self.stats.pending.append(info)
-        self.stats.pending = [i for i in self.stats.pending if not i.is_published()]
-        self.stats.published += 1
-        log.debug("queued %s seq %d", topic, seq)
-        return seq
-
-    def connected(self) -> bool:
-        return self._conn.connected.is_set()
-
-    def outstanding(self) -> int:
-        self.stats.pending = [i for i in self.stats.pending if not i.is_published()]
-        return len(self.stats.pending)
-
-    async def flush(self, timeout: float) -> bool:
-        """Wait until the broker acknowledged every publish; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.outstanding() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.outstanding() == 0
-
 
 async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanner,
               known: dict[str, str], interval: float, count: int,
               stop: asyncio.Event, heartbeat: Heartbeat | None = None) -> Stats:
-    """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done)."""
+    """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done).
+
+    Readings are taken whether or not the broker is reachable: they wait in the outbox.
+    """
     log.info("publishing every %.1f s: temperature from %s, presence from %s scanner, "
              "%d known device(s)", interval, temperature.name, scanner.name, len(known))
     while not stop.is_set():
@@ -109,7 +184,7 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
             pub.stats.sensor_errors += 1
             log.warning("temperature not read: %s", exc)
         else:
-            pub.publish("temperature", {"temperature": value, "timestamp": round(time.time(), 2)})
+            pub.record("temperature", {"temperature": value, "timestamp": round(time.time(), 2)})
         scan = asyncio.ensure_future(scanner.scan())
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({scan, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,7 +198,7 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
             pub.stats.scanner_errors += 1
             log.warning("presence not scanned: %s", exc)
         else:
-            pub.publish("devices", presence_report(seen, known))
+            pub.record("devices", presence_report(seen, known))
         pub.stats.readings += 1
         if heartbeat is not None:
             heartbeat.beat(pub.connected())

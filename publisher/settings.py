@@ -54,8 +54,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("scan-duration", "seconds of each BLE scan window", default=5.0,
            convert=config.positive_float, metavar="SECONDS"),
     Option("adapter", "Bluetooth adapter (e.g. hci0)", metavar="NAME"),
-    Option("state-dir", "where the sequence counter is kept "
+    Option("state-dir", "where the outbox (and sequence counter) is kept "
            "(default $XDG_STATE_HOME/homewatch/publisher)", convert=config.path, metavar="DIR"),
+    Option("outbox-limit", "most readings kept while the broker is unreachable; beyond it "
+           "the oldest are dropped (counted)", default=100_000, convert=int, metavar="N"),
     Option("count", "stop after this many readings (0: run until stopped)", default=0,
            convert=int, metavar="N"),
     Option("health-file", "touch this file while connected (container health checks)",
@@ -82,6 +84,7 @@ class PublisherSettings:
     scan_duration: float
     adapter: str | None
     state_dir: Path
+    outbox_limit: int
     count: int
     health_file: Path | None
     show_settings: bool
@@ -114,6 +117,8 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         raise ConfigError(f"device: {exc}") from None
     if v["count"] < 0:
         raise ConfigError("--count: must be 0 or more")
+    if v["outbox-limit"] < 1:
+        raise ConfigError("--outbox-limit: must be at least 1")
     if v["scan-duration"] >= v["interval"] and v["scanner"] != "simulated":
         raise ConfigError("--scan-duration must be shorter than --interval")
     client_dir = creds if creds is not None else Path("certs/clients") / device
@@ -152,6 +157,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         scan_duration=v["scan-duration"],
         adapter=v["adapter"],
         state_dir=v["state-dir"] or config.default_state_dir("publisher"),
+        outbox_limit=v["outbox-limit"],
         count=v["count"],
         health_file=v["health-file"],
         show_settings=v["show-settings"],

@@ -43,7 +43,8 @@ def _run(settings: SubscriberSettings) -> int:
     sub = Subscriber(opener, sys.stdout, as_json=settings.json, state=state)
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,
-                      subscriptions=((f"{base}/#", 1),))
+                      subscriptions=((f"{base}/#", 1),), manual_ack=True)
+    sub.ack = conn.ack
     conn.start(stop)
     if not stop.is_set():
         log.info("subscribed to %s/# (keys for %d device(s) in %s)", base,
@@ -53,8 +54,8 @@ def _run(settings: SubscriberSettings) -> int:
         sub.run(stop, count=settings.count, heartbeat=heartbeat, connected=conn.connected)
     finally:
         heartbeat.clear()
+        sub.drain()  # show and acknowledge what already arrived, then disconnect
         conn.stop()
-        sub.drain()
         sub.save()
         log.info("stopped: %s", sub.summary())
     return 0

@@ -1,10 +1,17 @@
 """The subscriber's loop: the paho callback only enqueues; verification, decryption,
-replay protection and output happen here, in the program's own thread."""
+replay protection, output and acknowledgement happen here, in the program's own thread.
+
+Exactly-once display: a message is acknowledged to the broker only after it was shown
+and its (device, sequence number) recorded; QoS 1 redeliveries and replays are dropped by
+sequence number. The record is an append-only log (one write per message, no fsync) plus
+a periodic snapshot, so it survives a crash or ``kill -9`` of the subscriber.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -16,12 +23,14 @@ from typing import TextIO
 from homewatch.envelope import Opener, Reading, ReplayGuard
 from homewatch.errors import EnvelopeError
 from homewatch.health import Heartbeat
-from homewatch.secrets import write_private_file
+from homewatch.secrets import ensure_private_dir, write_private_file
 
 log = logging.getLogger(__name__)
 
 QUEUE_BOUND = 10_000  # a full queue blocks paho's thread: backpressure, not loss
-SAVE_EVERY = 5.0
+SNAPSHOT_EVERY = 30.0
+STATUS_KIND = "status"
+STATUSES = {b"online": "online", b"offline": "offline"}
 
 
 def format_reading(reading: Reading, *, as_json: bool) -> str:
@@ -30,6 +39,13 @@ def format_reading(reading: Reading, *, as_json: bool) -> str:
                            "kind": reading.kind, "seq": reading.seq,
                            "sent_at": reading.sent_at, "data": reading.data})
     return f"Topic:{reading.topic},Payload:{json.dumps(reading.data)}"
+
+
+def format_status(topic: str, device: str, status: str, *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"topic": topic, "device": device, "kind": STATUS_KIND,
+                           "status": status})
+    return f"Topic:{topic},Payload:{json.dumps(status)}"
 
 
 class RejectionLog:
@@ -69,89 +85,147 @@ class RejectionLog:
 
 
 class ReplayState:
-    """The replay window, persisted so a restart does not reopen old sequence numbers."""
+    """The replay window on disk: ``<name>.json`` snapshot + ``<name>.log`` of what was
+    shown since (``device seq`` per line)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.journal = path.with_suffix(".log")
+        self._fh: TextIO | None = None
+        self._since_snapshot = time.monotonic()
 
     def load(self) -> ReplayGuard:
         try:
-            return ReplayGuard.from_json(json.loads(self.path.read_text(encoding="utf-8")))
+            guard = ReplayGuard.from_json(json.loads(self.path.read_text(encoding="utf-8")))
         except FileNotFoundError:
-            return ReplayGuard()
+            guard = ReplayGuard()
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("replay state %s unreadable (%s); starting a new one", self.path, exc)
-            return ReplayGuard()
+            guard = ReplayGuard()
+        try:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            device, _, seq = line.partition(" ")
+            if seq.isdigit():  # a torn last line from a crash is skipped
+                guard.commit(device, int(seq))
+        return guard
 
-    def save(self, guard: ReplayGuard) -> None:
+    def record(self, device: str, seq: int) -> None:
+        if self._fh is None:
+            ensure_private_dir(self.journal.parent)
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self._fh.write(f"{device} {seq}\n")
+        self._fh.flush()
+
+    def snapshot_due(self) -> bool:
+        return time.monotonic() - self._since_snapshot >= SNAPSHOT_EVERY
+
+    def snapshot(self, guard: ReplayGuard) -> None:
+        """Write the whole window, then empty the journal it now contains."""
         write_private_file(self.path, json.dumps(guard.to_json()))
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.journal.unlink(missing_ok=True)
+        self._since_snapshot = time.monotonic()
 
 
 class Subscriber:
     def __init__(self, opener: Opener, out: TextIO, *, as_json: bool,
-                 state: ReplayState | None = None) -> None:
+                 state: ReplayState | None = None,
+                 ack: Callable[[int, int], None] | None = None) -> None:
         self.opener = opener
         self.out = out
         self.as_json = as_json
         self.state = state
-        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=QUEUE_BOUND)
+        self.ack = ack
+        self.inbox: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=QUEUE_BOUND)
         self.accepted = 0
+        self.statuses = 0
         self.rejected: Counter[str] = Counter()
         self.rejection_log = RejectionLog()
 
-    def on_message(self, topic: str, payload: bytes) -> None:
+    def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """paho callback: enqueue and return."""
-        self.inbox.put((topic, payload))
+        self.inbox.put((topic, payload, mid, qos))
 
-    def handle(self, topic: str, payload: bytes) -> Reading | None:
+    def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0) -> bool:
+        """Show one message (or reject it); acknowledge it once that is settled."""
         try:
-            reading = self.opener.open(topic, payload)
+            shown = self._show(topic, payload)
         except EnvelopeError as exc:
             self.rejected[exc.reason] += 1
             self.rejection_log.rejected(topic, exc)
-            return None
-        self.accepted += 1
+            shown = False
+        if self.ack is not None:
+            self.ack(mid, qos)
+        return shown
+
+    def _show(self, topic: str, payload: bytes) -> bool:
+        if topic.endswith("/" + STATUS_KIND):
+            return self._show_status(topic, payload)
+        reading = self.opener.open(topic, payload)
         self.out.write(format_reading(reading, as_json=self.as_json) + "\n")
         self.out.flush()
-        return reading
+        if self.state is not None:
+            self.state.record(reading.device, reading.seq)
+        self.accepted += 1
+        return True
+
+    def _show_status(self, topic: str, payload: bytes) -> bool:
+        """``BASE/<device>/status``: the broker-kept availability, ``online``/``offline``
+        (retained, the broker publishes ``offline`` as the device's last will)."""
+        try:
+            device = self.opener.device_of(topic)
+        except EnvelopeError as exc:
+            if exc.reason != "unknown-device":
+                raise
+            # A removed device's last retained status stays on the broker (only the
+            # device may clear it): not an attack, so not a rejection.
+            log.info("ignoring the retained status of %s (a removed device?)", topic)
+            return False
+        status = STATUSES.get(payload)
+        if status is None:
+            raise EnvelopeError("malformed", "status must be 'online' or 'offline'")
+        self.out.write(format_status(topic, device, status, as_json=self.as_json) + "\n")
+        self.out.flush()
+        self.statuses += 1
+        return True
 
     def run(self, stop: threading.Event, *, count: int = 0,
             heartbeat: Heartbeat | None = None,
             connected: threading.Event | None = None) -> None:
-        last_save = time.monotonic()
-        dirty = False
         while not stop.is_set():
             if heartbeat is not None:
                 heartbeat.beat(connected is None or connected.is_set())
             self.rejection_log.tick()
             try:
-                topic, payload = self.inbox.get(timeout=0.2)
+                topic, payload, mid, qos = self.inbox.get(timeout=0.2)
             except queue.Empty:
                 pass
             else:
-                if self.handle(topic, payload) is not None:
-                    dirty = True
+                self.handle(topic, payload, mid, qos)
                 if count and self.accepted >= count:
                     break
-            if dirty and self.state and time.monotonic() - last_save >= SAVE_EVERY:
-                self.save()
-                dirty = False
-                last_save = time.monotonic()
-        self.save()
+            if self.state is not None and self.state.snapshot_due():
+                self.state.snapshot(self.opener.replay)
 
     def drain(self) -> None:
-        """Handle what is already queued (after the connection stopped)."""
+        """Handle what is already queued (on stop, before disconnecting)."""
         while True:
             try:
-                topic, payload = self.inbox.get_nowait()
+                topic, payload, mid, qos = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            self.handle(topic, payload)
+            self.handle(topic, payload, mid, qos)
 
     def save(self) -> None:
         self.rejection_log.flush()
         if self.state is not None:
-            self.state.save(self.opener.replay)
+            self.state.snapshot(self.opener.replay)
 
     def summary(self) -> str:
         rejected = sum(self.rejected.values())

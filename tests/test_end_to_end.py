@@ -31,13 +31,24 @@ pytestmark = pytest.mark.broker
 LINE = re.compile(r'^Topic:home/pi-kitchen/(temperature|devices),Payload:(.*)$')
 
 
-def read_lines(proc: subprocess.Popen[str], want: int, timeout: float = 20.0) -> list[str]:
-    """Read ``want`` stdout lines from a running process, failing after ``timeout``."""
+def is_status(line: str) -> bool:
+    return (line.startswith("Topic:") and "/status,Payload:" in line) or \
+        '"kind": "status"' in line
+
+
+def read_lines(proc: subprocess.Popen[str], want: int, timeout: float = 20.0, *,
+               statuses: list[str] | None = None) -> list[str]:
+    """Read ``want`` reading lines from a running subscriber's stdout, failing after
+    ``timeout``; availability (status) lines go to ``statuses`` when given."""
     lines: list[str] = []
 
     def reader() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            if is_status(line):
+                if statuses is not None:
+                    statuses.append(line.rstrip("\n"))
+                continue
             lines.append(line.rstrip("\n"))
             if len(lines) >= want:
                 return
@@ -241,7 +252,7 @@ def test_publisher_started_before_the_broker_waits_and_then_publishes(
             late.stop()
     assert pub.returncode == 0, err
     assert "unreachable" in err and "retrying in" in err
-    assert "connected to mqtts://localhost" in err and "2 message(s) published" in err
+    assert "connected to mqtts://localhost" in err and "2 acknowledged" in err
 
 
 def test_key_rotation_while_running_loses_nothing(broker: Broker, workdir: Path,
@@ -259,7 +270,7 @@ def test_key_rotation_while_running_loses_nothing(broker: Broker, workdir: Path,
             pub.send_signal(signal.SIGTERM)
             _, pub_err = pub.communicate(timeout=20)
         assert pub.returncode == 0, pub_err
-        published = int(re.search(r"(\d+) message\(s\) published", pub_err).group(1))  # type: ignore[union-attr]
+        published = int(re.search(r"(\d+) acknowledged", pub_err).group(1))  # type: ignore[union-attr]
         lines = read_lines(sub, published)
         sub.send_signal(signal.SIGTERM)
         _, sub_err = sub.communicate(timeout=20)

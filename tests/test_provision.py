@@ -85,7 +85,9 @@ def test_cli_add_list_remove(tmp_path: Path) -> None:
     """`homewatch device add/list/remove` work; remove needs --force; bad names exit 2."""
     out = homewatch_cli(tmp_path, "device", "add", "pi-kitchen").stdout
     assert "provisioned pi-kitchen" in out and "SIGHUP" in out
-    assert homewatch_cli(tmp_path, "device", "list").stdout == "pi-kitchen\tdevice\n"
+    listing = homewatch_cli(tmp_path, "device", "list").stdout.splitlines()
+    assert listing[0].split() == ["NAME", "ROLE", "KEY", "CREATED", "CERTIFICATE", "EXPIRES"]
+    assert listing[1].split()[:2] == ["pi-kitchen", "device"]
     r = homewatch_cli(tmp_path, "device", "remove", "pi-kitchen", check=False)
     assert r.returncode == 2 and "--force" in r.stderr
     homewatch_cli(tmp_path, "device", "remove", "pi-kitchen", "--force")

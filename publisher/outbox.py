@@ -1,0 +1,128 @@
+"""The publisher's durable outbox: every reading is committed here before it is sent, and
+leaves only when the broker acknowledged it (QoS 1 PUBACK).
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed reading survives ``kill -9``
+and power loss. The outbox also owns the per-device sequence number, assigned in the same
+transaction as the insert, so numbers are never reused and never skipped. A fresh outbox
+starts numbering at the current time in milliseconds, so a device whose state was lost
+(a new SD card) still continues above what the subscriber has seen.
+
+Bounded: when ``limit`` readings wait, the oldest is dropped for each new one, with a
+counted warning; never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from homewatch.errors import ConfigError
+from homewatch.secrets import ensure_private_dir
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    taken_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    kind: str
+    data: Any
+    taken_at: float
+
+
+class Outbox:
+    def __init__(self, path: Path, *, limit: int = 100_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        if limit < 1:
+            raise ConfigError("the outbox limit must be at least 1")
+        ensure_private_dir(path.parent)
+        self.path = path
+        self.limit = limit
+        self.dropped = 0
+        self._clock = clock
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            path.chmod(0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"outbox {path} is unusable ({exc}); move it away to start "
+                              "a new one") from None
+        row = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+        self._next = max(row[0] if row else 0, int(clock() * 1000))
+        self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        if self._count:
+            log.info("outbox %s holds %d unsent reading(s) from before; sending them first",
+                     path, self._count)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, kind: str, data: Any) -> int:
+        """Commit one reading; returns its sequence number."""
+        seq = self._next
+        with self._transaction():
+            self._db.execute("INSERT INTO outbox (seq, kind, data, taken_at) VALUES (?,?,?,?)",
+                             (seq, kind, json.dumps(data), self._clock()))
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
+                             (seq + 1,))
+            self._count += 1
+            if self._count > self.limit:
+                excess = self._count - self.limit
+                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
+                                 "ORDER BY seq LIMIT ?)", (excess,))
+                self._count -= excess
+                self.dropped += excess
+                log.warning("outbox full (%d readings): dropped the oldest %d; %d dropped "
+                            "in all", self.limit, excess, self.dropped)
+        self._next = seq + 1
+        return seq
+
+    def after(self, seq: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` waiting readings with a sequence number above ``seq``, in order."""
+        rows = self._db.execute("SELECT seq, kind, data, taken_at FROM outbox WHERE seq > ? "
+                                "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return [Entry(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def remove(self, seqs: list[int]) -> None:
+        """Forget acknowledged readings."""
+        if not seqs:
+            return
+        with self._transaction():
+            cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?",
+                                       [(s,) for s in seqs])
+            self._count -= cur.rowcount
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
