@@ -54,7 +54,7 @@ class ConnectionSettings:
     keepalive: int = 60
     clean_session: bool = True
     reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
+    reconnect_max: float = 30.0
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:

@@ -34,8 +34,13 @@ async def _main(settings: PublisherSettings) -> int:
     stop_thread = threading.Event()
     signalled = asyncio.Event()
 
+    abandon = asyncio.Event()
+
     def request_stop(signame: str) -> None:
-        if not stop.is_set():
+        if signalled.is_set():
+            log.info("%s received again: leaving the rest in the outbox", signame)
+            abandon.set()
+        else:
             log.info("%s received: finishing in-flight publishes", signame)
         signalled.set()
         stop.set()
@@ -73,11 +78,13 @@ async def _main(settings: PublisherSettings) -> int:
                           heartbeat=heartbeat)
         if connecting.done() and connecting.exception() is not None:
             raise connecting.exception()  # type: ignore[misc]
-        # Finish what is in flight. After --count, also wait (bounded) for a broker that
-        # is still coming up; after a signal with no broker, keep the outbox for later.
-        flushed = False
-        if pub.connected() or not signalled.is_set():
-            flushed = await pub.flush(FLUSH_TIMEOUT)
+        # Finish what is waiting, giving a broker that is (re)starting a bounded chance;
+        # whatever is left stays in the outbox for the next start.
+        if len(outbox):
+            log.info("waiting up to %.0f s for the broker to acknowledge %d reading(s)%s",
+                     FLUSH_TIMEOUT, len(outbox),
+                     " (signal again to leave them in the outbox)" if signalled.is_set() else "")
+        flushed = await pub.flush(FLUSH_TIMEOUT, abandon=abandon)
         if pub.connected():
             conn.publish(pub.status_topic, b"offline", qos=1, retain=True).wait_for_publish(2)
     finally:

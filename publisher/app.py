@@ -139,10 +139,11 @@ class Publisher:
             self.pump()
             await asyncio.sleep(every)
 
-    async def flush(self, timeout: float) -> bool:
+    async def flush(self, timeout: float, abandon: asyncio.Event | None = None) -> bool:
         """Pump until the outbox is empty (all acknowledged); False on timeout."""
         deadline = time.monotonic() + timeout
-        while len(self.outbox) and time.monotonic() < deadline:
+        while (len(self.outbox) and time.monotonic() < deadline
+               and not (abandon is not None and abandon.is_set())):
             self.pump()
             await asyncio.sleep(0.02)
         self.pump()

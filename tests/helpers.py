@@ -77,6 +77,7 @@ class Broker:
         self.proc.kill()
         self.proc.wait()
         self.proc = None
+        self.logfile.close()
 
     def reload(self) -> None:
         assert self.proc is not None
