@@ -173,6 +173,7 @@ class Subscriber:
         if self.state is not None:
             self.state.record(reading.device, reading.seq)
         self.accepted += 1
+        log.debug("shown %s seq %d", reading.device, reading.seq)
         return True
 
     def _show_status(self, topic: str, payload: bytes) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 import time
@@ -95,7 +96,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
     port = free_port()
     with open(directory / ".env", "a") as env:
         env.write(f"\nCOMPOSE_PROJECT_NAME={project}\nMQTT_BIND=127.0.0.1\n"
-                  f"MQTT_PORT={port}\nDEMO_INTERVAL=2\n")
+                  f"MQTT_PORT={port}\nDEMO_INTERVAL=1\nDEMO_LOG_LEVEL=debug\n"
+                  "SUBSCRIBER_LOG_LEVEL=debug\n")
     s = Stack(directory, project, port)
     s.up_output = s.make("up").stdout  # type: ignore[attr-defined]
     return s
@@ -349,6 +351,54 @@ def test_pi_variant_runs_the_publisher_from_a_bundle(
     finally:
         subprocess.run([*compose, "down", "--volumes"], cwd=running.dir, env=clean_env(),
                        capture_output=True, timeout=120)
+
+
+STORED = re.compile(r"stored \w+ seq (\d+)")
+SHOWN = re.compile(r"shown demo-pi seq (\d+)")
+
+
+def seqs(text: str, pattern: re.Pattern[str]) -> list[int]:
+    return [int(m.group(1)) for m in pattern.finditer(text)]
+
+
+def test_network_cut_between_publisher_and_broker_loses_nothing(running: Stack) -> None:
+    """The demo publisher's container is disconnected from the Compose network for 10 s
+    and reconnected (Docker SDK): every reading it stored is shown once."""
+    pub = running.container("publisher")
+    (net,) = running.sdk.networks.list(filters={"label": [
+        f"com.docker.compose.project={running.project}", "com.docker.compose.network=default"]})
+    net.disconnect(pub)
+    time.sleep(10)
+    net.connect(pub, aliases=["publisher"])
+    cut_over = seqs(running.logs("publisher"), STORED)
+    assert len(cut_over) > 20
+    deadline = time.monotonic() + 90
+    while not set(cut_over) <= set(seqs(running.logs("subscriber"), SHOWN)):
+        assert time.monotonic() < deadline, "readings stored during the cut never arrived"
+        time.sleep(1)
+    shown = seqs(running.logs("subscriber"), SHOWN)
+    assert len(shown) == len(set(shown)), "a reading was shown twice"
+
+
+def test_containers_stop_cleanly_within_their_grace_period(running: Stack) -> None:
+    """`docker stop` (SIGTERM): publisher and subscriber flush and exit 0 well within the
+    20 s grace period; they start again with their state."""
+    for service in ("publisher", "subscriber"):
+        c = running.container(service)
+        started = time.monotonic()
+        c.stop(timeout=20)
+        elapsed = time.monotonic() - started
+        c.reload()
+        assert c.attrs["State"]["ExitCode"] == 0, c.logs()[-2000:]
+        assert elapsed < 15, f"{service} took {elapsed:.1f} s"
+        assert b"stopped:" in c.logs()
+    for service in ("subscriber", "publisher"):
+        running.sdk.containers.get(running.containers(service, all=True)[0].id).start()
+    before = len(seqs(running.logs("subscriber"), SHOWN))
+    deadline = time.monotonic() + 60
+    while len(seqs(running.logs("subscriber"), SHOWN)) <= before:
+        assert time.monotonic() < deadline
+        time.sleep(1)
 
 
 def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(

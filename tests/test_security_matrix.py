@@ -38,3 +38,10 @@ def test_the_matrix_covers_every_required_case() -> None:
     text = DOC.read_text()
     for case in REQUIRED:
         assert case in text, case
+
+
+def test_every_test_named_in_the_readme_exists() -> None:
+    """The README's reliability table names real tests."""
+    named = set(re.findall(r"`(tests/[\w/]+\.py::\w+)`", (ROOT / "README.md").read_text()))
+    assert len(named) >= 8
+    assert not named - collected()
