@@ -48,10 +48,12 @@ async def _main(settings: PublisherSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
 
-    known = presence.load_known_devices(settings.known_devices)
+    known = presence.load_known(settings.known_devices)
+    tracker = presence.PresenceTracker(known, rssi_threshold=settings.rssi_threshold,
+                                       away_after=settings.away_after)
     temperature = sensors.detect(settings.temperature, settings.sysfs)
-    scanner = presence.make_scanner(settings.scanner, known, duration=settings.scan_duration,
-                                    adapter=settings.adapter)
+    scanner = presence.make_scanner(settings.scanner, known.macs,
+                                    duration=settings.scan_duration, adapter=settings.adapter)
     outbox = Outbox(settings.state_dir / f"{settings.device}.outbox.sqlite",
                     limit=settings.outbox_limit)
     pub = Publisher(settings.ring(), device=settings.device,
@@ -73,7 +75,7 @@ async def _main(settings: PublisherSettings) -> int:
     connecting.add_done_callback(connect_failed)
     pumping = asyncio.ensure_future(pub.pump_forever(stop))
     try:
-        stats = await run(pub, temperature=temperature, scanner=scanner, known=known,
+        stats = await run(pub, temperature=temperature, scanner=scanner, tracker=tracker,
                           interval=settings.interval, count=settings.count, stop=stop,
                           heartbeat=heartbeat)
         if connecting.done() and connecting.exception() is not None:

@@ -28,7 +28,7 @@ from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import load_keyring
 from publisher.outbox import Outbox
-from publisher.presence import Scanner, presence_report
+from publisher.presence import PresenceTracker, Scanner
 from publisher.sensors import TemperatureSource
 
 log = logging.getLogger(__name__)
@@ -169,14 +169,15 @@ class Publisher:
 
 
 async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanner,
-              known: dict[str, str], interval: float, count: int,
+              tracker: PresenceTracker, interval: float, count: int,
               stop: asyncio.Event, heartbeat: Heartbeat | None = None) -> Stats:
     """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done).
 
     Readings are taken whether or not the broker is reachable: they wait in the outbox.
     """
     log.info("publishing every %.1f s: temperature from %s, presence from %s scanner, "
-             "%d known device(s)", interval, temperature.name, scanner.name, len(known))
+             "%d known device(s)", interval, temperature.name, scanner.name, len(tracker.known))
+    scanner_state = ""
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -197,9 +198,20 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
             seen = scan.result()
         except ScannerError as exc:
             pub.stats.scanner_errors += 1
-            log.warning("presence not scanned: %s", exc)
+            if scanner_state != "error":
+                log.error("Bluetooth scanner failed: %s; retrying every %.0f s", exc, interval)
+                pub.record("scanner", {"state": "error", "detail": str(exc)})
+                scanner_state = "error"
         else:
-            pub.record("devices", presence_report(seen, known))
+            if scanner_state != "ok":
+                if scanner_state == "error":
+                    log.info("Bluetooth scanner recovered")
+                pub.record("scanner", {"state": "ok", "scanner": scanner.name})
+                scanner_state = "ok"
+            for address, rssi in seen.items():
+                tracker.observe(address, rssi)
+            tracker.tick()
+            pub.record("devices", tracker.report())
         pub.stats.readings += 1
         if heartbeat is not None:
             heartbeat.beat(pub.connected())

@@ -1,24 +1,33 @@
 """Presence: which known Bluetooth devices are near.
 
-The known-devices file maps MAC addresses to friendly names, one per line::
+The known-devices file maps MAC addresses, or for phones that rotate their address the
+identity resolving key (IRK), to friendly names, one per line::
 
-    # MAC               name
-    88:29:9C:00:61:A9   Franks Phone
+    # MAC or irk:<32 hex digits>          name
+    88:29:9C:00:61:A9                     Franks Phone
+    irk:ec0234a357c8ad05341010a60a397d9b  Annas iPhone
 
 Only known devices are ever published (privacy by default): a stranger's MAC address
-never leaves the Pi. Scanners: ``BleakScan`` (real BLE through bleak/BlueZ) and
-``SimulatedScan`` (where there is no adapter); ``AutoScan`` starts with bleak and falls
-back to the simulation, saying so, when there is no adapter.
+never leaves the Pi; strangers are only counted. ``PresenceTracker`` turns sightings into
+``home``/``away``: home when seen at or above an RSSI threshold, away only after not
+being seen for the away timeout (no flapping). Scanners: ``BleakScan`` (real BLE through
+bleak/BlueZ) and ``SimulatedScan`` (where there is no adapter); ``AutoScan`` starts with
+bleak and falls back to the simulation, saying so, when there is no adapter at start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from homewatch.errors import ConfigError, ScannerError
 
@@ -26,32 +35,152 @@ log = logging.getLogger(__name__)
 
 KINDS = ("auto", "bleak", "simulated")
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+IRK_RE = re.compile(r"^irk:([0-9A-Fa-f]{32})$")
+
+
+def ah(irk: bytes, prand: bytes) -> bytes:
+    """Bluetooth Core Spec random address hash: AES-128(irk, 0^13 || prand), last 3 bytes."""
+    enc = Cipher(algorithms.AES(irk), modes.ECB()).encryptor()  # noqa: S305 - the spec's e()
+    return (enc.update(bytes(13) + prand) + enc.finalize())[-3:]
+
+
+def resolves(irk: bytes, address: str) -> bool:
+    """True when ``address`` is a resolvable private address made with ``irk``."""
+    raw = bytes.fromhex(address.replace(":", ""))
+    if len(raw) != 6 or raw[0] >> 6 != 0b01:  # RPAs have the two top bits 01
+        return False
+    return ah(irk, raw[:3]) == raw[3:]
+
+
+@dataclass
+class Known:
+    """Known devices: by MAC, and by IRK for phones with rotating addresses."""
+
+    macs: dict[str, str] = field(default_factory=dict)
+    irks: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.macs) + len(self.irks)
+
+    def name_of(self, address: str) -> str | None:
+        name = self.macs.get(address.upper())
+        if name is not None:
+            return name
+        for irk, irk_name in self.irks:
+            if resolves(irk, address):
+                return irk_name
+        return None
+
+
+def load_known(path: Path | None) -> Known:
+    """The known-devices file, MACs and IRKs; no file means no known devices."""
+    known = Known()
+    if path is None:
+        return known
+    for _lineno, ident, name in _entries(path):
+        m = IRK_RE.match(ident)
+        if m:
+            known.irks.append((bytes.fromhex(m.group(1)), name))
+        else:
+            known.macs[ident.upper()] = name
+    return known
 
 
 def load_known_devices(path: Path | None) -> dict[str, str]:
-    """MAC (upper case) -> friendly name; an absent option means no known devices."""
-    if path is None:
-        return {}
+    """MAC (upper case) -> friendly name (IRK entries left out)."""
+    return load_known(path).macs
+
+
+def _entries(path: Path) -> list[tuple[int, str, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"known-devices file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"known-devices file {path}: {exc.strerror}") from None
-    known: dict[str, str] = {}
+    entries: list[tuple[int, str, str]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         mac, _, name = line.partition(" ")
         name = name.strip().lstrip("=").strip()
-        if not MAC_RE.match(mac):
-            raise ConfigError(f"{path} line {lineno}: {mac!r} is not a MAC address "
+        if not (MAC_RE.match(mac) or IRK_RE.match(mac)):
+            raise ConfigError(f"{path} line {lineno}: {mac!r} is not a MAC address or irk:KEY "
                               "(expected AA:BB:CC:DD:EE:FF Friendly Name)")
         if not name:
             raise ConfigError(f"{path} line {lineno}: missing a name after {mac}")
-        known[mac.upper()] = name
-    return known
+        entries.append((lineno, mac, name))
+    return entries
+
+
+@dataclass
+class _Seen:
+    name: str
+    address: str
+    last_seen: float  # wall clock
+    last_mono: float
+    state: str = "home"
+
+
+class PresenceTracker:
+    """Sightings -> home/away per known device, debounced by the away timeout."""
+
+    def __init__(self, known: Known, *, rssi_threshold: int = -90, away_after: float = 180.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.known = known
+        self.threshold = rssi_threshold
+        self.away_after = away_after
+        self._clock = clock
+        self._wall = wall
+        self._devices: dict[str, _Seen] = {}
+        self._strangers: dict[str, float] = {}
+
+    def observe(self, address: str, rssi: int | None) -> bool:
+        """One sighting; True when it changed someone's state (away -> home)."""
+        name = self.known.name_of(address)
+        now = self._clock()
+        if name is None:
+            self._strangers[address] = now
+            return False
+        if rssi is not None and rssi < self.threshold:
+            return False  # too far away (next door, the street) to count as home
+        seen = self._devices.get(name)
+        if seen is None:
+            self._devices[name] = _Seen(name, address.upper(), self._wall(), now)
+            log.info("%s is home", name)
+            return True
+        seen.address, seen.last_seen, seen.last_mono = address.upper(), self._wall(), now
+        if seen.state == "away":
+            seen.state = "home"
+            log.info("%s is home", name)
+            return True
+        return False
+
+    def tick(self) -> bool:
+        """Mark away whoever has not been seen for the away timeout; True on a change."""
+        now = self._clock()
+        changed = False
+        for seen in self._devices.values():
+            if seen.state == "home" and now - seen.last_mono >= self.away_after:
+                seen.state = "away"
+                changed = True
+                log.info("%s is away (not seen for %.0f s)", seen.name, now - seen.last_mono)
+        cutoff = now - self.away_after
+        self._strangers = {a: t for a, t in self._strangers.items() if t >= cutoff}
+        return changed
+
+    @property
+    def strangers(self) -> int:
+        """Unknown addresses seen within the away timeout: counted, never published."""
+        return len(self._strangers)
+
+    def report(self) -> list[dict[str, Any]]:
+        """The tutorial's ``devices`` shape plus state and last-seen time, by name."""
+        return [{"name": s.name, "mac": s.address, "state": s.state,
+                 "last_seen": round(s.last_seen, 2)}
+                for s in sorted(self._devices.values(), key=lambda s: s.name)]
 
 
 def presence_report(seen: Mapping[str, int | None],
@@ -71,7 +200,12 @@ class Scanner(Protocol):
 
 
 class BleakScan:
-    """One BLE scan window with bleak (BlueZ on Linux)."""
+    """One BLE scan window with bleak (BlueZ on Linux), active scanning.
+
+    Continuous scanning is a window as long as the reading interval; a shorter window is
+    duty-cycled (the Pi's radio is shared with Wi-Fi). The detection callback only records
+    the strongest RSSI per address; nothing else happens in it.
+    """
 
     name = "bleak"
 
@@ -85,19 +219,28 @@ class BleakScan:
             from bleak.exc import BleakError
         except ImportError:
             raise ScannerError("bleak is not installed (pip install 'homewatch[ble]')") from None
+        seen: dict[str, int | None] = {}
+
+        def detected(device: Any, adv: Any) -> None:
+            address = str(device.address).upper()
+            rssi = adv.rssi
+            old = seen.get(address)
+            seen[address] = rssi if old is None or (rssi is not None and rssi > old) else old
+
         try:
             if self.adapter:
-                found = await BleakScanner.discover(timeout=self.duration, return_adv=True,
-                                                    adapter=self.adapter)
+                scanner = BleakScanner(detection_callback=detected, adapter=self.adapter)
             else:
-                found = await BleakScanner.discover(timeout=self.duration, return_adv=True)
+                scanner = BleakScanner(detection_callback=detected)
+            async with scanner:
+                await asyncio.sleep(self.duration)
         except (BleakError, OSError, EOFError) as exc:
             raise ScannerError(f"BLE scan failed: {exc}") from None
         except Exception as exc:  # dbus-fast raises its own types for a missing BlueZ
             if type(exc).__module__.startswith("dbus_fast"):
                 raise ScannerError(f"BLE scan failed (BlueZ): {exc}") from None
             raise
-        return {addr.upper(): adv.rssi for addr, (_dev, adv) in found.items()}
+        return seen
 
 
 class SimulatedScan:
@@ -132,6 +275,8 @@ class AutoScan:
         return self._active.name if self._active else "auto"
 
     async def scan(self) -> dict[str, int | None]:
+        """The first scan decides: bleak if it works, else the simulation for good.
+        Later bleak failures are reported (scanner status), not papered over."""
         if self._active is None:
             try:
                 seen = await self._real.scan()

@@ -54,6 +54,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("scan-duration", "seconds of each BLE scan window", default=5.0,
            convert=config.positive_float, metavar="SECONDS"),
     Option("adapter", "Bluetooth adapter (e.g. hci0)", metavar="NAME"),
+    Option("rssi-threshold", "weakest signal (dBm) that counts as home", default=-90,
+           convert=int, metavar="DBM"),
+    Option("away-after", "seconds unseen before a device counts as away", default=180.0,
+           convert=config.positive_float, metavar="SECONDS"),
     Option("state-dir", "where the outbox (and sequence counter) is kept "
            "(default $XDG_STATE_HOME/homewatch/publisher)", convert=config.path, metavar="DIR"),
     Option("outbox-limit", "most readings kept while the broker is unreachable; beyond it "
@@ -83,6 +87,8 @@ class PublisherSettings:
     known_devices: Path | None
     scan_duration: float
     adapter: str | None
+    rssi_threshold: int
+    away_after: float
     state_dir: Path
     outbox_limit: int
     count: int
@@ -156,6 +162,8 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         known_devices=v["known-devices"],
         scan_duration=v["scan-duration"],
         adapter=v["adapter"],
+        rssi_threshold=v["rssi-threshold"],
+        away_after=v["away-after"],
         state_dir=v["state-dir"] or config.default_state_dir("publisher"),
         outbox_limit=v["outbox-limit"],
         count=v["count"],

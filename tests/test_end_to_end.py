@@ -28,7 +28,7 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.broker
 
-LINE = re.compile(r'^Topic:home/pi-kitchen/(temperature|devices),Payload:(.*)$')
+LINE = re.compile(r'^Topic:home/pi-kitchen/(temperature|devices|scanner),Payload:(.*)$')
 
 
 def is_status(line: str) -> bool:
@@ -99,7 +99,7 @@ def test_subscriber_prints_decrypted_readings_in_the_tutorial_format(
             cwd=workdir, capture_output=True, text=True, timeout=60,
             env={**_env(), "HOMEWATCH_LOG_LEVEL": "debug"})
         assert pub.returncode == 0, pub.stderr
-        lines = read_lines(sub, 6)
+        lines = read_lines(sub, 7)
     kinds = []
     for line in lines:
         m = LINE.match(line)
@@ -109,9 +109,15 @@ def test_subscriber_prints_decrypted_readings_in_the_tutorial_format(
         if m.group(1) == "temperature":
             assert set(data) == {"temperature", "timestamp"}
             assert 15 <= data["temperature"] <= 28
+        elif m.group(1) == "scanner":
+            assert data == {"state": "ok", "scanner": "simulated"}
         else:
-            assert all(d == {"name": "Franks Phone", "mac": "88:29:9C:00:61:A9"} for d in data)
+            for d in data:  # the tutorial's shape, plus state and last-seen time
+                assert (d["name"], d["mac"], d["state"]) == ("Franks Phone",
+                                                            "88:29:9C:00:61:A9", "home")
+                assert d["last_seen"] > 1.7e9
     assert kinds.count("temperature") == 3 and kinds.count("devices") == 3
+    assert kinds.count("scanner") == 1
     assert 'Payload:{"temperature": ' in lines[0]
 
 
@@ -126,9 +132,9 @@ def test_json_mode_prints_one_json_object_per_reading(broker: Broker, workdir: P
         wait_subscribed(sub)
         subprocess.run(publisher_cmd(broker, workdir, "--count", "1"), cwd=workdir,
                        env=_env(), check=True, capture_output=True, timeout=60)
-        lines = read_lines(sub, 2)
+        lines = read_lines(sub, 3)
     records = [json.loads(line) for line in lines]
-    assert {r["kind"] for r in records} == {"temperature", "devices"}
+    assert {r["kind"] for r in records} == {"temperature", "scanner", "devices"}
     assert all(r["device"] == "pi-kitchen" for r in records)
     assert records[1]["seq"] == records[0]["seq"] + 1
 
@@ -252,7 +258,7 @@ def test_publisher_started_before_the_broker_waits_and_then_publishes(
             late.stop()
     assert pub.returncode == 0, err
     assert "unreachable" in err and "retrying in" in err
-    assert "connected to mqtts://localhost" in err and "2 acknowledged" in err
+    assert "connected to mqtts://localhost" in err and "3 acknowledged" in err
 
 
 def test_key_rotation_while_running_loses_nothing(broker: Broker, workdir: Path,

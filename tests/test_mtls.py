@@ -154,7 +154,7 @@ def test_programs_run_end_to_end_in_mtls_mode(mbroker: Broker, mcerts: Path,
     and work unchanged against the mutual-TLS broker."""
     (tmp_path / "certs").symlink_to(mcerts)
     sub = subprocess.Popen(
-        python_m("subscriber", mbroker.url("localhost"), "--count", "2", "--state-dir",
+        python_m("subscriber", mbroker.url("localhost"), "--count", "3", "--state-dir",
                  str(tmp_path / "s")), cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
@@ -175,4 +175,5 @@ def test_programs_run_end_to_end_in_mtls_mode(mbroker: Broker, mcerts: Path,
             sub.communicate()
     assert sub.returncode == 0, err
     assert [line.split(",")[0] for line in out.splitlines() if "/status," not in line] == [
-        "Topic:home/pi-garage/temperature", "Topic:home/pi-garage/devices"]
+        "Topic:home/pi-garage/temperature", "Topic:home/pi-garage/scanner",
+        "Topic:home/pi-garage/devices"]
