@@ -1,0 +1,101 @@
+"""A mocked BlueZ on a private system-style D-Bus, for real bleak to scan against.
+
+python-dbusmock's ``bluez5`` template provides the adapter; devices are added with the
+generic ``AddObject`` (the template's own ``AddDevice`` types ManufacturerData wrongly
+for bleak) plus the ``InterfacesAdded`` signal BlueZ sends, and RSSI changes with
+``UpdateProperties`` (a ``PropertiesChanged`` signal), as a real BlueZ does while scanning.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dbus
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_type="method_call"/>
+    <allow send_destination="*"/><allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+DEVICE = "org.bluez.Device1"
+
+
+class MockBlueZ:
+    def __init__(self, workdir: Path) -> None:
+        self.socket = workdir / "system_bus_socket"
+        conf = workdir / "bus.conf"
+        conf.write_text(BUS_CONF.format(socket=self.socket))
+        self.address = f"unix:path={self.socket}"
+        self.daemon = subprocess.Popen(["dbus-daemon", "--config-file", str(conf), "--nofork"])
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            assert time.monotonic() < deadline, "dbus-daemon did not start"
+            time.sleep(0.05)
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": self.address, "PATH": "/usr/bin:/bin"}
+        self.mock = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system",
+                                      "--template", "bluez5"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.bus = dbus.bus.BusConnection(self.address)
+        while not self.bus.name_has_owner("org.bluez"):
+            assert time.monotonic() < deadline, "the mocked BlueZ did not start"
+            time.sleep(0.05)
+
+    def _iface(self, path: str, iface: str) -> dbus.Interface:
+        return dbus.Interface(self.bus.get_object("org.bluez", path), iface)
+
+    def add_adapter(self, name: str = "hci0") -> None:
+        self._iface("/org/bluez", "org.bluez.Mock").AddAdapter(name, "homewatch-test")
+
+    def remove_adapter(self, name: str = "hci0") -> None:
+        self._iface("/org/bluez", "org.bluez.Mock").RemoveAdapterWithDevices(name)
+
+    @staticmethod
+    def path(address: str, adapter: str = "hci0") -> str:
+        return f"/org/bluez/{adapter}/dev_{address.replace(':', '_').upper()}"
+
+    def advertise(self, address: str, rssi: int, adapter: str = "hci0") -> None:
+        """A device appears (InterfacesAdded) or, if known to BlueZ, its RSSI changes."""
+        path = self.path(address, adapter)
+        try:
+            self._iface(path, "org.freedesktop.DBus.Mock").UpdateProperties(
+                DEVICE, {"RSSI": dbus.Int16(rssi)})
+            return
+        except dbus.DBusException:
+            pass
+        props = dbus.Dictionary({
+            "Address": dbus.String(address), "AddressType": dbus.String("random"),
+            "Alias": dbus.String(address.replace(":", "-")),
+            "Adapter": dbus.ObjectPath(f"/org/bluez/{adapter}"),
+            "Paired": dbus.Boolean(False), "Connected": dbus.Boolean(False),
+            "Trusted": dbus.Boolean(False), "Blocked": dbus.Boolean(False),
+            "LegacyPairing": dbus.Boolean(False), "ServicesResolved": dbus.Boolean(False),
+            "UUIDs": dbus.Array([], signature="s"), "RSSI": dbus.Int16(rssi),
+            "ManufacturerData": dbus.Dictionary({}, signature="qv"),
+            "ServiceData": dbus.Dictionary({}, signature="sv"),
+        }, signature="sv")
+        root = self._iface("/", "org.freedesktop.DBus.Mock")
+        root.AddObject(path, DEVICE, props, [])
+        root.EmitSignal("org.freedesktop.DBus.ObjectManager", "InterfacesAdded", "oa{sa{sv}}",
+                        dbus.Array([dbus.ObjectPath(path),
+                                    dbus.Dictionary({DEVICE: props}, signature="sa{sv}")],
+                                   signature="v"))
+
+    def close(self) -> None:
+        self.bus.close()
+        for p in (self.mock, self.daemon):
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
