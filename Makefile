@@ -4,7 +4,7 @@ PYTHON ?= python3
 PORT ?= 8883
 
 .DEFAULT_GOAL := help
-.PHONY: help install test soak lint certs broker
+.PHONY: help install test bench soak lint certs broker
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -14,6 +14,9 @@ install: ## install Homewatch with its test and dev tools into the current Pytho
 
 test: ## run the test suite (the README's test command; CI runs exactly this)
 	$(PYTHON) -m pytest
+
+bench: ## raw paho vs the secure pipeline side by side (a few minutes); JSON in bench/results
+	$(PYTHON) -m bench.bench
 
 soak: ## a longer soak test: SOAK_SECONDS=600 SOAK_PUBLISHERS=5 make soak
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(PYTHON) -m pytest -m soak -s

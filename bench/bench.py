@@ -1,0 +1,204 @@
+"""`make bench`: the secure pipeline side by side with raw paho, on one loopback broker.
+
+For each scenario a subscriber process and publisher processes run against a mosquitto
+started from broker/mosquitto.conf (TLS, QoS 1), first as raw paho clients (no envelope),
+then through Homewatch's own path (outbox, Fernet envelope, verification, replay
+protection, manual acknowledgement). Prints a table with the ratio of each Homewatch
+figure to raw paho's, ends with `secure ingest ratio: X.XX`, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+class Bench:
+    def __init__(self, work: Path, devices: int) -> None:
+        self.work = work
+        self.certs = work / "certs"
+        run(["bash", str(ROOT / "scripts" / "gen-certs.sh"), "--out", str(self.certs)])
+        names = ["subscriber"] + [f"bench-{i}" for i in range(devices)]
+        for name in names:
+            run([sys.executable, "-m", "homewatch.cli", "--certs", str(self.certs), "device",
+                 "add", name], cwd=ROOT)
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = open(work / "broker.log", "w")  # noqa: SIM115
+        self.broker = subprocess.Popen(
+            ["bash", str(ROOT / "scripts" / "local-broker.sh"), "--certs", str(self.certs),
+             "--data", str(work / "broker"), "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        time.sleep(1.0)
+        self.url = f"mqtts://localhost:{self.port}/home"
+
+    def worker(self, *args: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.Popen([sys.executable, "-m", "bench.worker", *args], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def scenario(self, mode: str, *, count: int, publishers: int, rate: float
+                 ) -> dict[str, Any]:
+        """``publishers`` devices send ``count`` readings each (at ``rate``/s, 0 = flood)."""
+        total = count * publishers
+        sub = self.worker("sub", mode, self.url, str(total), str(self.certs))
+        assert sub.stdout is not None
+        line = sub.stdout.readline()
+        assert line.startswith("READY"), line + (sub.stderr.read() if sub.stderr else "")
+        broker_cpu = cpu_seconds(self.broker.pid)
+        pubs = [self.worker("pub", mode, self.url, str(count), str(self.certs), f"bench-{i}",
+                            str(rate)) for i in range(publishers)]
+        pub_results = []
+        for p in pubs:
+            out, err = p.communicate(timeout=900)
+            assert p.returncode == 0, err
+            pub_results.append(json.loads(out.strip().splitlines()[-1]))
+        out, err = sub.communicate(timeout=900)
+        assert sub.returncode == 0, err
+        s = json.loads(out.strip().splitlines()[-1])
+        broker_cpu = cpu_seconds(self.broker.pid) - broker_cpu
+        received = max(int(s["received"]), 1)
+        return {
+            "mode": mode, "publishers": publishers, "count": total, "rate": rate,
+            "msg_per_s": s["msg_per_s"], "latency_p50_ms": s["latency_p50_ms"],
+            "latency_p99_ms": s["latency_p99_ms"],
+            "cpu_us_per_msg_publisher": 1e6 * sum(p["cpu_s"] for p in pub_results) / received,
+            "cpu_us_per_msg_broker": 1e6 * broker_cpu / received,
+            "cpu_us_per_msg_subscriber": 1e6 * s["cpu_s"] / received,
+            "peak_rss_mib_publisher": max(p["peak_rss_mib"] for p in pub_results),
+            "peak_rss_mib_subscriber": s["peak_rss_mib"],
+            "peak_rss_mib_broker": peak_rss_mib(self.broker.pid),
+        }
+
+    def pi_view(self, seconds: float) -> dict[str, Any]:
+        """The real publisher at a normal rate (one reading per 2 s, simulated sources)."""
+        state = self.work / "pi-state"
+        workdir = self.work / "pi"
+        workdir.mkdir(exist_ok=True)
+        if not (workdir / "certs").exists():
+            (workdir / "certs").symlink_to(self.certs)
+        p = subprocess.Popen([sys.executable, "-m", "publisher", self.url, "--device",
+                              "bench-0", "--interval", "2", "--scan-duration", "1",
+                              "--temperature", "simulated", "--scanner", "simulated",
+                              "--state-dir", str(state)], cwd=workdir,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(3)  # start-up (imports, TLS) is not the steady state
+        cpu0, t0 = cpu_seconds(p.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu = cpu_seconds(p.pid) - cpu0
+        elapsed = time.monotonic() - t0
+        rss = peak_rss_mib(p.pid)
+        p.terminate()
+        p.wait(30)
+        return {"seconds": elapsed, "cpu_percent_of_a_core": 100 * cpu / elapsed,
+                "peak_rss_mib": rss}
+
+    def close(self) -> None:
+        self.broker.terminate()
+        self.broker.wait(10)
+        self.log.close()
+
+
+ROWS = [("msg_per_s", "delivered msg/s", "{:.0f}"),
+        ("latency_p50_ms", "latency p50 ms", "{:.2f}"),
+        ("latency_p99_ms", "latency p99 ms", "{:.2f}"),
+        ("cpu_us_per_msg_publisher", "CPU us/msg publisher", "{:.0f}"),
+        ("cpu_us_per_msg_broker", "CPU us/msg broker", "{:.0f}"),
+        ("cpu_us_per_msg_subscriber", "CPU us/msg subscriber", "{:.0f}"),
+        ("peak_rss_mib_publisher", "peak RSS MiB publisher", "{:.1f}"),
+        ("peak_rss_mib_subscriber", "peak RSS MiB subscriber", "{:.1f}")]
+
+
+def table(title: str, raw: dict[str, Any], hw: dict[str, Any]) -> str:
+    lines = [f"\n{title}", f"  {'':<26}{'raw paho':>12}{'homewatch':>12}{'ratio':>8}"]
+    for key, label, fmt in ROWS:
+        r, h = raw[key], hw[key]
+        ratio = f"{h / r:.2f}" if r else "-"
+        lines.append(f"  {label:<26}{fmt.format(r):>12}{fmt.format(h):>12}{ratio:>8}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=5000, help="flood: readings per run")
+    ap.add_argument("--rate", type=float, default=1000, help="steady rate, msg/s")
+    ap.add_argument("--steady-seconds", type=float, default=5)
+    ap.add_argument("--publishers", type=int, default=50, help="devices in the fan-in run")
+    ap.add_argument("--fanin-count", type=int, default=200, help="readings per device")
+    ap.add_argument("--pi-seconds", type=float, default=30)
+    ap.add_argument("--quick", action="store_true", help="tiny numbers (CI smoke run)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    if args.quick:
+        args.count, args.rate, args.steady_seconds = 200, 100, 1
+        args.publishers, args.fanin_count, args.pi_seconds = 3, 20, 2
+    if shutil.which("mosquitto") is None:
+        sys.stderr.write("bench: error: mosquitto is not installed\n")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="homewatch-bench-"))
+    bench = Bench(work, max(args.publishers, 1))
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    try:
+        steady = int(args.rate * args.steady_seconds)
+        for name, kw in (("flood", {"count": args.count, "publishers": 1, "rate": 0}),
+                         ("steady", {"count": steady, "publishers": 1, "rate": args.rate}),
+                         ("fan-in", {"count": args.fanin_count,
+                                     "publishers": args.publishers, "rate": 0})):
+            results[name] = {m: bench.scenario(m, **kw) for m in ("raw", "hw")}
+            print(table(f"{name}: {kw}", results[name]["raw"], results[name]["hw"]),
+                  flush=True)
+        results["pi"] = bench.pi_view(args.pi_seconds)
+        pi = results["pi"]
+        print(f"\nPi view (real publisher, one reading per 2 s, simulated sources): "
+              f"{pi['cpu_percent_of_a_core']:.2f}% of a core, peak RSS "
+              f"{pi['peak_rss_mib']:.1f} MiB")
+    finally:
+        bench.close()
+    ratio = results["fan-in"]["hw"]["msg_per_s"] / results["fan-in"]["raw"]["msg_per_s"]
+    results["secure_ingest_ratio"] = ratio
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {path}")
+    print(f"secure ingest ratio: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
