@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, TypeVar
 
-from homewatch.errors import ConfigError
+from homewatch.errors import ConfigError, HomewatchError
 from homewatch.secrets import Secret, read_secret_file
 from homewatch.url import BrokerURL
 
@@ -164,6 +164,46 @@ def describe(settings: object) -> str:
             value = str(value)
         lines.append(f"{f.name}={value}")
     return "\n".join(lines)
+
+
+class ProgramSettings(Protocol):
+    @property
+    def show_settings(self) -> bool: ...
+
+    @property
+    def log_level(self) -> str: ...
+
+
+S = TypeVar("S", bound=ProgramSettings)
+
+
+def run_program(prog: str, argv: Sequence[str] | None,
+                build: Callable[[Sequence[str] | None, Mapping[str, str]], S],
+                body: Callable[[S], int]) -> int:
+    """A program's main(): build settings, configure logging once, run ``body``, and turn
+    Homewatch errors into one line on stderr and an exit code (2 settings, 1 runtime)."""
+
+    def fail(exc: BaseException, code: int) -> int:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return code
+
+    try:
+        settings = build(argv, os.environ)
+    except ConfigError as exc:
+        return fail(exc, 2)
+    if settings.show_settings:
+        sys.stdout.write(describe(settings) + "\n")
+        return 0
+    setup_logging(settings.log_level)
+    try:
+        return body(settings)
+    except ConfigError as exc:
+        return fail(exc, 2)
+    except HomewatchError as exc:
+        return fail(exc, 1)
+    except OSError as exc:
+        sys.stderr.write(f"{prog}: error: {exc.filename or ''}: {exc.strerror}\n")
+        return 1
 
 
 def setup_logging(level: str) -> None:

@@ -8,14 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import sys
 import threading
 from collections.abc import Sequence
 
 from homewatch import config
-from homewatch.errors import ConfigError, ConnectError, HomewatchError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection, Will
 from publisher import presence, sensors
@@ -111,26 +108,7 @@ async def _main(settings: PublisherSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = build(argv, os.environ)
-    except ConfigError as exc:
-        sys.stderr.write(f"publisher: error: {exc}\n")
-        return 2
-    if settings.show_settings:
-        sys.stdout.write(config.describe(settings) + "\n")
-        return 0
-    config.setup_logging(settings.log_level)
-    try:
-        return asyncio.run(_main(settings))
-    except ConfigError as exc:
-        sys.stderr.write(f"publisher: error: {exc}\n")
-        return 2
-    except (ConnectError, HomewatchError) as exc:
-        sys.stderr.write(f"publisher: error: {exc}\n")
-        return 1
-    except OSError as exc:
-        sys.stderr.write(f"publisher: error: {exc.filename or ''}: {exc.strerror}\n")
-        return 1
+    return config.run_program("publisher", argv, build, lambda s: asyncio.run(_main(s)))
 
 
 if __name__ == "__main__":

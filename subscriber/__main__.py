@@ -6,7 +6,6 @@ Exit codes: 0 stopped cleanly, 1 broker/TLS failure, 2 bad settings or input.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -15,7 +14,6 @@ from types import FrameType
 
 from homewatch import config
 from homewatch.envelope import Opener
-from homewatch.errors import ConfigError, ConnectError, HomewatchError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import KeyStore
@@ -62,26 +60,7 @@ def _run(settings: SubscriberSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = build(argv, os.environ)
-    except ConfigError as exc:
-        sys.stderr.write(f"subscriber: error: {exc}\n")
-        return 2
-    if settings.show_settings:
-        sys.stdout.write(config.describe(settings) + "\n")
-        return 0
-    config.setup_logging(settings.log_level)
-    try:
-        return _run(settings)
-    except ConfigError as exc:
-        sys.stderr.write(f"subscriber: error: {exc}\n")
-        return 2
-    except (ConnectError, HomewatchError) as exc:
-        sys.stderr.write(f"subscriber: error: {exc}\n")
-        return 1
-    except OSError as exc:
-        sys.stderr.write(f"subscriber: error: {exc.filename or ''}: {exc.strerror}\n")
-        return 1
+    return config.run_program("subscriber", argv, build, _run)
 
 
 if __name__ == "__main__":
