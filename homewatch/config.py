@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 from homewatch.errors import ConfigError, HomewatchError
 from homewatch.secrets import Secret, read_secret_file
-from homewatch.url import BrokerURL
+from homewatch.url import BrokerURL, parse_broker_url
 
 ENV_PREFIX = "HOMEWATCH_"
 
@@ -54,6 +54,29 @@ class Option:
         return "--" + self.name
 
 
+def path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+# Options both programs have, in the place each program lists them.
+URL_OPTION = Option("url", "broker URL mqtts://HOST:PORT/BASE")
+CLIENT_CERT_OPTIONS = (
+    Option("client-cert", "client certificate for mutual TLS (default client.crt in the "
+           "identity directory, when present)", convert=path, metavar="FILE"),
+    Option("client-key", "client certificate's private key", convert=path, metavar="FILE"),
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+COMMON_OPTIONS = (
+    Option("health-file", "touch this file while connected (container health checks)",
+           convert=path, metavar="FILE"),
+    Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
+           flag=True),
+    Option("show-settings", "print the settings (secrets masked) and exit", default=False,
+           flag=True),
+    Option("log-level", "log level", default="info", choices=LOG_LEVELS),
+)
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -77,10 +100,6 @@ def nonneg_float(text: str) -> float:
     return value
 
 
-def path(text: str) -> Path:
-    return Path(text).expanduser()
-
-
 def build_parser(prog: str, description: str, options: Sequence[Option],
                  positional: Sequence[tuple[str, str]] = ()) -> OneLineParser:
     parser = OneLineParser(prog=prog, description=description, allow_abbrev=False,
@@ -98,6 +117,29 @@ def build_parser(prog: str, description: str, options: Sequence[Option],
                                 choices=opt.choices, help=opt.help + env_help)
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     return parser
+
+
+def program_parser(prog: str, description: str,
+                   options: Sequence[Option]) -> argparse.ArgumentParser:
+    """A program's parser: the broker URL as positional argument, then every other option."""
+    return build_parser(prog, description, [o for o in options if o.name != "url"],
+                        positional=(("url", "broker URL mqtts://HOST:PORT/BASE "
+                                     "[env HOMEWATCH_URL]"),))
+
+
+def broker_url(values: Mapping[str, Any], prog: str) -> BrokerURL:
+    """The resolved broker URL, required, with the plaintext rule applied."""
+    if not values["url"]:
+        raise ConfigError(f"missing broker URL: {prog} mqtts://HOST:8883/home "
+                          "(or set HOMEWATCH_URL)")
+    return parse_broker_url(values["url"], allow_plaintext=values["allow-plaintext"])
+
+
+def credentials_dir(values: Mapping[str, Any]) -> Path | None:
+    creds: Path | None = values["credentials"]
+    if creds is not None and not creds.is_dir():
+        raise ConfigError(f"credentials directory not found: {creds}")
+    return creds
 
 
 def resolve(options: Sequence[Option], args: argparse.Namespace,
@@ -135,8 +177,11 @@ def load_password(password_file: Path | None, environ: Mapping[str, str]) -> Sec
 
 def client_certificate(cert: Path | None, key: Path | None,
                        identity_dir: Path) -> tuple[Path | None, Path | None]:
-    """The client certificate and key: given explicitly, else client.crt/client.key in the
-    identity directory when both exist (mutual TLS needs them; password mode ignores them)."""
+    """The client certificate and key: given explicitly (both), else client.crt/client.key
+    in the identity directory when both exist (mutual TLS needs them; password mode
+    ignores them)."""
+    if (cert is None) != (key is None):
+        raise ConfigError("--client-cert and --client-key go together")
     if cert is not None or key is not None:
         return cert, key
     if (identity_dir / "client.crt").is_file() and (identity_dir / "client.key").is_file():
@@ -214,5 +259,3 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
 
-
-LOG_LEVELS = ("debug", "info", "warning", "error")

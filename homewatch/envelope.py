@@ -29,6 +29,7 @@ from cryptography.fernet import InvalidToken, MultiFernet
 from homewatch.errors import EnvelopeError
 
 VERSION = 1
+STATUS_KIND = "status"  # BASE/<device>/status: retained online/offline, plain text
 REPLAY_WINDOW = 4096
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.fernet import MultiFernet
 
-from homewatch.envelope import seal, topic_for
+from homewatch.envelope import STATUS_KIND, seal, topic_for
 from homewatch.errors import ConfigError, ScannerError, SensorError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
@@ -32,8 +32,6 @@ from publisher.presence import PresenceTracker, Scanner
 from publisher.sensors import TemperatureSource
 
 log = logging.getLogger(__name__)
-
-STATUS_KIND = "status"
 
 
 @dataclass
@@ -118,8 +116,8 @@ class Publisher:
         if self.conn is None or not self.connected():
             return
         room = self._window - len(self._inflight)
-        if room <= 0:
-            return
+        if room <= 0 or self._last_sent >= self.outbox.last_seq:
+            return  # window full, or nothing new since the last send: no query
         for entry in self.outbox.after(self._last_sent, room):
             topic = topic_for(self._base, self._device, entry.kind)
             token = seal(self._ring, topic=topic, device=self._device, seq=entry.seq,

@@ -75,6 +75,11 @@ class Outbox:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def last_seq(self) -> int:
+        """The newest sequence number handed out (below any stored one when none was)."""
+        return self._next - 1
+
     def add(self, kind: str, data: Any) -> int:
         """Commit one reading; returns its sequence number."""
         seq = self._next

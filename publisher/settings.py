@@ -15,7 +15,6 @@ from homewatch.errors import ConfigError, ProvisionError
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import validate_name
 from homewatch.secrets import Secret, parse_keyring, read_secret_file
-from homewatch.url import parse_broker_url
 from publisher import presence, sensors
 
 DESCRIPTION = """Publish temperature and presence to a Homewatch broker, encrypted end to end.
@@ -27,7 +26,7 @@ Secrets are never command-line values: the MQTT password comes from --password-f
 Defaults follow the provisioning layout: certs/clients/<device>/{password,fernet.key}."""
 
 OPTIONS: tuple[Option, ...] = (
-    Option("url", "broker URL mqtts://HOST:PORT/BASE"),
+    config.URL_OPTION,
     Option("device", "device identity = MQTT user name (default: the --credentials "
            "directory's name, else this host's name)", metavar="NAME"),
     Option("credentials", "a device bundle directory holding ca.crt, password and "
@@ -39,10 +38,7 @@ OPTIONS: tuple[Option, ...] = (
            "(default certs/clients/<device>/password)", convert=config.path, metavar="FILE"),
     Option("key-file", "payload key ring file, newest key first "
            "(default certs/clients/<device>/fernet.key)", convert=config.path, metavar="FILE"),
-    Option("client-cert", "client certificate for mutual TLS (default client.crt in the "
-           "identity directory, when present)", convert=config.path, metavar="FILE"),
-    Option("client-key", "client certificate's private key", convert=config.path,
-           metavar="FILE"),
+    *config.CLIENT_CERT_OPTIONS,
     Option("interval", "seconds between readings", default=10.0,
            convert=config.positive_float, metavar="SECONDS"),
     Option("temperature", "temperature source", default="auto", choices=sensors.KINDS),
@@ -64,13 +60,7 @@ OPTIONS: tuple[Option, ...] = (
            "the oldest are dropped (counted)", default=100_000, convert=int, metavar="N"),
     Option("count", "stop after this many readings (0: run until stopped)", default=0,
            convert=int, metavar="N"),
-    Option("health-file", "touch this file while connected (container health checks)",
-           convert=config.path, metavar="FILE"),
-    Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
-           flag=True),
-    Option("show-settings", "print the settings (secrets masked) and exit", default=False,
-           flag=True),
-    Option("log-level", "log level", default="info", choices=config.LOG_LEVELS),
+    *config.COMMON_OPTIONS,
 )
 
 
@@ -101,21 +91,14 @@ class PublisherSettings:
 
 
 def parser() -> argparse.ArgumentParser:
-    return config.build_parser("publisher", DESCRIPTION, OPTIONS[1:],
-                               positional=(("url", "broker URL mqtts://HOST:PORT/BASE "
-                                            "[env HOMEWATCH_URL]"),))
+    return config.program_parser("publisher", DESCRIPTION, OPTIONS)
 
 
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSettings:
     args = parser().parse_args(argv)
     v = config.resolve(OPTIONS, args, environ)
-    if not v["url"]:
-        raise ConfigError("missing broker URL: publisher mqtts://HOST:8883/home "
-                          "(or set HOMEWATCH_URL)")
-    url = parse_broker_url(v["url"], allow_plaintext=v["allow-plaintext"])
-    creds: Path | None = v["credentials"]
-    if creds is not None and not creds.is_dir():
-        raise ConfigError(f"credentials directory not found: {creds}")
+    url = config.broker_url(v, "publisher")
+    creds = config.credentials_dir(v)
     device = v["device"] or (creds.name if creds is not None else config.default_identity())
     try:
         validate_name(device)
@@ -137,8 +120,6 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         key_file = v["key-file"] or client_dir / "fernet.key"
         keyring = Secret(read_secret_file(key_file, "key ring"))
     parse_keyring(keyring.reveal(), "payload key ring")  # validate now, fail early
-    if (v["client-cert"] is None) != (v["client-key"] is None):
-        raise ConfigError("--client-cert and --client-key go together")
     client_cert, client_key = config.client_certificate(v["client-cert"], v["client-key"],
                                                         client_dir)
     connection = ConnectionSettings(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from homewatch.envelope import Opener, Reading, ReplayGuard
+from homewatch.envelope import STATUS_KIND, Opener, Reading, ReplayGuard
 from homewatch.errors import EnvelopeError
 from homewatch.health import Heartbeat
 from homewatch.secrets import ensure_private_dir, write_private_file
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_BOUND = 10_000  # a full queue blocks paho's thread: backpressure, not loss
 SNAPSHOT_EVERY = 30.0
-STATUS_KIND = "status"
 STATUSES = {b"online": "online", b"offline": "offline"}
 
 

@@ -12,7 +12,6 @@ from homewatch.config import Option
 from homewatch.errors import ConfigError, ProvisionError
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import SUBSCRIBER, validate_name
-from homewatch.url import parse_broker_url
 
 DESCRIPTION = """Subscribe to every device's readings, verify and decrypt them, print them.
 
@@ -23,7 +22,7 @@ are logged (one line each) and counted; the program keeps running. The password 
 from --password-file (or HOMEWATCH_PASSWORD); device key rings from --keys-dir."""
 
 OPTIONS: tuple[Option, ...] = (
-    Option("url", "broker URL mqtts://HOST:PORT/BASE"),
+    config.URL_OPTION,
     Option("username", "MQTT user name", default=SUBSCRIBER, metavar="NAME"),
     Option("credentials", "identity directory holding password, keys/ and (mutual TLS) "
            "client.crt + client.key (default certs/clients/<username>)", convert=config.path,
@@ -34,10 +33,7 @@ OPTIONS: tuple[Option, ...] = (
            "(default certs/clients/<username>/password)", convert=config.path, metavar="FILE"),
     Option("keys-dir", "directory of device key rings <device>.key "
            "(default certs/clients/<username>/keys)", convert=config.path, metavar="DIR"),
-    Option("client-cert", "client certificate for mutual TLS (default client.crt in the "
-           "identity directory, when present)", convert=config.path, metavar="FILE"),
-    Option("client-key", "client certificate's private key", convert=config.path,
-           metavar="FILE"),
+    *config.CLIENT_CERT_OPTIONS,
     Option("client-id", "MQTT client id of the persistent session "
            "(default homewatch-sub-<username>)", metavar="ID"),
     Option("ttl", "reject readings older than this many seconds", default=300.0,
@@ -51,13 +47,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="DIR"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),
-    Option("health-file", "touch this file while connected (container health checks)",
-           convert=config.path, metavar="FILE"),
-    Option("allow-plaintext", "allow mqtt:// without TLS to a loopback broker", default=False,
-           flag=True),
-    Option("show-settings", "print the settings (secrets masked) and exit", default=False,
-           flag=True),
-    Option("log-level", "log level", default="info", choices=config.LOG_LEVELS),
+    *config.COMMON_OPTIONS,
 )
 
 
@@ -76,18 +66,13 @@ class SubscriberSettings:
 
 
 def parser() -> argparse.ArgumentParser:
-    return config.build_parser("subscriber", DESCRIPTION, OPTIONS[1:],
-                               positional=(("url", "broker URL mqtts://HOST:PORT/BASE "
-                                            "[env HOMEWATCH_URL]"),))
+    return config.program_parser("subscriber", DESCRIPTION, OPTIONS)
 
 
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberSettings:
     args = parser().parse_args(argv)
     v = config.resolve(OPTIONS, args, environ)
-    if not v["url"]:
-        raise ConfigError("missing broker URL: subscriber mqtts://HOST:8883/home "
-                          "(or set HOMEWATCH_URL)")
-    url = parse_broker_url(v["url"], allow_plaintext=v["allow-plaintext"])
+    url = config.broker_url(v, "subscriber")
     username = v["username"]
     try:
         validate_name(username)
@@ -95,11 +80,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         raise ConfigError(f"username: {exc}") from None
     if v["count"] < 0:
         raise ConfigError("--count: must be 0 or more")
-    if (v["client-cert"] is None) != (v["client-key"] is None):
-        raise ConfigError("--client-cert and --client-key go together")
-    creds: Path | None = v["credentials"]
-    if creds is not None and not creds.is_dir():
-        raise ConfigError(f"credentials directory not found: {creds}")
+    creds = config.credentials_dir(v)
     client_dir = creds if creds is not None else Path("certs/clients") / username
     client_cert, client_key = config.client_certificate(v["client-cert"], v["client-key"],
                                                         client_dir)
