@@ -50,7 +50,10 @@ async def _main(settings: PublisherSettings) -> int:
                                        away_after=settings.away_after)
     temperature = sensors.detect(settings.temperature, settings.sysfs)
     scanner = presence.make_scanner(settings.scanner, known.macs,
-                                    duration=settings.scan_duration, adapter=settings.adapter)
+                                    duration=settings.scan_duration, adapter=settings.adapter,
+                                    mode=settings.scan_mode)
+    stranger_key = (presence.stranger_key(settings.state_dir / "stranger-hash.key")
+                    if settings.hash_strangers else None)
     outbox = Outbox(settings.state_dir / f"{settings.device}.outbox.sqlite",
                     limit=settings.outbox_limit)
     pub = Publisher(settings.ring(), device=settings.device,
@@ -74,7 +77,7 @@ async def _main(settings: PublisherSettings) -> int:
     try:
         stats = await run(pub, temperature=temperature, scanner=scanner, tracker=tracker,
                           interval=settings.interval, count=settings.count, stop=stop,
-                          heartbeat=heartbeat)
+                          heartbeat=heartbeat, stranger_key=stranger_key)
         if connecting.done() and connecting.exception() is not None:
             raise connecting.exception()  # type: ignore[misc]
         # Finish what is waiting, giving a broker that is (re)starting a bounded chance;

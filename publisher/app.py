@@ -168,14 +168,16 @@ class Publisher:
 
 async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanner,
               tracker: PresenceTracker, interval: float, count: int,
-              stop: asyncio.Event, heartbeat: Heartbeat | None = None) -> Stats:
+              stop: asyncio.Event, heartbeat: Heartbeat | None = None,
+              stranger_key: bytes | None = None) -> Stats:
     """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done).
 
     Readings are taken whether or not the broker is reachable: they wait in the outbox.
+    Strangers are published (count and keyed hashes) only with a ``stranger_key``.
     """
     log.info("publishing every %.1f s: temperature from %s, presence from %s scanner, "
              "%d known device(s)", interval, temperature.name, scanner.name, len(tracker.known))
-    scanner_state = ""
+    scanner_state, scanner_detail = "", ""
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -196,10 +198,10 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
             seen = scan.result()
         except ScannerError as exc:
             pub.stats.scanner_errors += 1
-            if scanner_state != "error":
+            if (scanner_state, scanner_detail) != ("error", str(exc)):
                 log.error("Bluetooth scanner failed: %s; retrying every %.0f s", exc, interval)
                 pub.record("scanner", {"state": "error", "detail": str(exc)})
-                scanner_state = "error"
+                scanner_state, scanner_detail = "error", str(exc)
         else:
             if scanner_state != "ok":
                 if scanner_state == "error":
@@ -210,6 +212,8 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
                 tracker.observe(address, rssi)
             tracker.tick()
             pub.record("devices", tracker.report())
+            if stranger_key is not None:
+                pub.record("strangers", tracker.strangers_report(stranger_key))
         pub.stats.readings += 1
         if heartbeat is not None:
             heartbeat.beat(pub.connected())

@@ -18,9 +18,12 @@ bleak and falls back to the simulation, saying so, when there is no adapter at s
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,10 +33,16 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from homewatch.errors import ConfigError, ScannerError
+from homewatch.secrets import read_secret_file, write_private_file
 
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "bleak", "simulated")
+SCAN_MODES = ("active", "passive")
+# Passive scanning goes through BlueZ advertisement monitors, which need patterns: these
+# match the Flags values phones and most BLE devices advertise (LE General Discoverable,
+# with or without BR/EDR). A device advertising without Flags is only seen when active.
+PASSIVE_FLAGS = (b"\x02", b"\x06", b"\x1a")
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 IRK_RE = re.compile(r"^irk:([0-9A-Fa-f]{32})$")
 
@@ -114,6 +123,22 @@ def _entries(path: Path) -> list[tuple[int, str, str]]:
     return entries
 
 
+def stranger_key(path: Path) -> bytes:
+    """The key for hashing strangers' addresses: made once (32 random bytes, mode 0600)
+    and kept, so a device hashes the same across restarts. It never leaves this device."""
+    if not path.exists():
+        write_private_file(path, secrets.token_hex(32) + "\n")
+        log.info("made the key for hashing unknown devices: %s", path)
+    text = read_secret_file(path, "stranger hash key")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{path}: not a hex key (delete it to make a new one)") from None
+    if len(key) < 16:
+        raise ConfigError(f"{path}: key too short (delete it to make a new one)")
+    return key
+
+
 @dataclass
 class _Seen:
     name: str
@@ -176,6 +201,18 @@ class PresenceTracker:
         """Unknown addresses seen within the away timeout: counted, never published."""
         return len(self._strangers)
 
+    def strangers_report(self, key: bytes) -> dict[str, Any]:
+        """Strangers for users who opted in: a count and a keyed hash of each address.
+
+        HMAC-SHA256 with a key that never leaves the Pi: the same address gives the same
+        hash (so a regular visitor's device can be told apart), but without the key nobody
+        can get the address back by hashing all 2^48 of them. Phones that rotate their
+        address look like a new stranger each time they do.
+        """
+        hashes = sorted(hmac.new(key, a.upper().encode(), hashlib.sha256).hexdigest()[:16]
+                        for a in self._strangers)
+        return {"count": len(hashes), "hashes": hashes}
+
     def report(self) -> list[dict[str, Any]]:
         """The tutorial's ``devices`` shape plus state and last-seen time, by name."""
         return [{"name": s.name, "mac": s.address, "state": s.state,
@@ -199,19 +236,41 @@ class Scanner(Protocol):
         ...
 
 
+def explain(exc: BaseException, adapter: str | None) -> str:
+    """What a bleak/D-Bus failure means for the user, in one line."""
+    text = str(exc.args[0]) if isinstance(exc.args, tuple) and exc.args else str(exc)
+    name = adapter or "the Bluetooth adapter"
+    if "requires BlueZ" in text:
+        return ("passive scanning needs BlueZ 5.56+ started with --experimental (and Linux "
+                "5.10+); use --scan-mode active, or enable it in bluetooth.service")
+    if "ServiceUnknown" in text or "org.bluez was not provided" in text:
+        return "BlueZ (bluetoothd) is not running: sudo systemctl start bluetooth"
+    if "powered" in text.lower() or "NotReady" in text:
+        return f"{name} is powered off: bluetoothctl power on (or rfkill unblock bluetooth)"
+    if "not found" in text or "UnknownObject" in text or "No Bluetooth adapters" in text:
+        return f"{name} not found (unplugged, or BlueZ restarting)"
+    return f"BLE scan failed: {text}"
+
+
 class BleakScan:
-    """One BLE scan window with bleak (BlueZ on Linux), active scanning.
+    """One BLE scan window with bleak (BlueZ on Linux), active or passive.
 
     Continuous scanning is a window as long as the reading interval; a shorter window is
-    duty-cycled (the Pi's radio is shared with Wi-Fi). The detection callback only records
-    the strongest RSSI per address; nothing else happens in it.
+    duty-cycled (the Pi's radio is shared with Wi-Fi). Active scanning asks each device for
+    its scan response; passive only listens (nothing is transmitted), through a BlueZ
+    advertisement monitor. The detection callback only records the strongest RSSI per
+    address; nothing else happens in it.
     """
 
     name = "bleak"
 
-    def __init__(self, duration: float, adapter: str | None = None) -> None:
+    def __init__(self, duration: float, adapter: str | None = None,
+                 mode: str = "active") -> None:
+        if mode not in SCAN_MODES:
+            raise ConfigError(f"scan mode must be one of {', '.join(SCAN_MODES)}")
         self.duration = duration
         self.adapter = adapter
+        self.mode = mode
 
     async def scan(self) -> dict[str, int | None]:
         try:
@@ -227,18 +286,23 @@ class BleakScan:
             old = seen.get(address)
             seen[address] = rssi if old is None or (rssi is not None and rssi > old) else old
 
+        kwargs: dict[str, Any] = {"detection_callback": detected}
+        if self.adapter:
+            kwargs["adapter"] = self.adapter
+        if self.mode == "passive":
+            from bleak.args.bluez import OrPattern
+            from bleak.assigned_numbers import AdvertisementDataType
+            kwargs["scanning_mode"] = "passive"
+            kwargs["bluez"] = {"or_patterns": [OrPattern(0, AdvertisementDataType.FLAGS, f)
+                                               for f in PASSIVE_FLAGS]}
         try:
-            if self.adapter:
-                scanner = BleakScanner(detection_callback=detected, adapter=self.adapter)
-            else:
-                scanner = BleakScanner(detection_callback=detected)
-            async with scanner:
+            async with BleakScanner(**kwargs):
                 await asyncio.sleep(self.duration)
         except (BleakError, OSError, EOFError) as exc:
-            raise ScannerError(f"BLE scan failed: {exc}") from None
+            raise ScannerError(explain(exc, self.adapter)) from None
         except Exception as exc:  # dbus-fast raises its own types for a missing BlueZ
             if type(exc).__module__.startswith("dbus_fast"):
-                raise ScannerError(f"BLE scan failed (BlueZ): {exc}") from None
+                raise ScannerError(explain(exc, self.adapter)) from None
             raise
         return seen
 
@@ -290,10 +354,10 @@ class AutoScan:
 
 
 def make_scanner(kind: str, known: Mapping[str, str], *, duration: float,
-                 adapter: str | None = None) -> Scanner:
+                 adapter: str | None = None, mode: str = "active") -> Scanner:
     if kind == "simulated":
         return SimulatedScan(known)
-    real = BleakScan(duration, adapter)
+    real = BleakScan(duration, adapter, mode)
     if kind == "bleak":
         return real
     return AutoScan(real, SimulatedScan(known))

@@ -49,7 +49,13 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("scan-duration", "seconds of each BLE scan window", default=5.0,
            convert=config.positive_float, metavar="SECONDS"),
+    Option("scan-mode", "active (asks devices for a scan response) or passive (only "
+           "listens; needs BlueZ 5.56+ with --experimental)", default="active",
+           choices=presence.SCAN_MODES),
     Option("adapter", "Bluetooth adapter (e.g. hci0)", metavar="NAME"),
+    Option("hash-strangers", "also publish unknown devices, as a count and a keyed hash of "
+           "each address (the key stays on this device); off: strangers are only counted "
+           "here", default=False, flag=True),
     Option("rssi-threshold", "weakest signal (dBm) that counts as home", default=-90,
            convert=int, metavar="DBM"),
     Option("away-after", "seconds unseen before a device counts as away", default=180.0,
@@ -76,7 +82,9 @@ class PublisherSettings:
     scanner: str
     known_devices: Path | None
     scan_duration: float
+    scan_mode: str
     adapter: str | None
+    hash_strangers: bool
     rssi_threshold: int
     away_after: float
     state_dir: Path
@@ -142,7 +150,9 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         scanner=v["scanner"],
         known_devices=v["known-devices"],
         scan_duration=v["scan-duration"],
+        scan_mode=v["scan-mode"],
         adapter=v["adapter"],
+        hash_strangers=v["hash-strangers"],
         rssi_threshold=v["rssi-threshold"],
         away_after=v["away-after"],
         state_dir=v["state-dir"] or config.default_state_dir("publisher"),

@@ -4,10 +4,13 @@ python-dbusmock's ``bluez5`` template provides the adapter; devices are added wi
 generic ``AddObject`` (the template's own ``AddDevice`` types ManufacturerData wrongly
 for bleak) plus the ``InterfacesAdded`` signal BlueZ sends, and RSSI changes with
 ``UpdateProperties`` (a ``PropertiesChanged`` signal), as a real BlueZ does while scanning.
+The adapter can be powered off and on, and BlueZ itself restarted (its bus name drops and
+comes back with a fresh adapter, as when bluetoothd restarts).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -31,7 +34,11 @@ DEVICE = "org.bluez.Device1"
 
 
 class MockBlueZ:
-    def __init__(self, workdir: Path) -> None:
+    """``parameters`` go to the template: ``{"enable_monitor_api": False}`` is a BlueZ
+    without advertisement monitors (older than 5.56, or not started --experimental)."""
+
+    def __init__(self, workdir: Path, parameters: dict[str, object] | None = None) -> None:
+        self.parameters = parameters or {}
         self.socket = workdir / "system_bus_socket"
         conf = workdir / "bus.conf"
         conf.write_text(BUS_CONF.format(socket=self.socket))
@@ -41,14 +48,44 @@ class MockBlueZ:
         while not self.socket.exists():
             assert time.monotonic() < deadline, "dbus-daemon did not start"
             time.sleep(0.05)
-        env = {"DBUS_SYSTEM_BUS_ADDRESS": self.address, "PATH": "/usr/bin:/bin"}
-        self.mock = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system",
-                                      "--template", "bluez5"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.bus = dbus.bus.BusConnection(self.address)
+        self.mock = self._start_bluez()
+
+    def _start_bluez(self) -> subprocess.Popen[bytes]:
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": self.address, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system",
+                                 "--template", "bluez5", "--parameters",
+                                 json.dumps(self.parameters)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
         while not self.bus.name_has_owner("org.bluez"):
             assert time.monotonic() < deadline, "the mocked BlueZ did not start"
             time.sleep(0.05)
+        return proc
+
+    def stop_bluez(self) -> None:
+        """bluetoothd goes away (crash or restart): its bus name and objects vanish."""
+        self.mock.terminate()
+        self.mock.wait(5)
+        deadline = time.monotonic() + 10
+        while self.bus.name_has_owner("org.bluez"):
+            assert time.monotonic() < deadline, "the mocked BlueZ did not stop"
+            time.sleep(0.05)
+
+    def start_bluez(self, adapter: str = "hci0") -> None:
+        """bluetoothd is back, with its adapter (and no devices yet)."""
+        self.mock = self._start_bluez()
+        self.add_adapter(adapter)
+
+    def power(self, on: bool, adapter: str = "hci0") -> None:
+        """``bluetoothctl power on|off``: the adapter's Powered property changes."""
+        self._iface(f"/org/bluez/{adapter}", "org.freedesktop.DBus.Mock").UpdateProperties(
+            "org.bluez.Adapter1", {"Powered": dbus.Boolean(on)})
+
+    def calls(self, method: str, adapter: str = "hci0") -> list[object]:
+        """The calls bleak made to ``method`` on the adapter (dbusmock's call log)."""
+        return list(self._iface(f"/org/bluez/{adapter}",
+                                "org.freedesktop.DBus.Mock").GetMethodCalls(method))
 
     def _iface(self, path: str, iface: str) -> dbus.Interface:
         return dbus.Interface(self.bus.get_object("org.bluez", path), iface)

@@ -1,20 +1,31 @@
 """Presence with the real bleak against a mocked BlueZ on a private D-Bus: devices
 appearing, RSSI changes, away debouncing, strangers never published, rotating addresses
-resolved by IRK, and the adapter disappearing and coming back."""
+resolved by IRK, active and passive scanning, and the adapter disappearing, powered off or
+BlueZ restarting, then coming back. The last test runs the real publisher and subscriber
+through the real broker with the mocked BlueZ."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from homewatch.errors import ScannerError
 from publisher.presence import BleakScan, Known, PresenceTracker, ah, resolves
 from tests.bluez import MockBlueZ
+from tests.helpers import Broker, clean_env, python_m, running
 
 pytestmark = pytest.mark.ble
 
@@ -135,3 +146,237 @@ def test_adapter_lost_is_a_scanner_error_and_scanning_recovers_when_it_is_back(
         asyncio.run(BleakScan(0.5).scan())
     bluez.add_adapter()
     assert scan_while(lambda: bluez.advertise(PHONE, -58))[PHONE] == -58
+
+
+async def scan_during(scanner: BleakScan, action: Callable[[], None] | None = None,
+                      delay: float = 0.4) -> dict[str, int | None]:
+    """One scan window in the running loop (as in the publisher), ``action`` done during it."""
+    task = asyncio.ensure_future(scanner.scan())
+    if action is not None:
+        await asyncio.sleep(delay)
+        await asyncio.to_thread(action)
+    return await task
+
+
+def in_one_loop(steps: Callable[[], Awaitable[None]]) -> None:
+    """Every scan of a test in one event loop: bleak keeps one BlueZ manager per loop, so
+    this is how the long-running publisher meets a power cycle or a BlueZ restart."""
+    asyncio.run(steps())  # type: ignore[arg-type]
+
+
+def test_active_scanning_uses_discovery(bluez: MockBlueZ) -> None:
+    """The default: BlueZ discovery (StartDiscovery/StopDiscovery), no monitor."""
+    seen = asyncio.run(scan_during(BleakScan(1.0), lambda: bluez.advertise(PHONE, -60)))
+    assert seen[PHONE] == -60
+    assert len(bluez.calls("StartDiscovery")) == 1 and len(bluez.calls("StopDiscovery")) == 1
+    assert bluez.calls("RegisterMonitor") == []
+
+
+def test_passive_scanning_only_listens_through_an_advertisement_monitor(
+        bluez: MockBlueZ) -> None:
+    """--scan-mode passive registers a BlueZ advertisement monitor (Flags patterns) and
+    never starts discovery, so the Pi sends no scan requests; devices are still seen, and
+    the monitor is unregistered when the window ends."""
+    seen = asyncio.run(scan_during(BleakScan(1.0, mode="passive"),
+                                   lambda: bluez.advertise(PHONE, -61)))
+    assert seen[PHONE] == -61
+    assert len(bluez.calls("RegisterMonitor")) == 1
+    assert len(bluez.calls("UnregisterMonitor")) == 1
+    assert bluez.calls("StartDiscovery") == []
+
+
+def test_passive_scanning_on_a_bluez_without_monitors_says_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older BlueZ (or one not started --experimental) has no monitor API: the error
+    names the fix instead of falling back to active scanning behind the user's back."""
+    mock = MockBlueZ(tmp_path, {"enable_monitor_api": False})
+    try:
+        mock.add_adapter()
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", mock.address)
+        with pytest.raises(ScannerError) as err:
+            asyncio.run(BleakScan(0.5, mode="passive").scan())
+    finally:
+        mock.close()
+    assert "--experimental" in str(err.value) and "--scan-mode active" in str(err.value)
+
+
+def test_adapter_powered_off_is_reported_and_scanning_resumes_when_powered_on(
+        bluez: MockBlueZ) -> None:
+    """bluetoothctl power off: the next window fails saying so; power on: scans work
+    again in the same event loop, no restart."""
+    errors: list[str] = []
+
+    async def steps() -> None:
+        scanner = BleakScan(0.8)
+        assert (await scan_during(scanner, lambda: bluez.advertise(PHONE, -50)))[PHONE] == -50
+        await asyncio.to_thread(bluez.power, False)
+        await asyncio.sleep(0.2)
+        with pytest.raises(ScannerError) as err:
+            await scanner.scan()
+        errors.append(str(err.value))
+        await asyncio.to_thread(bluez.power, True)
+        await asyncio.sleep(0.2)
+        assert (await scan_during(scanner, lambda: bluez.advertise(PHONE, -52)))[PHONE] == -52
+
+    in_one_loop(steps)
+    assert errors == ["the Bluetooth adapter is powered off: bluetoothctl power on "
+                      "(or rfkill unblock bluetooth)"]
+
+
+def test_bluez_restart_is_reported_and_scanning_resumes(bluez: MockBlueZ) -> None:
+    """bluetoothd stops (crash, upgrade, restart): the window fails saying BlueZ is not
+    running; once it is back with its adapter, scans see devices again in the same loop."""
+    errors: list[str] = []
+
+    async def steps() -> None:
+        scanner = BleakScan(0.8)
+        assert PHONE in await scan_during(scanner, lambda: bluez.advertise(PHONE, -50))
+        await asyncio.to_thread(bluez.stop_bluez)
+        with pytest.raises(ScannerError) as err:
+            await scanner.scan()
+        errors.append(str(err.value))
+        await asyncio.to_thread(bluez.start_bluez)
+        await asyncio.sleep(0.2)
+        assert (await scan_during(scanner, lambda: bluez.advertise(PHONE, -53)))[PHONE] == -53
+
+    in_one_loop(steps)
+    assert errors == ["BlueZ (bluetoothd) is not running: sudo systemctl start bluetooth"]
+
+
+class Readings:
+    """The subscriber's --json lines, collected by a thread, waited for by predicate, in
+    order: each wait looks only after the record the previous wait matched."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._cursor = 0
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._cond:
+                self.raw.append(line)
+                if line.startswith("{"):
+                    self.records.append(json.loads(line))
+                self._cond.notify_all()
+
+    def wait_for(self, what: str, match: Callable[[dict[str, Any]], bool],
+                 timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(self._cursor, len(self.records)):
+                    if match(self.records[i]):
+                        self._cursor = i + 1
+                        return self.records[i]
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {what} in {self.records[-5:]}"
+                self._cond.wait(left)
+
+
+@contextmanager
+def advertising(bluez: MockBlueZ, *addresses: str) -> Iterator[None]:
+    """Devices advertising every 0.3 s (RSSI alternating, so BlueZ signals each one)."""
+    stop = threading.Event()
+
+    def adverts() -> None:
+        rssi = -60
+        while not stop.wait(0.3):
+            rssi = -60 if rssi == -61 else -61
+            for address in addresses:
+                with contextlib.suppress(Exception):  # BlueZ down or adapter off: no advert
+                    bluez.advertise(address, rssi)
+
+    thread = threading.Thread(target=adverts, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def clients(broker: Broker, workdir: Path, known: Path, state: Path,
+            *extra: str) -> tuple[list[str], list[str]]:
+    """The subscriber (--json) and the publisher (bleak scanner) command lines."""
+    sub = python_m("subscriber", broker.url("localhost"), "--json", "--state-dir",
+                   str(workdir / "sub-state"), "--client-id", f"sub-{uuid.uuid4().hex[:8]}")
+    pub = python_m("publisher", broker.url("localhost"), "--device", "pi-kitchen",
+                   "--temperature", "simulated", "--scanner", "bleak",
+                   "--interval", "1", "--scan-duration", "0.8",
+                   "--known-devices", str(known), "--state-dir", str(state), *extra)
+    return sub, pub
+
+
+def test_publisher_reports_scanner_health_and_hashes_strangers_only_when_asked(
+        bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
+    """The real publisher (bleak, mocked BlueZ) through the real broker to the real
+    subscriber: a known phone is home; with --hash-strangers a stranger arrives only as a
+    count and a keyed hash (its address never leaves the Pi); powering the adapter off
+    and restarting BlueZ each publish a `scanner` error naming the cause, followed by
+    `ok` when it is back, without restarting the publisher."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    state = workdir / "pub-state"
+    sub_cmd, pub_cmd = clients(broker, workdir, known, state, "--hash-strangers")
+    env = {"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}
+
+    def kind(k: str, **data: Any) -> Callable[[dict[str, Any]], bool]:
+        return lambda r: r["kind"] == k and all(r["data"].get(f) == v for f, v in data.items())
+
+    with (advertising(bluez, PHONE, STRANGER), running(sub_cmd, cwd=workdir) as sub,
+          running(pub_cmd, cwd=workdir, env=env)):
+        readings = Readings(sub)
+        readings.wait_for("scanner ok", kind("scanner", state="ok", scanner="bleak"))
+        home = readings.wait_for("Franks Phone home", lambda r: r["kind"] == "devices"
+                                 and r["data"] and r["data"][0]["state"] == "home")
+        assert home["data"][0]["name"] == "Franks Phone"
+        strangers = readings.wait_for("strangers", lambda r: r["kind"] == "strangers"
+                                      and r["data"]["count"] == 1)
+        bluez.power(False)
+        off = readings.wait_for("powered off", kind("scanner", state="error"))
+        assert "powered off" in off["data"]["detail"]
+        bluez.power(True)
+        readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        bluez.stop_bluez()
+        down = readings.wait_for("BlueZ down", kind("scanner", state="error"))
+        assert "not running" in down["data"]["detail"]
+        bluez.start_bluez()
+        readings.wait_for("scanner ok after BlueZ restart", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone still home", lambda r: r["kind"] == "devices"
+                          and r["data"] and r["data"][0]["state"] == "home")
+    key = bytes.fromhex((state / "stranger-hash.key").read_text().strip())
+    assert (state / "stranger-hash.key").stat().st_mode & 0o077 == 0
+    expected = hmac.new(key, STRANGER.encode(), hashlib.sha256).hexdigest()[:16]
+    assert strangers["data"]["hashes"] == [expected]
+    everything = "".join(readings.raw)
+    assert STRANGER not in everything and STRANGER.replace(":", "") not in everything
+    assert PHONE in everything
+
+
+def test_by_default_strangers_never_leave_the_pi(bluez: MockBlueZ, broker: Broker,
+                                                 workdir: Path) -> None:
+    """Without --hash-strangers a stranger in range is neither published nor hashed: the
+    subscriber gets temperature, scanner and devices readings only, and no key is made."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    state = workdir / "pub-state"
+    sub_cmd, pub_cmd = clients(broker, workdir, known, state, "--count", "4")
+    with advertising(bluez, PHONE, STRANGER), running(sub_cmd, cwd=workdir) as sub:
+        readings = Readings(sub)
+        pub = subprocess.run(pub_cmd, cwd=workdir, capture_output=True, text=True,
+                             timeout=60, env=clean_env({"DBUS_SYSTEM_BUS_ADDRESS":
+                                                        bluez.address}))
+        assert pub.returncode == 0, pub.stderr
+        assert "4 reading(s), 9 message(s) sent" in pub.stderr, pub.stderr
+        for n in range(9):  # all of them arrive: wait for the 9th reading
+            readings.wait_for(f"reading {n + 1} of 9", lambda r: r["kind"] != "status")
+    kinds = [r["kind"] for r in readings.records if r["kind"] != "status"]
+    assert sorted(kinds) == ["devices"] * 4 + ["scanner"] + ["temperature"] * 4
+    assert any(d["name"] == "Franks Phone" for r in readings.records if r["kind"] == "devices"
+               for d in r["data"])
+    assert STRANGER not in "".join(readings.raw)
+    assert not (state / "stranger-hash.key").exists()
