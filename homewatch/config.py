@@ -166,6 +166,21 @@ def resolve(options: Sequence[Option], args: argparse.Namespace,
     return values
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``HOMEWATCH_*=value`` lines (a bundle's homewatch.env, systemd EnvironmentFile
+    syntax without quoting); comments and other names are ignored."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name.startswith(ENV_PREFIX) and not name.startswith("#"):
+            values[name] = value.strip()
+    return values
+
+
 def load_password(password_file: Path | None, environ: Mapping[str, str]) -> Secret | None:
     """The MQTT password: ``HOMEWATCH_PASSWORD`` env, else the password file if it exists."""
     if ENV_PREFIX + "PASSWORD" in environ:

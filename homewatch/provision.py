@@ -346,8 +346,9 @@ def list_identities(layout: Layout) -> list[str]:
 def make_bundle(layout: Layout, name: str, *, url: str, out_dir: Path) -> Path:
     """Pack what a Pi needs into ``out_dir/<name>.tar.gz`` (0600).
 
-    Contents, under ``<name>/``: ``ca.crt``, ``password``, ``fernet.key`` and
-    ``homewatch.env`` (the non-secret settings: broker URL and device name).
+    Contents, under ``<name>/``: ``ca.crt``, ``password``, ``fernet.key``, ``client.crt``
+    and ``client.key`` when made, and ``homewatch.env`` (the non-secret settings: broker
+    URL and device name).
     """
     import io
     import tarfile

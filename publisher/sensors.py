@@ -1,8 +1,13 @@
-"""Temperature sources: a Linux/Pi thermal zone, a DS18B20 on 1-wire, or simulated.
+"""Temperature sources: a DS18B20 on 1-wire, a Sense HAT, the SoC's thermal zone, or
+simulated.
 
 Each source reads degrees Celsius. ``detect()`` picks the first available in the order
-DS18B20 (a room sensor), thermal zone (the SoC: warmer than the room), simulated, and
-says in the log which one it chose and why.
+DS18B20 (a room sensor), Sense HAT (on the Pi, so a little warm), thermal zone (the SoC:
+warmer than the room), simulated, and says in the log which one it chose and why.
+
+The Sense HAT is read through the kernel's IIO drivers (``hts221``, ``lps25h``), which
+Raspberry Pi OS loads for the HAT: no Python package and no ``/dev/i2c-1`` access are
+needed, so it works inside the hardened service (``PrivateDevices=yes``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from homewatch.errors import ConfigError, SensorError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "ds18b20", "thermal", "simulated")
+KINDS = ("auto", "ds18b20", "sensehat", "thermal", "simulated")
+# The Sense HAT's sensors with a temperature channel, best first: the humidity sensor's
+# is the one the sense-hat library's get_temperature() reads.
+SENSE_HAT_IIO = ("hts221", "lps25h")
 
 
 class TemperatureSource(Protocol):
@@ -71,6 +79,34 @@ class DS18B20:
         return round(value, 3)
 
 
+class IioTemperature:
+    """An IIO temperature channel: ``(in_temp_raw + in_temp_offset) * in_temp_scale``
+    millidegrees Celsius (the kernel's IIO ABI; offset 0 when the driver has none)."""
+
+    def __init__(self, device: Path, chip: str) -> None:
+        self.device = device
+        self.name = f"Sense HAT {chip} ({device.name})"
+
+    def _number(self, attribute: str, default: float | None = None) -> float:
+        path = self.device / attribute
+        try:
+            return float(path.read_text(encoding="ascii").strip())
+        except FileNotFoundError:
+            if default is not None:
+                return default
+            raise SensorError(f"{path}: missing (sensor removed?)") from None
+        except OSError as exc:
+            raise SensorError(f"{path}: {exc.strerror}") from None
+        except ValueError:
+            raise SensorError(f"{path}: unexpected content") from None
+
+    def read(self) -> float:
+        raw = self._number("in_temp_raw")
+        offset = self._number("in_temp_offset", 0.0)
+        scale = self._number("in_temp_scale", 1.0)
+        return round((raw + offset) * scale / 1000.0, 2)
+
+
 class SimulatedTemperature:
     """A slow random walk around 21 degrees, for demos and machines without sensors."""
 
@@ -102,6 +138,22 @@ def find_ds18b20(sysfs: Path) -> Path | None:
     return sensors[0] if sensors else None
 
 
+def find_sense_hat(sysfs: Path) -> tuple[Path, str] | None:
+    """The Sense HAT's IIO device with a temperature channel, and its chip name."""
+    found: dict[str, Path] = {}
+    for device in sorted((sysfs / "bus" / "iio" / "devices").glob("iio:device*")):
+        try:
+            chip = (device / "name").read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if chip in SENSE_HAT_IIO and (device / "in_temp_raw").exists():
+            found.setdefault(chip, device)
+    for chip in SENSE_HAT_IIO:
+        if chip in found:
+            return found[chip], chip
+    return None
+
+
 def detect(kind: str, sysfs: Path = Path("/sys")) -> TemperatureSource:
     """The temperature source for ``kind`` (one of KINDS)."""
     if kind == "simulated":
@@ -113,12 +165,21 @@ def detect(kind: str, sysfs: Path = Path("/sys")) -> TemperatureSource:
         if kind == "ds18b20":
             raise ConfigError(f"no DS18B20 under {sysfs}/bus/w1/devices/28-* "
                               "(is dtoverlay=w1-gpio enabled?)")
+    if kind in ("sensehat", "auto"):
+        hat = find_sense_hat(sysfs)
+        if hat is not None:
+            return IioTemperature(*hat)
+        if kind == "sensehat":
+            raise ConfigError(f"no Sense HAT under {sysfs}/bus/iio/devices (hts221/lps25h "
+                              "drivers not loaded: is the HAT seated, and dtoverlay=rpi-sense "
+                              "in config.txt if its EEPROM is not read?)")
     if kind in ("thermal", "auto"):
         zone = find_thermal_zone(sysfs)
         if zone is not None:
             return ThermalZone(zone)
         if kind == "thermal":
             raise ConfigError(f"no readable thermal zone under {sysfs}/class/thermal")
-    log.warning("no temperature sensor found under %s (no DS18B20, no thermal zone); "
+    log.warning("no temperature sensor found under %s (no DS18B20, Sense HAT or thermal "
+                "zone); "
                 "using simulated temperatures", sysfs)
     return SimulatedTemperature()

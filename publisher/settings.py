@@ -17,13 +17,18 @@ from homewatch.provision import validate_name
 from homewatch.secrets import Secret, parse_keyring, read_secret_file
 from publisher import presence, sensors
 
+BUNDLE_ENV = "homewatch.env"  # in a device bundle: the broker URL and the device name
+BUNDLE_KEYS = ("HOMEWATCH_URL", "HOMEWATCH_DEVICE")  # nothing else is taken from it
+
 DESCRIPTION = """Publish temperature and presence to a Homewatch broker, encrypted end to end.
 
   python -m publisher mqtts://HOST:8883/home
 
 Secrets are never command-line values: the MQTT password comes from --password-file
 (or HOMEWATCH_PASSWORD), the payload key ring from --key-file (or HOMEWATCH_KEY).
-Defaults follow the provisioning layout: certs/clients/<device>/{password,fernet.key}."""
+Defaults follow the provisioning layout: certs/clients/<device>/{password,fernet.key}.
+With --credentials DIR (an unpacked device bundle) the broker URL and device name come
+from its homewatch.env, so `publisher --credentials DIR` is enough."""
 
 OPTIONS: tuple[Option, ...] = (
     config.URL_OPTION,
@@ -45,7 +50,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("sysfs", "root of the sysfs tree to read sensors from", default=Path("/sys"),
            convert=config.path, metavar="DIR"),
     Option("scanner", "presence scanner", default="auto", choices=presence.KINDS),
-    Option("known-devices", "file mapping MAC addresses to names", convert=config.path,
+    Option("known-devices", "file mapping MAC addresses (or irk:KEY) to names (default: "
+           "known-devices in --credentials, when there)", convert=config.path,
            metavar="FILE"),
     Option("scan-duration", "seconds of each BLE scan window", default=5.0,
            convert=config.positive_float, metavar="SECONDS"),
@@ -105,8 +111,13 @@ def parser() -> argparse.ArgumentParser:
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSettings:
     args = parser().parse_args(argv)
     v = config.resolve(OPTIONS, args, environ)
-    url = config.broker_url(v, "publisher")
     creds = config.credentials_dir(v)
+    if creds is not None and (creds / BUNDLE_ENV).is_file():
+        # The bundle's broker URL and device name, below the real environment and the CLI.
+        bundle = config.read_env_file(creds / BUNDLE_ENV)
+        environ = {**{k: bundle[k] for k in BUNDLE_KEYS if k in bundle}, **environ}
+        v = config.resolve(OPTIONS, args, environ)
+    url = config.broker_url(v, "publisher")
     device = v["device"] or (creds.name if creds is not None else config.default_identity())
     try:
         validate_name(device)
@@ -148,7 +159,9 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         temperature=v["temperature"],
         sysfs=v["sysfs"],
         scanner=v["scanner"],
-        known_devices=v["known-devices"],
+        known_devices=v["known-devices"] or (
+            creds / "known-devices" if creds is not None
+            and (creds / "known-devices").is_file() else None),
         scan_duration=v["scan-duration"],
         scan_mode=v["scan-mode"],
         adapter=v["adapter"],

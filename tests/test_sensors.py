@@ -1,4 +1,5 @@
-"""Temperature sources on fake sysfs trees: thermal zone, DS18B20, fallback to simulated."""
+"""Temperature sources on sysfs trees laid out as the kernel does: thermal zone, DS18B20,
+Sense HAT (IIO), fallback to simulated."""
 
 from __future__ import annotations
 
@@ -26,6 +27,52 @@ def ds18b20(root: Path, crc: str = "YES", milli: str = "23125",
     (d / "w1_slave").write_text(
         f"72 01 4b 46 7f ff 0e 10 57 : crc=57 {crc}\n72 01 4b 46 7f ff 0e 10 57 t={milli}\n")
     return d / "w1_slave"
+
+
+def iio(root: Path, n: int, chip: str, raw: str, offset: str | None,
+        scale: str) -> Path:
+    """An IIO device as the hts221/lps25h drivers present it."""
+    d = root / "bus" / "iio" / "devices" / f"iio:device{n}"
+    d.mkdir(parents=True)
+    (d / "name").write_text(chip + "\n")
+    (d / "in_temp_raw").write_text(raw + "\n")
+    if offset is not None:
+        (d / "in_temp_offset").write_text(offset + "\n")
+    (d / "in_temp_scale").write_text(scale + "\n")
+    return d
+
+
+def test_sense_hat_reads_its_iio_temperature_channel(tmp_path: Path) -> None:
+    """(raw + offset) * scale millidegrees: the LPS25H's (raw -10320, offset 20400, scale
+    1000/480) is 21.0 C; the HTS221's is preferred when both are there."""
+    thermal(tmp_path, 0, "48312\n")
+    iio(tmp_path, 0, "lps25h", "-10320", "20400", "2.083333333")
+    src = sensors.detect("auto", tmp_path)
+    assert isinstance(src, sensors.IioTemperature) and "lps25h" in src.name
+    assert src.read() == 21.0
+    iio(tmp_path, 1, "hts221", "-1660", "-28100", "-0.700000")
+    src = sensors.detect("sensehat", tmp_path)
+    assert "hts221" in src.name and src.read() == 20.83
+
+
+def test_sense_hat_read_errors_are_sensor_errors(tmp_path: Path) -> None:
+    """A vanished channel or garbage in it fails that reading, clearly."""
+    d = iio(tmp_path, 0, "hts221", "100", None, "1.0")
+    src = sensors.detect("sensehat", tmp_path)
+    assert src.read() == 0.1  # no in_temp_offset: 0
+    (d / "in_temp_raw").write_text("busy\n")
+    with pytest.raises(SensorError, match="unexpected content"):
+        src.read()
+    (d / "in_temp_raw").unlink()
+    with pytest.raises(SensorError, match="missing"):
+        src.read()
+
+
+def test_sense_hat_asked_for_but_absent_is_a_config_error(tmp_path: Path) -> None:
+    """--temperature sensehat without the HAT's drivers says what to check."""
+    iio(tmp_path, 0, "bme280", "1", None, "1")  # another IIO sensor is not a Sense HAT
+    with pytest.raises(ConfigError, match="no Sense HAT"):
+        sensors.detect("sensehat", tmp_path)
 
 
 def test_thermal_zone_reads_millidegrees(tmp_path: Path) -> None:
