@@ -9,12 +9,13 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from homewatch.provision import Layout, make_bundle
-from tests.helpers import ROOT, Broker, clean_env
+from tests.helpers import ROOT, Broker, clean_env, free_port, wait_for_port
 
 README = ROOT / "README.md"
 UNIT = ROOT / "deploy" / "homewatch-publisher.service"
@@ -38,21 +39,30 @@ def pi(tmp_path: Path, certs: Path, broker: Broker) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """This repository as a git URL (a clone of its committed HEAD, as a user gets it)."""
-    if not (ROOT / ".git").exists():
-        pytest.fail("the walkthrough test needs the git checkout")
+def repository() -> Iterator[str]:
+    """This repository's committed HEAD served by a real git server (git daemon, on
+    loopback), so pip and git fetch it over the network as a user does."""
+    assert (ROOT / ".git").exists(), "the walkthrough test needs the git checkout"
     assert any(WHEELS.glob("*.whl")), "no wheels: run scripts/offline-images.sh first"
-    return f"file://{ROOT}"
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all",
+                               f"--base-path={ROOT.parent}", "--listen=127.0.0.1",
+                               f"--port={port}", str(ROOT)])
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield f"git://127.0.0.1:{port}/{ROOT.name}"
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
 
 
 def sh(command: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    """One README command, in the user's home; pip installs offline from the wheelhouse
-    (the machine's PyPI proxy is not needed, the command itself is unchanged)."""
-    env = clean_env({"HOME": str(home), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS),
-                     "PIP_DISABLE_PIP_VERSION_CHECK": "1", "XDG_STATE_HOME": "",
-                     "PATH": os.environ["PATH"], **extra})
-    env.pop("XDG_STATE_HOME")
+    """One README command, in the user's home with a login-like environment (nothing of
+    this checkout on PYTHONPATH); pip installs offline from the wheelhouse (the command
+    itself is unchanged)."""
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], "LANG": "C.UTF-8",
+           "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS),
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
     return subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=home, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -131,10 +141,11 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     assert r.returncode == 1 and "--force" in r.stderr, r.stderr
     r = sh(f"~/homewatch-src/scripts/install-pi.sh --root {root} --wheels {WHEELS}", pi)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
-                        "/etc/systemd/system/homewatch-publisher.service"],
-                       capture_output=True, text=True)
-    assert "homewatch-publisher.service" not in r.stderr, r.stderr
+    check = tmp_path / "homewatch-publisher.service"  # the installed unit, run from here
+    check.write_text(unit.replace(exec_start.group(1), str(program)))
+    r = subprocess.run(["systemd-analyze", "verify", str(check)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "homewatch-publisher.service" not in r.stderr, r.stderr
 
 
 def test_install_script_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
