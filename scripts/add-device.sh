@@ -15,8 +15,9 @@ url=${2:-mqtts://$(hostname -s 2>/dev/null || hostname).local:$MQTT_PORT_VALUE/$
 scripts/admin.sh homewatch device add "$name" --bundle bundles --url "$url" --reload
 cat <<NEXT
 
-On the Pi ($name):
+On the Pi ($name), see the README's "Adding a Raspberry Pi":
   scp bundles/$name.tar.gz pi@$name.local:
-  ssh pi@$name.local 'mkdir -p ~/.config/homewatch && tar -xzf $name.tar.gz -C ~/.config/homewatch && rm $name.tar.gz'
-  homewatch-publisher $url --credentials ~/.config/homewatch/$name
+  then, as a service:  sudo scripts/install-pi.sh $name.tar.gz --known-devices FILE
+  or to try it:        homewatch-publisher --credentials ~/.config/homewatch/$name
+The bundle holds secrets: delete it on both sides once installed.
 NEXT

@@ -317,7 +317,8 @@ def test_publisher_reports_scanner_health_and_hashes_strangers_only_when_asked(
     subscriber: a known phone is home; with --hash-strangers a stranger arrives only as a
     count and a keyed hash (its address never leaves the Pi); powering the adapter off
     and restarting BlueZ each publish a `scanner` error naming the cause, followed by
-    `ok` when it is back, without restarting the publisher."""
+    `ok` when it is back, without restarting the publisher; while the scanner is down no
+    `devices` reading is published (nobody is marked away for want of a scanner)."""
     known = workdir / "known"
     known.write_text(f"{PHONE} Franks Phone\n")
     state = workdir / "pub-state"
@@ -340,7 +341,9 @@ def test_publisher_reports_scanner_health_and_hashes_strangers_only_when_asked(
         off = readings.wait_for("powered off", kind("scanner", state="error"))
         assert "powered off" in off["data"]["detail"]
         bluez.power(True)
-        readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        back = readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        between = readings.records[readings.records.index(off):readings.records.index(back)]
+        assert "devices" not in [r["kind"] for r in between]  # nobody marked away meanwhile
         bluez.stop_bluez()
         down = readings.wait_for("BlueZ down", kind("scanner", state="error"))
         assert "not running" in down["data"]["detail"]

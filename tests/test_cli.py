@@ -104,3 +104,50 @@ def test_help_lists_env_names(workdir: Path) -> None:
     assert r.returncode == 0
     for name in ("HOMEWATCH_URL", "HOMEWATCH_TTL", "HOMEWATCH_KEYS_DIR", "HOMEWATCH_JSON"):
         assert name in r.stdout
+
+
+def test_readme_publisher_table_matches_the_options() -> None:
+    """Each row of the README's publisher table is a real option with that variable, and
+    the table lists every publisher option but the common ones named under it."""
+    from tests.helpers import ROOT
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("Publisher (`publisher --help`):"):]
+    table = table[:table.index("\n\n", table.index("| option |"))]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    documented = {}
+    for option, env in rows:
+        name = option.strip().strip("`").split()[0].lstrip("-").lower()
+        documented[name] = env.strip().strip("`")
+    by_name = {o.name: o for o in pub_settings.OPTIONS}
+    for name, env in documented.items():
+        assert name in by_name, f"README documents --{name}, which does not exist"
+        assert by_name[name].env == env, name
+    common = {"allow-plaintext", "show-settings", "log-level", "client-cert", "client-key",
+              "sysfs", "count"}
+    missing = set(by_name) - set(documented) - common
+    assert not missing, f"options missing from the README table: {sorted(missing)}"
+
+
+def test_bundle_env_gives_url_and_device_below_env_and_cli(tmp_path: Path, certs: Path) -> None:
+    """--credentials DIR with homewatch.env: its URL and device are used unless the
+    environment or the command line say otherwise; nothing else is taken from it."""
+    creds = tmp_path / "pi-kitchen"
+    creds.mkdir()
+    for f in ("ca.crt",):
+        (creds / f).write_bytes((certs / f).read_bytes())
+    for f in ("password", "fernet.key"):
+        (creds / f).write_bytes((certs / "clients" / "pi-kitchen" / f).read_bytes())
+        (creds / f).chmod(0o600)
+    (creds / "homewatch.env").write_text(
+        "# Homewatch publisher settings\nHOMEWATCH_URL=mqtts://bundle.lan:8883/house\n"
+        "HOMEWATCH_DEVICE=pi-kitchen\nHOMEWATCH_KEY=not-a-key\nHOMEWATCH_INTERVAL=1\n")
+    s = pub_settings.build(["--credentials", str(creds)], {})
+    assert (s.connection.url.host, s.connection.url.base, s.device) == (
+        "bundle.lan", "house", "pi-kitchen")
+    assert s.interval == 10.0  # only the URL and the device come from the bundle
+    s = pub_settings.build(["--credentials", str(creds)],
+                           {"HOMEWATCH_URL": "mqtts://env.lan:8883/home"})
+    assert s.connection.url.host == "env.lan"
+    s = pub_settings.build(["mqtts://cli.lan:8883/home", "--credentials", str(creds)],
+                           {"HOMEWATCH_URL": "mqtts://env.lan:8883/home"})
+    assert s.connection.url.host == "cli.lan"
