@@ -7,6 +7,7 @@ them all (``MultiFernet``), so a key can rotate with nothing lost.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, MultiFernet
 
 from homewatch.errors import ConfigError
+from homewatch.fernet import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -108,25 +110,27 @@ def write_private_file(path: Path, data: str, *, mode: int | None = None) -> Non
         raise
 
 
-def parse_keyring(text: str, source: str) -> MultiFernet:
-    """Parse key ring text (newest key first) into a MultiFernet."""
-    fernets: list[Fernet] = []
+def parse_keyring(text: str, source: str) -> KeyRing:
+    """Parse key ring text (newest key first) into a KeyRing (a MultiFernet)."""
+    keys: list[bytes] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            fernets.append(Fernet(line.encode("ascii")))
-        except (ValueError, UnicodeEncodeError):
+            key = line.encode("ascii")
+            Fernet(key)
+        except (ValueError, UnicodeEncodeError, binascii.Error):
             raise ConfigError(
                 f"{source} line {lineno}: not a Fernet key (44 characters of url-safe base64)"
             ) from None
-    if not fernets:
+        keys.append(key)
+    if not keys:
         raise ConfigError(f"{source}: no key in key ring")
-    return MultiFernet(fernets)
+    return KeyRing(keys)
 
 
-def load_keyring(path: Path) -> MultiFernet:
+def load_keyring(path: Path) -> KeyRing:
     return parse_keyring(read_secret_file(path, "key ring"), str(path))
 
 
