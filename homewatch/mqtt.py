@@ -79,14 +79,43 @@ def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
     return ctx
 
 
-class _Client(mqtt.Client):
-    """paho's client, closing the TLS socket when the handshake fails.
+READ_BATCH = 256  # packets read per network-loop wake-up
 
-    paho 2.x leaks the half-open SSL socket when certificate verification fails (the
-    exception leaves ``_ssl_wrap_socket`` with the socket unreferenced but open). This
-    replaces that one step with the same logic plus the close; hostname checking is done
-    by the SSL context (``check_hostname`` is always on in ``tls_context``).
+
+class _Client(mqtt.Client):
+    """paho's client, with four of its internal steps replaced (paho is pinned < 3):
+
+    - ``_ssl_wrap_socket``: paho 2.x leaks the half-open SSL socket when certificate
+      verification fails; the same logic plus the close. Host names are checked by the
+      SSL context (``check_hostname`` is always on in ``tls_context``).
+    - ``_reconnect_wait``: the backoff gets jitter.
+    - ``loop_read``: paho reads one packet per wake-up of its loop (one ``select`` per
+      message received); this reads every packet already there, up to READ_BATCH.
+    - ``_packet_queue``: paho wakes its own loop through a socket pair for every packet
+      queued, even from inside that loop (an acknowledgement sent by ``on_message``):
+      there the wake-up is skipped, as the loop writes what is queued on its next turn.
     """
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        if self._sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        for _ in range(READ_BATCH):
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
+        if self._thread is None or threading.current_thread() is not self._thread:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+                                 "to_process": len(packet), "packet": packet, "info": info})
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _reconnect_wait(self) -> None:
         """paho's capped exponential backoff, plus jitter (so a fleet of Pis does not
@@ -155,8 +184,9 @@ def describe_tls_error(exc: ssl.SSLError, host: str) -> str:
 class Connection:
     """One MQTT connection: connect with backoff, fail fast on auth/TLS, clean stop.
 
-    Callbacks only hand messages to ``on_message`` (which must not block: enqueue and
-    return) and record state; all real work happens in the program's own loop.
+    Callbacks record state and hand each message to ``on_message`` in paho's network
+    thread; it must finish in bounded time (the subscriber shows and acknowledges the
+    message there: one thread per connection, and backpressure rather than a queue).
     """
 
     def __init__(

@@ -1,5 +1,9 @@
-"""The subscriber's loop: the paho callback only enqueues; verification, decryption,
-replay protection, output and acknowledgement happen here, in the program's own thread.
+"""The subscriber: each message is verified, decrypted, checked against replays, shown,
+recorded and acknowledged in paho's network thread as it arrives, one thread per
+connection and no queue in between: the next message is read only when this one is
+settled, so a subscriber that cannot keep up slows the broker's delivery to it
+(backpressure; the broker holds the rest) instead of filling memory. The program's own
+thread only watches the clock: health file, log summaries, replay-state snapshots.
 
 Exactly-once display: a message is acknowledged to the broker only after it was shown
 and its (device, sequence number) recorded; QoS 1 redeliveries and replays are dropped by
@@ -12,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections import Counter
@@ -27,7 +30,6 @@ from homewatch.secrets import ensure_private_dir, write_private_file
 
 log = logging.getLogger(__name__)
 
-QUEUE_BOUND = 10_000  # a full queue blocks paho's thread: backpressure, not loss
 SNAPSHOT_EVERY = 30.0
 STATUSES = {b"online": "online", b"offline": "offline"}
 
@@ -141,26 +143,36 @@ class Subscriber:
         self.as_json = as_json
         self.state = state
         self.ack = ack
-        self.inbox: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=QUEUE_BOUND)
         self.accepted = 0
+        self.count = 0  # stop after this many readings (0: never); see run()
+        self.done = threading.Event()
+        self._lock = threading.Lock()  # paho's thread handles; ours ticks and snapshots
         self.statuses = 0
         self.rejected: Counter[str] = Counter()
+        self.duplicates = 0  # copies of readings already shown: dropped, not rejections
         self.rejection_log = RejectionLog()
 
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        """paho callback: enqueue and return."""
-        self.inbox.put((topic, payload, mid, qos))
+        """paho callback (its network thread): handle the message there and then."""
+        self.handle(topic, payload, mid, qos)
 
     def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0) -> bool:
         """Show one message (or reject it); acknowledge it once that is settled."""
-        try:
-            shown = self._show(topic, payload)
-        except EnvelopeError as exc:
-            self.rejected[exc.reason] += 1
-            self.rejection_log.rejected(topic, exc)
-            shown = False
-        if self.ack is not None:
-            self.ack(mid, qos)
+        with self._lock:
+            try:
+                shown = self._show(topic, payload)
+            except EnvelopeError as exc:
+                if exc.reason == "duplicate":
+                    self.duplicates += 1
+                    log.debug("dropped a copy on %s: %s", topic, exc)
+                else:
+                    self.rejected[exc.reason] += 1
+                    self.rejection_log.rejected(topic, exc)
+                shown = False
+            if self.ack is not None:
+                self.ack(mid, qos)
+            if self.count and self.accepted >= self.count:
+                self.done.set()
         return shown
 
     def _show(self, topic: str, payload: bytes) -> bool:
@@ -197,37 +209,29 @@ class Subscriber:
 
     def run(self, stop: threading.Event, *, count: int = 0,
             heartbeat: Heartbeat | None = None,
-            connected: threading.Event | None = None) -> None:
+            connected: threading.Event | None = None, tick: float = 0.2) -> None:
+        """Until ``stop`` (or ``count`` readings shown): the periodic work."""
+        self.count = count
+        if count and self.accepted >= count:
+            return
         while not stop.is_set():
             if heartbeat is not None:
                 heartbeat.beat(connected is None or connected.is_set())
-            self.rejection_log.tick()
-            try:
-                topic, payload, mid, qos = self.inbox.get(timeout=0.2)
-            except queue.Empty:
-                pass
-            else:
-                self.handle(topic, payload, mid, qos)
-                if count and self.accepted >= count:
-                    break
-            if self.state is not None and self.state.snapshot_due():
-                self.state.snapshot(self.opener.replay)
-
-    def drain(self) -> None:
-        """Handle what is already queued (on stop, before disconnecting)."""
-        while True:
-            try:
-                topic, payload, mid, qos = self.inbox.get_nowait()
-            except queue.Empty:
+            with self._lock:
+                self.rejection_log.tick()
+                if self.state is not None and self.state.snapshot_due():
+                    self.state.snapshot(self.opener.replay)
+            if self.done.wait(tick):
                 return
-            self.handle(topic, payload, mid, qos)
 
     def save(self) -> None:
-        self.rejection_log.flush()
-        if self.state is not None:
-            self.state.snapshot(self.opener.replay)
+        with self._lock:
+            self.rejection_log.flush()
+            if self.state is not None:
+                self.state.snapshot(self.opener.replay)
 
     def summary(self) -> str:
         rejected = sum(self.rejected.values())
         detail = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items()))
-        return f"{self.accepted} accepted, {rejected} rejected" + (f" ({detail})" if detail else "")
+        return (f"{self.accepted} accepted, {rejected} rejected" + (f" ({detail})" if detail else "")
+                + (f", {self.duplicates} duplicate(s) dropped" if self.duplicates else ""))
