@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,7 @@ def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 
 class Bench:
-    def __init__(self, work: Path, devices: int) -> None:
+    def __init__(self, work: Path, devices: int, conf: Path | None = None) -> None:
         self.work = work
         self.certs = work / "certs"
         run(["bash", str(ROOT / "scripts" / "gen-certs.sh"), "--out", str(self.certs)])
@@ -58,7 +59,8 @@ class Bench:
         self.log = open(work / "broker.log", "w")  # noqa: SIM115
         self.broker = subprocess.Popen(
             ["bash", str(ROOT / "scripts" / "local-broker.sh"), "--certs", str(self.certs),
-             "--data", str(work / "broker"), "--port", str(self.port)],
+             "--data", str(work / "broker"), "--port", str(self.port),
+             *(["--conf", str(conf)] if conf else [])],
             stdout=self.log, stderr=subprocess.STDOUT)
         time.sleep(1.0)
         self.url = f"mqtts://localhost:{self.port}/home"
@@ -71,15 +73,21 @@ class Bench:
 
     def scenario(self, mode: str, *, count: int, publishers: int, rate: float
                  ) -> dict[str, Any]:
-        """``publishers`` devices send ``count`` readings each (at ``rate``/s, 0 = flood)."""
+        """One device's real publisher sends ``count`` readings (at ``rate``/s, 0 = flood);
+        with ``publishers`` > 1, that many devices flood ``count`` readings each from one
+        fan-in process (readings made beforehand), to find the subscriber's ingest."""
         total = count * publishers
         sub = self.worker("sub", mode, self.url, str(total), str(self.certs))
         assert sub.stdout is not None
         line = sub.stdout.readline()
         assert line.startswith("READY"), line + (sub.stderr.read() if sub.stderr else "")
         broker_cpu = cpu_seconds(self.broker.pid)
-        pubs = [self.worker("pub", mode, self.url, str(count), str(self.certs), f"bench-{i}",
-                            str(rate)) for i in range(publishers)]
+        if publishers > 1:
+            pubs = [self.worker("fanin", mode, self.url, str(count), str(self.certs),
+                                str(publishers))]
+        else:
+            pubs = [self.worker("pub", mode, self.url, str(count), str(self.certs),
+                                "bench-0", str(rate))]
         pub_results = []
         for p in pubs:
             out, err = p.communicate(timeout=900)
@@ -142,6 +150,15 @@ ROWS = [("msg_per_s", "delivered msg/s", "{:.0f}"),
         ("peak_rss_mib_subscriber", "peak RSS MiB subscriber", "{:.1f}")]
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs (figure by figure)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
 def table(title: str, raw: dict[str, Any], hw: dict[str, Any]) -> str:
     lines = [f"\n{title}", f"  {'':<26}{'raw paho':>12}{'homewatch':>12}{'ratio':>8}"]
     for key, label, fmt in ROWS:
@@ -159,37 +176,55 @@ def main() -> int:
     ap.add_argument("--publishers", type=int, default=50, help="devices in the fan-in run")
     ap.add_argument("--fanin-count", type=int, default=200, help="readings per device")
     ap.add_argument("--pi-seconds", type=float, default=30)
+    ap.add_argument("--broker-conf", type=Path, help="broker configuration to measure "
+                    "(default broker/mosquitto.conf)")
+    ap.add_argument("--only", choices=("flood", "steady", "fan-in"), action="append",
+                    help="run only this scenario (repeatable); the Pi view is skipped")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per scenario and mode; "
+                    "the table shows medians")
     ap.add_argument("--quick", action="store_true", help="tiny numbers (CI smoke run)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     if args.quick:
         args.count, args.rate, args.steady_seconds = 200, 100, 1
         args.publishers, args.fanin_count, args.pi_seconds = 3, 20, 2
+        args.repeat = 1
     if shutil.which("mosquitto") is None:
         sys.stderr.write("bench: error: mosquitto is not installed\n")
         return 2
     work = Path(tempfile.mkdtemp(prefix="homewatch-bench-"))
-    bench = Bench(work, max(args.publishers, 1))
+    bench = Bench(work, max(args.publishers, 1), args.broker_conf)
     results: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform()},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     try:
         steady = int(args.rate * args.steady_seconds)
-        for name, kw in (("flood", {"count": args.count, "publishers": 1, "rate": 0}),
-                         ("steady", {"count": steady, "publishers": 1, "rate": args.rate}),
-                         ("fan-in", {"count": args.fanin_count,
-                                     "publishers": args.publishers, "rate": 0})):
-            results[name] = {m: bench.scenario(m, **kw) for m in ("raw", "hw")}
-            print(table(f"{name}: {kw}", results[name]["raw"], results[name]["hw"]),
-                  flush=True)
-        results["pi"] = bench.pi_view(args.pi_seconds)
-        pi = results["pi"]
-        print(f"\nPi view (real publisher, one reading per 2 s, simulated sources): "
-              f"{pi['cpu_percent_of_a_core']:.2f}% of a core, peak RSS "
-              f"{pi['peak_rss_mib']:.1f} MiB")
+        scenarios = (("flood", {"count": args.count, "publishers": 1, "rate": 0}),
+                     ("steady", {"count": steady, "publishers": 1, "rate": args.rate}),
+                     ("fan-in", {"count": args.fanin_count,
+                                 "publishers": args.publishers, "rate": 0}))
+        for name, kw in scenarios:
+            if args.only and name not in args.only:
+                continue
+            runs: dict[str, list[dict[str, Any]]] = {"raw": [], "hw": []}
+            for _ in range(args.repeat):  # alternating, so drift hits both alike
+                for m in ("raw", "hw"):
+                    runs[m].append(bench.scenario(m, **kw))
+            results[name] = {m: median_run(r) for m, r in runs.items()}
+            results[name]["runs"] = runs
+            print(table(f"{name}: {kw}, median of {args.repeat}", results[name]["raw"],
+                        results[name]["hw"]), flush=True)
+        if not args.only:
+            results["pi"] = bench.pi_view(args.pi_seconds)
+            pi = results["pi"]
+            print(f"\nPi view (real publisher, one reading per 2 s, simulated sources): "
+                  f"{pi['cpu_percent_of_a_core']:.2f}% of a core, peak RSS "
+                  f"{pi['peak_rss_mib']:.1f} MiB")
     finally:
         bench.close()
+    if "fan-in" not in results:
+        return 0
     ratio = results["fan-in"]["hw"]["msg_per_s"] / results["fan-in"]["raw"]["msg_per_s"]
     results["secure_ingest_ratio"] = ratio
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,15 +2,19 @@
 
     python -m bench.worker sub raw|hw URL COUNT CERTS
     python -m bench.worker pub raw|hw URL COUNT CERTS DEVICE RATE
+    python -m bench.worker fanin raw|hw URL COUNT CERTS DEVICES
 
-Prints one JSON line: what it did, its CPU seconds and peak RSS.
+Prints one JSON line: what it did, the CPU seconds it spent on the measured part (start-up
+and connecting excluded) and its peak RSS. ``fanin`` is many devices in one process, one
+connection each, flooding readings made beforehand (sealed envelopes for hw, plain JSON
+for raw): the same cheap source for both modes, so the subscriber is what is measured.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -19,8 +23,9 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from homewatch.envelope import Opener
+from homewatch.envelope import Opener, Reading
 from homewatch.mqtt import Connection, ConnectionSettings
 from homewatch.secrets import KeyStore, Secret, load_keyring
 from homewatch.url import parse_broker_url
@@ -31,9 +36,15 @@ from subscriber.app import Subscriber
 PAYLOAD_PAD = "x" * 90  # ~150-byte plaintext payloads, like a temperature reading
 
 
-def usage() -> dict[str, float]:
+def cpu_now() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_s": r.ru_utime + r.ru_stime, "peak_rss_mib": r.ru_maxrss / 1024}
+    return r.ru_utime + r.ru_stime
+
+
+def usage(cpu_start: float) -> dict[str, float]:
+    """CPU since ``cpu_start`` (the measured part) and the peak RSS."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": cpu_now() - cpu_start, "peak_rss_mib": r.ru_maxrss / 1024}
 
 
 def settings(url: str, certs: Path, user: str, client_id: str,
@@ -46,8 +57,13 @@ def settings(url: str, certs: Path, user: str, client_id: str,
 
 
 def raw_client(s: ConnectionSettings) -> mqtt.Client:
-    from homewatch.mqtt import make_client
-    return make_client(s)
+    """Plain paho, used the plain way: its own Client class, TLS, user and password."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                         clean_session=s.clean_session, protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(s.ca_file))
+    assert s.password is not None
+    client.username_pw_set(s.username, s.password.reveal())
+    return client
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -62,6 +78,7 @@ def sub(mode: str, url: str, count: int, certs: Path) -> dict[str, object]:
     done = threading.Event()
     first_last = [0.0, 0.0]
     stop = threading.Event()
+    out = open(os.devnull, "w")  # noqa: SIM115 - stdout, minus a terminal
     if mode == "raw":
         s = settings(url, certs, "subscriber", "bench-raw-sub")
         client = raw_client(s)
@@ -71,7 +88,9 @@ def sub(mode: str, url: str, count: int, certs: Path) -> dict[str, object]:
             now = time.time()
             if m.topic.endswith("/status"):
                 return
-            body = json.loads(m.payload)
+            body = json.loads(m.payload)  # as the tutorial's subscriber: parse, print
+            out.write(f"Topic:{m.topic},Payload:{m.payload.decode()}\n")
+            out.flush()
             latencies.append(now - body["t"])
             got[0] += 1
             if got[0] == 1:
@@ -86,51 +105,48 @@ def sub(mode: str, url: str, count: int, certs: Path) -> dict[str, object]:
         client.connect(s.url.host, s.url.port)
         client.loop_start()
         ready.wait(10)
+        cpu_start = cpu_now()
         print("READY", flush=True)
         done.wait(600)
         client.disconnect()
         client.loop_stop()
         received = got[0]
     else:
-        s = settings(url, certs, "subscriber", "bench-hw-sub")
-        opener = Opener(KeyStore(certs / "clients" / "subscriber" / "keys"), base="home")
-        out = io.StringIO()
+        # As the real subscriber: a persistent session (clean session off).
+        s = settings(url, certs, "subscriber", f"bench-hw-sub-{os.getpid()}", clean=False)
 
-        class Counting(Subscriber):
-            def _show(self, topic: str, payload: bytes) -> bool:
-                shown = super()._show(topic, payload)
+        class Timed(Opener):
+            """The real opener, noting when each reading arrived (no extra parsing)."""
+
+            def open(self, topic: str, payload: bytes) -> Reading:
+                reading = super().open(topic, payload)
                 now = time.time()
-                line = out.getvalue()
-                out.seek(0)
-                out.truncate()
-                if shown and "Payload:" in line:
-                    body = json.loads(line.split(",Payload:", 1)[1])
-                    if isinstance(body, dict) and "t" in body:
-                        latencies.append(now - body["t"])
-                if self.accepted == 1:
+                if isinstance(reading.data, dict) and "t" in reading.data:
+                    latencies.append(now - reading.data["t"])
+                if not first_last[0]:
                     first_last[0] = now
-                if self.accepted >= count:
-                    first_last[1] = now
-                    stop.set()
-                return shown
+                first_last[1] = now
+                return reading
 
+        opener = Timed(KeyStore(certs / "clients" / "subscriber" / "keys"), base="home")
         state_dir = Path(tempfile.mkdtemp())
         from subscriber.app import ReplayState
-        subscriber = Counting(opener, out, as_json=False,
-                              state=ReplayState(state_dir / "r.json"))
+        subscriber = Subscriber(opener, out, as_json=False,
+                                state=ReplayState(state_dir / "r.json"))
         conn = Connection(s, on_message=subscriber.on_message,
                           subscriptions=(("home/#", 1),), manual_ack=True)
         subscriber.ack = conn.ack
         conn.start(threading.Event())
         conn.subscribed.wait(10)
+        cpu_start = cpu_now()
         print("READY", flush=True)
-        subscriber.run(stop)
+        subscriber.run(stop, count=count)
         conn.stop()
         received = subscriber.accepted
     elapsed = max(first_last[1] - first_last[0], 1e-9)
     return {"received": received, "msg_per_s": received / elapsed,
             "latency_p50_ms": percentile(latencies, 50) * 1000,
-            "latency_p99_ms": percentile(latencies, 99) * 1000, **usage()}
+            "latency_p99_ms": percentile(latencies, 99) * 1000, **usage(cpu_start)}
 
 
 def pub(mode: str, url: str, count: int, certs: Path, device: str,
@@ -146,6 +162,7 @@ def pub(mode: str, url: str, count: int, certs: Path, device: str,
         client.connect(s.url.host, s.url.port)
         client.loop_start()
         connected.wait(10)
+        cpu_start, started = cpu_now(), time.monotonic()
         infos = []
         for i in range(count):
             body = json.dumps({"temperature": 21.5, "timestamp": time.time(), "t": time.time(),
@@ -167,6 +184,7 @@ def pub(mode: str, url: str, count: int, certs: Path, device: str,
                           on_connected=publisher.on_connected)
         publisher.conn = conn
         conn.start(threading.Event())
+        cpu_start, started = cpu_now(), time.monotonic()
 
         async def go() -> None:
             for i in range(count):
@@ -179,13 +197,63 @@ def pub(mode: str, url: str, count: int, certs: Path, device: str,
         asyncio.run(go())
         conn.stop()
         outbox.close()
-    return {"sent": count, "seconds": time.monotonic() - started, **usage()}
+    return {"sent": count, "seconds": time.monotonic() - started, **usage(cpu_start)}
+
+
+def fanin(mode: str, url: str, count: int, certs: Path, devices: int) -> dict[str, object]:
+    """``devices`` connections flood ``count`` readings each, made before the clock starts."""
+    import os
+
+    from homewatch.envelope import seal
+    names = [f"bench-{i}" for i in range(devices)]
+    base_seq = time.time_ns() // 1000
+    payloads: dict[str, list[bytes]] = {}
+    for name in names:
+        ring = load_keyring(certs / "clients" / name / "fernet.key")
+        topic = f"home/{name}/temperature"
+        now = time.time()
+        bodies = [{"temperature": 21.5, "timestamp": now, "t": now, "n": i, "pad": PAYLOAD_PAD}
+                  for i in range(count)]
+        payloads[name] = ([seal(ring, topic=topic, device=name, seq=base_seq + i, data=b)
+                           for i, b in enumerate(bodies)] if mode == "hw"
+                          else [json.dumps(b).encode() for b in bodies])
+    clients = []
+    for name in names:
+        s = settings(url, certs, name, f"bench-{mode}-{name}-{os.getpid()}")
+        client = raw_client(s)
+        client.max_queued_messages_set(0)
+        connected = threading.Event()
+        client.on_connect = lambda c, u, f, rc, p, e=connected: e.set()
+        client.connect(s.url.host, s.url.port)
+        client.loop_start()
+        assert connected.wait(10), f"{name} did not connect"
+        clients.append((name, client))
+    cpu_start, started = cpu_now(), time.monotonic()
+    infos = []
+
+    def flood(name: str, client: mqtt.Client) -> None:
+        topic = f"home/{name}/temperature"
+        infos.extend(client.publish(topic, p, qos=1) for p in payloads[name])
+
+    threads = [threading.Thread(target=flood, args=c) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for info in infos:
+        info.wait_for_publish(300)
+    for _, client in clients:
+        client.disconnect()
+        client.loop_stop()
+    return {"sent": count * devices, "seconds": time.monotonic() - started, **usage(cpu_start)}
 
 
 def main() -> None:
     role, mode, url, count, certs = sys.argv[1:6]
     if role == "sub":
         result = sub(mode, url, int(count), Path(certs))
+    elif role == "fanin":
+        result = fanin(mode, url, int(count), Path(certs), int(sys.argv[6]))
     else:
         result = pub(mode, url, int(count), Path(certs), sys.argv[6], float(sys.argv[7]))
     print(json.dumps(result), flush=True)

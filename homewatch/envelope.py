@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from cryptography.fernet import InvalidToken, MultiFernet
 
 from homewatch.errors import EnvelopeError
+from homewatch.fernet import KeyRing
 
 VERSION = 1
 STATUS_KIND = "status"  # BASE/<device>/status: retained online/offline, plain text
@@ -67,6 +68,12 @@ def token_timestamp(token: bytes) -> int:
     return int(struct.unpack(">Q", raw[1:9])[0])
 
 
+def _open(ring: MultiFernet, token: bytes) -> tuple[bytes, int]:
+    if isinstance(ring, KeyRing):
+        return ring.open(token)  # the fast path (homewatch.fernet)
+    return ring.decrypt(token), token_timestamp(token)
+
+
 class KeyLookup(Protocol):
     def get(self, device: str, *, force: bool = False) -> MultiFernet | None: ...
 
@@ -105,7 +112,9 @@ class ReplayGuard:
         if offset >= self.window:
             raise EnvelopeError("replay", f"sequence {seq} is older than the replay window")
         if (bitmap >> offset) & 1:
-            raise EnvelopeError("replay", f"sequence {seq} was already seen")
+            # A copy of something already shown: QoS 1 redelivery, the publisher's
+            # redelivery after a reconnect, or a replay; harmless, as it is not shown.
+            raise EnvelopeError("duplicate", f"sequence {seq} was already seen")
 
     def commit(self, device: str, seq: int) -> None:
         state = self._state.get(device)
@@ -179,7 +188,7 @@ class Opener:
         ring = self._keys.get(device)
         if ring is None:
             raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")
-        plaintext = self._decrypt(device, ring, payload)
+        plaintext, sent_at = self._decrypt(device, ring, payload)
         try:
             body = json.loads(plaintext)
             version, inner_topic, inner_device, seq = (
@@ -195,7 +204,6 @@ class Opener:
             raise EnvelopeError("topic", f"sealed for {inner_topic!r}, arrived on {topic!r}")
         if inner_device != device:
             raise EnvelopeError("device", f"sealed by {inner_device!r}, arrived as {device!r}")
-        sent_at = token_timestamp(payload)
         now = self._clock()
         if sent_at > now + self._skew:
             raise EnvelopeError(
@@ -208,15 +216,17 @@ class Opener:
         return Reading(topic=topic, device=device, kind=kind, seq=seq, sent_at=sent_at,
                        data=data)
 
-    def _decrypt(self, device: str, ring: MultiFernet, payload: bytes) -> bytes:
+    def _decrypt(self, device: str, ring: MultiFernet, payload: bytes) -> tuple[bytes, int]:
+        """(plaintext, token timestamp), trying the ring re-read from disk if the cached
+        one fails (the key may have just rotated)."""
         try:
-            return ring.decrypt(payload)
+            return _open(ring, payload)
         except (InvalidToken, binascii.Error, ValueError, TypeError):
             pass
-        fresh = self._keys.get(device, force=True)  # the key may have just rotated
+        fresh = self._keys.get(device, force=True)
         if fresh is not None and fresh is not ring:
             try:
-                return fresh.decrypt(payload)
+                return _open(fresh, payload)
             except (InvalidToken, binascii.Error, ValueError, TypeError):
                 pass
         raise EnvelopeError("decrypt", "token does not decrypt with the device's keys "

@@ -2,8 +2,9 @@
 
 ``run`` takes a reading every interval and commits it to the outbox; ``Publisher.pump``
 moves readings from the outbox to the broker, oldest first, at most ``window`` awaiting
-their PUBACK at a time (far below paho's 65,535 limit), and forgets a reading only when
-the broker acknowledged it. After a reconnect everything unacknowledged is sent again;
+their PUBACK at a time (far below paho's 65,535 limit), and marks a reading acknowledged
+only when the broker acknowledged it. After a reconnect everything unacknowledged, and
+what was acknowledged within the redelivery window (``publisher.outbox``), is sent again;
 the subscriber drops the duplicates by sequence number. Tokens are sealed when sent, so
 readings that waited out a long outage are not stale on arrival.
 """
@@ -63,6 +64,9 @@ class Publisher:
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._early: set[int] = set()  # acks that arrived before we noted their mid
         self._last_sent = -1
+        self._pass_done = False  # everything kept was (re)sent since the last connect
+        self._pass_target = -1  # ... that is, everything up to this seq, and acknowledged
+        self._pruned = 0.0
         self.conn: Connection | None = None
         self.stats = Stats()
 
@@ -104,17 +108,31 @@ class Publisher:
             else:
                 done.append(seq)
         if done:
-            self.outbox.remove(done)
-            self.stats.acked += len(done)
+            self.stats.acked += self.outbox.acknowledge(done)
         if self._reconnected.is_set():
             self._reconnected.clear()
-            if self._inflight:
-                log.info("resending %d unacknowledged reading(s)", len(self._inflight))
+            if len(self.outbox):
+                log.info("sending %d unacknowledged reading(s) again", len(self.outbox))
+            kept = self.outbox.kept()
+            if kept:
+                log.info("sending %d reading(s) acknowledged just before the connection "
+                         "dropped again, in case the broker lost them", kept)
             self._inflight.clear()
             self._early.clear()
             self._last_sent = -1
+            self._pass_done = False
+            self._pass_target = self.outbox.last_seq
         if self.conn is None or not self.connected():
             return
+        if not self._pass_done and self._last_sent >= self._pass_target and all(
+                seq > self._pass_target for seq in self._inflight.values()):
+            self._pass_done = True
+        now = time.monotonic()
+        if self._pass_done and now - self._pruned >= 1.0:
+            # Only while connected and after the resend pass: what the broker may have
+            # lost before a disconnection stays until it was sent again.
+            self._pruned = now
+            self.outbox.prune()
         room = self._window - len(self._inflight)
         if room <= 0 or self._last_sent >= self.outbox.last_seq:
             return  # window full, or nothing new since the last send: no query
@@ -127,8 +145,7 @@ class Publisher:
             self.stats.sent += 1
             if info.mid in self._early:
                 self._early.discard(info.mid)
-                self.outbox.remove([entry.seq])
-                self.stats.acked += 1
+                self.stats.acked += self.outbox.acknowledge([entry.seq])
             else:
                 self._inflight[info.mid] = entry.seq
 

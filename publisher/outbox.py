@@ -1,5 +1,12 @@
 """The publisher's durable outbox: every reading is committed here before it is sent, and
-leaves only when the broker acknowledged it (QoS 1 PUBACK).
+stays until the broker acknowledged it (QoS 1 PUBACK) and a redelivery window passed.
+
+Why keep acknowledged readings a little: the broker writes what it holds to disk once a
+second, not after every message (that cost grew with every queued message). A broker
+killed (``kill -9``, power cut) can forget what it acknowledged in its last second, so
+acknowledged readings stay here for ``REDELIVERY_WINDOW`` seconds of connected time and
+are sent again after every reconnection; the subscriber drops the copies it already
+showed, by sequence number.
 
 SQLite in WAL mode with ``synchronous=FULL``: a committed reading survives ``kill -9``
 and power loss. The outbox also owns the per-device sequence number, assigned in the same
@@ -27,12 +34,15 @@ from homewatch.secrets import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
+REDELIVERY_WINDOW = 10.0  # seconds; well above the broker's autosave_interval (1 s)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     data TEXT NOT NULL,
-    taken_at REAL NOT NULL
+    taken_at REAL NOT NULL,
+    acked_at REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -62,17 +72,22 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+            if "acked_at" not in columns:  # an outbox from before the redelivery window
+                self._db.execute("ALTER TABLE outbox ADD COLUMN acked_at REAL")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"outbox {path} is unusable ({exc}); move it away to start "
                               "a new one") from None
         row = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         self._next = max(row[0] if row else 0, int(clock() * 1000))
-        self._count = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        self._count = int(self._db.execute(
+            "SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0])
         if self._count:
             log.info("outbox %s holds %d unsent reading(s) from before; sending them first",
                      path, self._count)
 
     def __len__(self) -> int:
+        """Readings not acknowledged yet."""
         return self._count
 
     @property
@@ -92,7 +107,7 @@ class Outbox:
             if self._count > self.limit:
                 excess = self._count - self.limit
                 self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
-                                 "ORDER BY seq LIMIT ?)", (excess,))
+                                 "WHERE acked_at IS NULL ORDER BY seq LIMIT ?)", (excess,))
                 self._count -= excess
                 self.dropped += excess
                 log.warning("outbox full (%d readings): dropped the oldest %d; %d dropped "
@@ -101,19 +116,36 @@ class Outbox:
         return seq
 
     def after(self, seq: int, limit: int) -> list[Entry]:
-        """Up to ``limit`` waiting readings with a sequence number above ``seq``, in order."""
+        """Up to ``limit`` readings above ``seq``, in order: waiting ones, and after a
+        reconnection (``seq`` back at -1) also those kept for redelivery."""
         rows = self._db.execute("SELECT seq, kind, data, taken_at FROM outbox WHERE seq > ? "
                                 "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
         return [Entry(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    def remove(self, seqs: list[int]) -> None:
-        """Forget acknowledged readings."""
+    def acknowledge(self, seqs: list[int]) -> int:
+        """Mark readings acknowledged now (again, for a redelivered one: its window starts
+        over); returns how many were waiting until now."""
         if not seqs:
-            return
+            return 0
+        now = self._clock()
         with self._transaction():
-            cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?",
-                                       [(s,) for s in seqs])
-            self._count -= cur.rowcount
+            fresh = self._db.executemany(
+                "UPDATE outbox SET acked_at = ? WHERE seq = ? AND acked_at IS NULL",
+                [(now, s) for s in seqs]).rowcount
+            self._db.executemany("UPDATE outbox SET acked_at = ? WHERE seq = ?",
+                                 [(now, s) for s in seqs])
+            self._count -= fresh
+        return fresh
+
+    def kept(self) -> int:
+        """Acknowledged readings still kept for redelivery."""
+        return int(self._db.execute(
+            "SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL").fetchone()[0])
+
+    def prune(self) -> None:
+        """Forget readings acknowledged more than the redelivery window ago."""
+        self._db.execute("DELETE FROM outbox WHERE acked_at < ?",
+                         (self._clock() - REDELIVERY_WINDOW,))
 
     def close(self) -> None:
         self._db.close()

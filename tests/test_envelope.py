@@ -115,12 +115,13 @@ def test_token_from_the_future_beyond_skew_is_rejected(opener: Opener,
 
 
 def test_repeated_sequence_is_rejected(opener: Opener, keys: dict[str, bytes]) -> None:
-    """The same token twice (a replay, or a QoS 1 duplicate) is accepted once."""
+    """The same token twice (a replay, or a QoS 1 duplicate) is accepted once; the copy
+    is a "duplicate"."""
     token = sealed(keys, seq=5)
     opener.open(T, token)
-    assert reason(opener, T, token) == "replay"
+    assert reason(opener, T, token) == "duplicate"
     fresh_token_same_seq = sealed(keys, seq=5, at=NOW - 1)
-    assert reason(opener, T, fresh_token_same_seq) == "replay"
+    assert reason(opener, T, fresh_token_same_seq) == "duplicate"
 
 
 def test_out_of_order_within_window_is_accepted_once(opener: Opener,
@@ -128,7 +129,7 @@ def test_out_of_order_within_window_is_accepted_once(opener: Opener,
     """Late arrivals inside the window are accepted once; behind the window, rejected."""
     opener.open(T, sealed(keys, seq=10_000))
     assert opener.open(T, sealed(keys, seq=9_990)).seq == 9_990
-    assert reason(opener, T, sealed(keys, seq=9_990)) == "replay"
+    assert reason(opener, T, sealed(keys, seq=9_990)) == "duplicate"
     assert reason(opener, T, sealed(keys, seq=10_000 - 4096)) == "replay"
 
 

@@ -164,6 +164,35 @@ def test_broker_killed_and_restarted_three_times_loses_and_repeats_nothing(
     assert any("reconnecting in" in line for line in pub.err)
 
 
+def test_readings_a_crashed_broker_never_saved_are_sent_again(
+        scenario: Scenario, tmp_path: Path) -> None:
+    """The broker saves once a second; here it never saves on its own (autosave an hour),
+    so a kill -9 takes every reading it acknowledged and queued for the absent
+    subscriber. The publisher sends the readings acknowledged in the 10 s before the
+    connection dropped again: the subscriber still gets each one once."""
+    s = scenario
+    conf = tmp_path / "never-autosaves.conf"
+    conf.write_text(s.broker.conf.read_text().replace("autosave_interval 1\n",
+                                                      "autosave_interval 3600\n"))
+    s.broker.conf = conf
+    s.broker.start()
+    sub = s.subscriber()
+    s.broker.stop()  # a clean stop saves: the subscriber's session is on disk from here
+    s.broker.start()
+    sub.wait_err("reconnected to", timeout=45)
+    sub.stop(signal.SIGKILL)  # away: the broker queues for its session, in memory only
+    pub = s.publisher()
+    time.sleep(2.0)
+    queued = len(s.stored())
+    s.broker.kill()
+    s.broker.start()
+    pub.wait_err("in case the broker lost them", timeout=45)
+    s.subscriber()
+    stored, lost, twice = finish(s, pub)
+    assert queued > 10 and stored >= queued
+    assert (lost, twice) == (0, 0), sorted(s.stored() - set(s.shown()))[:5]
+
+
 def test_publisher_killed_and_restarted_resumes_from_its_outbox(scenario: Scenario) -> None:
     """kill -9 of the publisher twice: its outbox resends what was not acknowledged."""
     s = scenario
