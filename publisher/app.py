@@ -67,17 +67,28 @@ class Publisher:
         self._pass_done = False  # everything kept was (re)sent since the last connect
         self._pass_target = -1  # ... that is, everything up to this seq, and acknowledged
         self._pruned = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None  # set when there is something to pump
+        self._wake_pending = False
         self.conn: Connection | None = None
         self.stats = Stats()
 
-    # -- called from paho's network thread: record and return -----------------------
+    # -- called from paho's network thread: record, wake the pump, return ------------
     def on_published(self, mid: int) -> None:
         self._acks.put(mid)
+        self._wake_threadsafe()
 
     def on_connected(self) -> None:
         self._reconnected.set()
         if self.conn is not None:
             self.conn.publish(self.status_topic, b"online", qos=1, retain=True)
+        self._wake_threadsafe()
+
+    def _wake_threadsafe(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not self._wake_pending:
+            self._wake_pending = True  # one wake-up per batch of acknowledgements
+            loop.call_soon_threadsafe(wake.set)
 
     # -- the program's own loop -----------------------------------------------------
     @property
@@ -88,6 +99,8 @@ class Publisher:
         """Commit a reading to the outbox (durable before anything is sent)."""
         seq = self.outbox.add(kind, data)
         log.debug("stored %s seq %d", kind, seq)
+        if self._wake is not None:
+            self._wake.set()
         return seq
 
     def connected(self) -> bool:
@@ -149,10 +162,21 @@ class Publisher:
             else:
                 self._inflight[info.mid] = entry.seq
 
-    async def pump_forever(self, stop: asyncio.Event, every: float = 0.02) -> None:
+    async def pump_forever(self, stop: asyncio.Event, idle: float = 1.0,
+                           batch: float = 0.005) -> None:
+        """Pump when woken (a reading stored, acknowledgements, a reconnection) and once
+        per ``idle`` seconds otherwise: a publisher at rest costs next to nothing. After
+        each wake-up it waits ``batch`` seconds, so a stream of acknowledgements is
+        recorded a batch per transaction rather than one by one."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), idle)
+            self._wake.clear()
+            self._wake_pending = False
             self.pump()
-            await asyncio.sleep(every)
+            await asyncio.sleep(batch)
 
     async def flush(self, timeout: float, abandon: asyncio.Event | None = None) -> bool:
         """Pump until the outbox is empty (all acknowledged); False on timeout."""

@@ -233,5 +233,6 @@ class Subscriber:
     def summary(self) -> str:
         rejected = sum(self.rejected.values())
         detail = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items()))
-        return (f"{self.accepted} accepted, {rejected} rejected" + (f" ({detail})" if detail else "")
-                + (f", {self.duplicates} duplicate(s) dropped" if self.duplicates else ""))
+        text = f"{self.accepted} accepted, {rejected} rejected"
+        text += f" ({detail})" if detail else ""
+        return text + (f", {self.duplicates} duplicate(s) dropped" if self.duplicates else "")
