@@ -3,6 +3,8 @@
     python -m bench.worker sub raw|hw URL COUNT CERTS
     python -m bench.worker pub raw|hw URL COUNT CERTS DEVICE RATE
     python -m bench.worker fanin raw|hw URL COUNT CERTS DEVICES
+    python -m bench.worker prime raw|hw URL 0 CERTS CLIENT_ID
+    python -m bench.worker sub raw|hw URL COUNT CERTS CLIENT_ID
 
 Prints one JSON line: what it did, the CPU seconds it spent on the measured part (start-up
 and connecting excluded) and its peak RSS. ``fanin`` is many devices in one process, one
@@ -73,14 +75,34 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def sub(mode: str, url: str, count: int, certs: Path) -> dict[str, object]:
+def prime(mode: str, url: str, certs: Path, client_id: str) -> dict[str, object]:
+    """Make ``client_id``'s persistent session (subscribed to home/#) and leave: the
+    broker then keeps what is published for it, to be drained later."""
+    s = settings(url, certs, "subscriber", client_id, clean=False)
+    client = raw_client(s)
+    subscribed = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("home/#", 1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect(s.url.host, s.url.port)
+    client.loop_start()
+    assert subscribed.wait(10), "no subscription"
+    client.disconnect()
+    client.loop_stop()
+    return {"primed": client_id}
+
+
+def sub(mode: str, url: str, count: int, certs: Path,
+        client_id: str | None = None) -> dict[str, object]:
+    """Receive ``count`` readings; with ``client_id``, as that (primed) persistent
+    session, whose queue the broker already holds."""
     latencies: list[float] = []
     done = threading.Event()
     first_last = [0.0, 0.0]
     stop = threading.Event()
     out = open(os.devnull, "w")  # noqa: SIM115 - stdout, minus a terminal
     if mode == "raw":
-        s = settings(url, certs, "subscriber", "bench-raw-sub")
+        s = (settings(url, certs, "subscriber", client_id, clean=False) if client_id
+             else settings(url, certs, "subscriber", "bench-raw-sub"))
         client = raw_client(s)
         got = [0]
 
@@ -113,7 +135,8 @@ def sub(mode: str, url: str, count: int, certs: Path) -> dict[str, object]:
         received = got[0]
     else:
         # As the real subscriber: a persistent session (clean session off).
-        s = settings(url, certs, "subscriber", f"bench-hw-sub-{os.getpid()}", clean=False)
+        s = settings(url, certs, "subscriber", client_id or f"bench-hw-sub-{os.getpid()}",
+                     clean=False)
 
         class Timed(Opener):
             """The real opener, noting when each reading arrived (no extra parsing)."""
@@ -134,6 +157,7 @@ def sub(mode: str, url: str, count: int, certs: Path) -> dict[str, object]:
         subscriber = Subscriber(opener, out, as_json=False,
                                 state=ReplayState(state_dir / "r.json"))
         conn = Connection(s, on_message=subscriber.on_message,
+                          on_read_batch=subscriber.end_batch,
                           subscriptions=(("home/#", 1),), manual_ack=True)
         subscriber.ack = conn.ack
         conn.start(threading.Event())
@@ -187,13 +211,20 @@ def pub(mode: str, url: str, count: int, certs: Path, device: str,
         cpu_start, started = cpu_now(), time.monotonic()
 
         async def go() -> None:
+            # As the program runs it: readings handed to the publisher, its pump task
+            # (woken by them and by acknowledgements) committing and sending.
+            stop = asyncio.Event()
+            pumping = asyncio.ensure_future(publisher.pump_forever(stop))
             for i in range(count):
                 publisher.record("temperature", {"temperature": 21.5, "timestamp": time.time(),
                                                  "t": time.time(), "n": i})
-                publisher.pump()
                 if gap:
                     await asyncio.sleep(max(0.0, started + (i + 1) * gap - time.monotonic()))
+                elif i % 100 == 99:
+                    await asyncio.sleep(0)  # a sensor loop yields between readings
             await publisher.flush(120)
+            stop.set()
+            await pumping
         asyncio.run(go())
         conn.stop()
         outbox.close()
@@ -250,8 +281,10 @@ def fanin(mode: str, url: str, count: int, certs: Path, devices: int) -> dict[st
 
 def main() -> None:
     role, mode, url, count, certs = sys.argv[1:6]
-    if role == "sub":
-        result = sub(mode, url, int(count), Path(certs))
+    if role == "prime":
+        result = prime(mode, url, Path(certs), sys.argv[6])
+    elif role == "sub":
+        result = sub(mode, url, int(count), Path(certs), *sys.argv[6:7])
     elif role == "fanin":
         result = fanin(mode, url, int(count), Path(certs), int(sys.argv[6]))
     else:

@@ -32,6 +32,7 @@ from homewatch.fernet import KeyRing
 VERSION = 1
 STATUS_KIND = "status"  # BASE/<device>/status: retained online/offline, plain text
 REPLAY_WINDOW = 4096
+_DECODER = json.JSONDecoder()  # json.loads without its per-call setup
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +191,7 @@ class Opener:
             raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")
         plaintext, sent_at = self._decrypt(device, ring, payload)
         try:
-            body = json.loads(plaintext)
+            body = _DECODER.decode(plaintext.decode("utf-8"))
             version, inner_topic, inner_device, seq = (
                 body["v"], body["topic"], body["device"], body["seq"])
             data = body["data"]

@@ -80,6 +80,7 @@ def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
 
 
 READ_BATCH = 256  # packets read per network-loop wake-up
+PUBACK = 0x40  # MQTT control packet type, fixed header byte
 
 
 class _Client(mqtt.Client):
@@ -90,24 +91,42 @@ class _Client(mqtt.Client):
       SSL context (``check_hostname`` is always on in ``tls_context``).
     - ``_reconnect_wait``: the backoff gets jitter.
     - ``loop_read``: paho reads one packet per wake-up of its loop (one ``select`` per
-      message received); this reads every packet already there, up to READ_BATCH.
+      message received); this reads every packet already there, up to READ_BATCH, then
+      calls ``on_read_batch`` (the subscriber flushes and acknowledges once per batch).
     - ``_packet_queue``: paho wakes its own loop through a socket pair for every packet
       queued, even from inside that loop (an acknowledgement sent by ``on_message``):
       there the wake-up is skipped, as the loop writes what is queued on its next turn.
+    - ``_packet_write``: acknowledgements waiting side by side go out in one TLS write
+      instead of one each.
     """
 
+    def _packet_write(self) -> MQTTErrorCode:
+        queued = self._out_packet
+        if len(queued) > 1 and queued[0]["command"] == PUBACK and queued[0]["pos"] == 0:
+            acks = []
+            while queued and queued[0]["command"] == PUBACK and queued[0]["pos"] == 0:
+                acks.append(queued.popleft()["packet"])
+            merged = b"".join(acks)
+            queued.appendleft({"command": PUBACK, "mid": 0, "qos": 0, "pos": 0,
+                               "to_process": len(merged), "packet": merged, "info": None})
+        return super()._packet_write()
+
+    on_read_batch: Callable[[], None] | None = None
+
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        if self._sock is None:
-            return MQTTErrorCode.MQTT_ERR_NO_CONN
-        for _ in range(READ_BATCH):
-            if self._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            for _ in range(READ_BATCH):
+                if self._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = self._packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    break
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        finally:
+            if self.on_read_batch is not None:
+                self.on_read_batch()
 
     def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
                       info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
@@ -147,7 +166,7 @@ class _Client(mqtt.Client):
 
 
 def make_client(settings: ConnectionSettings, *, will: Will | None = None,
-                manual_ack: bool = False) -> mqtt.Client:
+                manual_ack: bool = False) -> _Client:
     """Create (not connect) a paho client configured from ``settings``."""
     client = _Client(
         CallbackAPIVersion.VERSION2,
@@ -165,7 +184,8 @@ def make_client(settings: ConnectionSettings, *, will: Will | None = None,
     client.reconnect_delay_set(int(settings.reconnect_min), int(settings.reconnect_max))
     if will is not None:
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-    client.enable_logger(logging.getLogger("paho"))
+    if logging.getLogger("paho").isEnabledFor(logging.DEBUG):
+        client.enable_logger(logging.getLogger("paho"))  # costly per packet: debug only
     return client
 
 
@@ -198,6 +218,7 @@ class Connection:
         will: Will | None = None,
         on_connected: Callable[[], None] | None = None,
         on_published: Callable[[int], None] | None = None,
+        on_read_batch: Callable[[], None] | None = None,
         manual_ack: bool = False,
     ) -> None:
         self.settings = settings
@@ -211,6 +232,7 @@ class Connection:
         self.client.on_message = self._handle_message
         self.client.on_subscribe = self._handle_subscribe
         self.client.on_publish = self._handle_publish
+        self.client.on_read_batch = on_read_batch
         self._connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()

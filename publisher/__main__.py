@@ -82,6 +82,7 @@ async def _main(settings: PublisherSettings) -> int:
             raise connecting.exception()  # type: ignore[misc]
         # Finish what is waiting, giving a broker that is (re)starting a bounded chance;
         # whatever is left stays in the outbox for the next start.
+        pub.commit()
         if len(outbox):
             log.info("waiting up to %.0f s for the broker to acknowledge %d reading(s)%s",
                      FLUSH_TIMEOUT, len(outbox),
@@ -99,6 +100,7 @@ async def _main(settings: PublisherSettings) -> int:
             await connecting
         heartbeat.clear()
         conn.stop()
+        pub.commit()  # a reading taken in the last moment is kept for the next start
         outbox.close()
     if not flushed:
         log.warning("%d reading(s) not acknowledged; they stay in the outbox for the next "

@@ -70,6 +70,7 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None  # set when there is something to pump
         self._wake_pending = False
+        self._taken: list[tuple[str, Any]] = []  # readings not committed yet
         self.conn: Connection | None = None
         self.stats = Stats()
 
@@ -95,19 +96,27 @@ class Publisher:
     def status_topic(self) -> str:
         return topic_for(self._base, self._device, STATUS_KIND)
 
-    def record(self, kind: str, data: Any) -> int:
-        """Commit a reading to the outbox (durable before anything is sent)."""
-        seq = self.outbox.add(kind, data)
-        log.debug("stored %s seq %d", kind, seq)
+    def record(self, kind: str, data: Any) -> None:
+        """Hand a reading over; the pump commits it to the outbox (readings that come
+        together share one transaction) before anything is sent."""
+        self._taken.append((kind, data))
         if self._wake is not None:
             self._wake.set()
-        return seq
+
+    def commit(self) -> None:
+        """Commit the readings handed over so far (durable from here on)."""
+        if not self._taken:
+            return
+        taken, self._taken = self._taken, []
+        for (kind, _), seq in zip(taken, self.outbox.add_many(taken), strict=True):
+            log.debug("stored %s seq %d", kind, seq)
 
     def connected(self) -> bool:
         return self.conn is not None and self.conn.connected.is_set()
 
     def pump(self) -> None:
-        """Forget acknowledged readings, then fill the send window from the outbox."""
+        """Commit new readings, note acknowledgements, then fill the send window."""
+        self.commit()
         self._reload_key()
         done = []
         while True:
@@ -163,7 +172,7 @@ class Publisher:
                 self._inflight[info.mid] = entry.seq
 
     async def pump_forever(self, stop: asyncio.Event, idle: float = 1.0,
-                           batch: float = 0.005) -> None:
+                           batch: float = 0.002) -> None:
         """Pump when woken (a reading stored, acknowledgements, a reconnection) and once
         per ``idle`` seconds otherwise: a publisher at rest costs next to nothing. After
         each wake-up it waits ``batch`` seconds, so a stream of acknowledgements is
@@ -180,6 +189,7 @@ class Publisher:
 
     async def flush(self, timeout: float, abandon: asyncio.Event | None = None) -> bool:
         """Pump until the outbox is empty (all acknowledged); False on timeout."""
+        self.commit()
         deadline = time.monotonic() + timeout
         while (len(self.outbox) and time.monotonic() < deadline
                and not (abandon is not None and abandon.is_set())):

@@ -97,13 +97,24 @@ class Outbox:
 
     def add(self, kind: str, data: Any) -> int:
         """Commit one reading; returns its sequence number."""
-        seq = self._next
+        return self.add_many([(kind, data)])[0]
+
+    def add_many(self, readings: list[tuple[str, Any]]) -> list[int]:
+        """Commit readings in one transaction (one disk sync for all); returns their
+        sequence numbers, in order."""
+        if not readings:
+            return []
+        first = self._next
+        seqs = list(range(first, first + len(readings)))
+        now = self._clock()
         with self._transaction():
-            self._db.execute("INSERT INTO outbox (seq, kind, data, taken_at) VALUES (?,?,?,?)",
-                             (seq, kind, json.dumps(data), self._clock()))
+            self._db.executemany(
+                "INSERT INTO outbox (seq, kind, data, taken_at) VALUES (?,?,?,?)",
+                [(seq, kind, json.dumps(data), now) for seq, (kind, data) in zip(seqs, readings,
+                                                                                  strict=True)])
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
-                             (seq + 1,))
-            self._count += 1
+                             (first + len(readings),))
+            self._count += len(readings)
             if self._count > self.limit:
                 excess = self._count - self.limit
                 self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
@@ -112,8 +123,8 @@ class Outbox:
                 self.dropped += excess
                 log.warning("outbox full (%d readings): dropped the oldest %d; %d dropped "
                             "in all", self.limit, excess, self.dropped)
-        self._next = seq + 1
-        return seq
+        self._next = first + len(readings)
+        return seqs
 
     def after(self, seq: int, limit: int) -> list[Entry]:
         """Up to ``limit`` readings above ``seq``, in order: waiting ones, and after a

@@ -41,7 +41,8 @@ def _run(settings: SubscriberSettings) -> int:
     sub = Subscriber(opener, sys.stdout, as_json=settings.json, state=state)
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,
-                      subscriptions=((f"{base}/#", 1),), manual_ack=True)
+                      on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),
+                      manual_ack=True)
     sub.ack = conn.ack
     conn.start(stop)
     if not stop.is_set():

@@ -119,13 +119,17 @@ class ReplayState:
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
         self._fh.write(f"{device} {seq}\n")
-        self._fh.flush()
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
 
     def snapshot_due(self) -> bool:
         return time.monotonic() - self._since_snapshot >= SNAPSHOT_EVERY
 
     def snapshot(self, guard: ReplayGuard) -> None:
         """Write the whole window, then empty the journal it now contains."""
+        self.flush()
         write_private_file(self.path, json.dumps(guard.to_json()))
         if self._fh is not None:
             self._fh.close()
@@ -151,13 +155,29 @@ class Subscriber:
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0  # copies of readings already shown: dropped, not rejections
         self.rejection_log = RejectionLog()
+        self._unacked: list[tuple[int, int]] = []  # settled, waiting for end_batch()
 
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        """paho callback (its network thread): handle the message there and then."""
-        self.handle(topic, payload, mid, qos)
+        """paho callback (its network thread): handle the message there and then; its
+        output, record and acknowledgement go out with the batch (``end_batch``)."""
+        self.handle(topic, payload, mid, qos, batch=True)
 
-    def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0) -> bool:
-        """Show one message (or reject it); acknowledge it once that is settled."""
+    def end_batch(self) -> None:
+        """After each batch paho read: flush what was shown, then the record of it, then
+        acknowledge (so a crash can repeat a reading, never lose one)."""
+        with self._lock:
+            self.out.flush()
+            if self.state is not None:
+                self.state.flush()
+            if self.ack is not None:
+                for mid, qos in self._unacked:
+                    self.ack(mid, qos)
+            self._unacked.clear()
+
+    def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0, *,
+               batch: bool = False) -> bool:
+        """Show one message (or reject it); acknowledge it once that is settled, at once
+        or (``batch``) at the end of the batch."""
         with self._lock:
             try:
                 shown = self._show(topic, payload)
@@ -169,8 +189,14 @@ class Subscriber:
                     self.rejected[exc.reason] += 1
                     self.rejection_log.rejected(topic, exc)
                 shown = False
-            if self.ack is not None:
-                self.ack(mid, qos)
+            if batch:
+                self._unacked.append((mid, qos))
+            else:
+                self.out.flush()
+                if self.state is not None:
+                    self.state.flush()
+                if self.ack is not None:
+                    self.ack(mid, qos)
             if self.count and self.accepted >= self.count:
                 self.done.set()
         return shown
@@ -180,7 +206,6 @@ class Subscriber:
             return self._show_status(topic, payload)
         reading = self.opener.open(topic, payload)
         self.out.write(format_reading(reading, as_json=self.as_json) + "\n")
-        self.out.flush()
         if self.state is not None:
             self.state.record(reading.device, reading.seq)
         self.accepted += 1
@@ -225,6 +250,7 @@ class Subscriber:
                 return
 
     def save(self) -> None:
+        self.end_batch()
         with self._lock:
             self.rejection_log.flush()
             if self.state is not None:

@@ -121,3 +121,13 @@ def test_a_ring_still_encrypts_with_its_newest_key() -> None:
     assert Fernet(KEY).decrypt(token) == b"reading"
     with pytest.raises(InvalidToken):
         Fernet(OTHER).decrypt(token)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_the_precomputed_hmac_is_hmac_sha256(message: bytes) -> None:
+    """The inner/outer-state HMAC equals the standard library's HMAC-SHA256."""
+    from homewatch.fernet import _OpenKey
+    key = _OpenKey(KEY)
+    assert key.mac(message) == hmac.digest(base64.urlsafe_b64decode(KEY)[:16], message,
+                                           "sha256")
