@@ -91,6 +91,20 @@ def prime(mode: str, url: str, certs: Path, client_id: str) -> dict[str, object]
     return {"primed": client_id}
 
 
+def forget_session(url: str, certs: Path, client_id: str) -> None:
+    """Connect once with a clean session: the broker drops ``client_id``'s persistent
+    session, so it does not go on queueing the next runs' readings."""
+    s = settings(url, certs, "subscriber", client_id, clean=True)
+    client = raw_client(s)
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: connected.set()
+    client.connect(s.url.host, s.url.port)
+    client.loop_start()
+    connected.wait(10)
+    client.disconnect()
+    client.loop_stop()
+
+
 def sub(mode: str, url: str, count: int, certs: Path,
         client_id: str | None = None) -> dict[str, object]:
     """Receive ``count`` readings; with ``client_id``, as that (primed) persistent
@@ -133,6 +147,9 @@ def sub(mode: str, url: str, count: int, certs: Path,
         client.disconnect()
         client.loop_stop()
         received = got[0]
+        spent = usage(cpu_start)
+        if client_id:
+            forget_session(url, certs, client_id)
     else:
         # As the real subscriber: a persistent session (clean session off).
         s = settings(url, certs, "subscriber", client_id or f"bench-hw-sub-{os.getpid()}",
@@ -167,10 +184,12 @@ def sub(mode: str, url: str, count: int, certs: Path,
         subscriber.run(stop, count=count)
         conn.stop()
         received = subscriber.accepted
+        spent = usage(cpu_start)
+        forget_session(url, certs, s.client_id)
     elapsed = max(first_last[1] - first_last[0], 1e-9)
     return {"received": received, "msg_per_s": received / elapsed,
             "latency_p50_ms": percentile(latencies, 50) * 1000,
-            "latency_p99_ms": percentile(latencies, 99) * 1000, **usage(cpu_start)}
+            "latency_p99_ms": percentile(latencies, 99) * 1000, **spent}
 
 
 def pub(mode: str, url: str, count: int, certs: Path, device: str,
@@ -260,7 +279,7 @@ def fanin(mode: str, url: str, count: int, certs: Path, devices: int) -> dict[st
         assert connected.wait(10), f"{name} did not connect"
         clients.append((name, client))
     cpu_start, started = cpu_now(), time.monotonic()
-    infos = []
+    infos: list[mqtt.MQTTMessageInfo] = []
 
     def flood(name: str, client: mqtt.Client) -> None:
         topic = f"home/{name}/temperature"
