@@ -43,6 +43,14 @@ def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
+def finished(p: subprocess.Popen[str]) -> dict[str, Any]:
+    """A worker's JSON report, once it exited successfully."""
+    out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return report
+
+
 class Bench:
     def __init__(self, work: Path, devices: int, conf: Path | None = None) -> None:
         self.work = work
@@ -89,25 +97,26 @@ class Bench:
         broker_cpu = cpu_seconds(self.broker.pid)
         pubs = [self.worker("pub", mode, self.url, str(count), str(self.certs),
                             "bench-0", str(rate))]
-        pub_results = []
-        for p in pubs:
-            out, err = p.communicate(timeout=900)
-            assert p.returncode == 0, err
-            pub_results.append(json.loads(out.strip().splitlines()[-1]))
-        out, err = sub.communicate(timeout=900)
-        assert sub.returncode == 0, err
-        s = json.loads(out.strip().splitlines()[-1])
-        broker_cpu = cpu_seconds(self.broker.pid) - broker_cpu
-        received = max(int(s["received"]), 1)
+        pub_results = [finished(p) for p in pubs]
+        s = finished(sub)
+        return self.figures(mode, publishers=publishers, count=total, rate=rate, sub=s,
+                            pubs=pub_results, broker_cpu=cpu_seconds(self.broker.pid)
+                            - broker_cpu)
+
+    def figures(self, mode: str, *, publishers: int, count: int, rate: float,
+                sub: dict[str, Any], pubs: list[dict[str, Any]],
+                broker_cpu: float) -> dict[str, Any]:
+        """One run's figures from what the workers reported."""
+        received = max(int(sub["received"]), 1)
         return {
-            "mode": mode, "publishers": publishers, "count": total, "rate": rate,
-            "msg_per_s": s["msg_per_s"], "latency_p50_ms": s["latency_p50_ms"],
-            "latency_p99_ms": s["latency_p99_ms"],
-            "cpu_us_per_msg_publisher": 1e6 * sum(p["cpu_s"] for p in pub_results) / received,
+            "mode": mode, "publishers": publishers, "count": count, "rate": rate,
+            "msg_per_s": sub["msg_per_s"], "latency_p50_ms": sub["latency_p50_ms"],
+            "latency_p99_ms": sub["latency_p99_ms"],
+            "cpu_us_per_msg_publisher": 1e6 * sum(p["cpu_s"] for p in pubs) / received,
             "cpu_us_per_msg_broker": 1e6 * broker_cpu / received,
-            "cpu_us_per_msg_subscriber": 1e6 * s["cpu_s"] / received,
-            "peak_rss_mib_publisher": max(p["peak_rss_mib"] for p in pub_results),
-            "peak_rss_mib_subscriber": s["peak_rss_mib"],
+            "cpu_us_per_msg_subscriber": 1e6 * sub["cpu_s"] / received,
+            "peak_rss_mib_publisher": max(p["peak_rss_mib"] for p in pubs),
+            "peak_rss_mib_subscriber": sub["peak_rss_mib"],
             "peak_rss_mib_broker": peak_rss_mib(self.broker.pid),
         }
 
@@ -115,31 +124,14 @@ class Bench:
         total = count * publishers
         self.runs += 1
         client_id = f"bench-{mode}-fanin-{self.runs}"
-        for role, args in (("prime", ("0", str(self.certs), client_id)),
-                           ("fanin", (str(count), str(self.certs), str(publishers)))):
-            p = self.worker(role, mode, self.url, *args)
-            out, err = p.communicate(timeout=900)
-            assert p.returncode == 0, err
-            if role == "fanin":
-                pub = json.loads(out.strip().splitlines()[-1])
+        finished(self.worker("prime", mode, self.url, "0", str(self.certs), client_id))
+        pub = finished(self.worker("fanin", mode, self.url, str(count), str(self.certs),
+                                   str(publishers)))
         broker_cpu = cpu_seconds(self.broker.pid)
-        sub = self.worker("sub", mode, self.url, str(total), str(self.certs), client_id)
-        out, err = sub.communicate(timeout=900)
-        assert sub.returncode == 0, err
-        s = json.loads(out.strip().splitlines()[-1])
-        broker_cpu = cpu_seconds(self.broker.pid) - broker_cpu
-        received = max(int(s["received"]), 1)
-        return {
-            "mode": mode, "publishers": publishers, "count": total, "rate": 0,
-            "msg_per_s": s["msg_per_s"], "latency_p50_ms": s["latency_p50_ms"],
-            "latency_p99_ms": s["latency_p99_ms"],
-            "cpu_us_per_msg_publisher": 1e6 * pub["cpu_s"] / received,
-            "cpu_us_per_msg_broker": 1e6 * broker_cpu / received,
-            "cpu_us_per_msg_subscriber": 1e6 * s["cpu_s"] / received,
-            "peak_rss_mib_publisher": pub["peak_rss_mib"],
-            "peak_rss_mib_subscriber": s["peak_rss_mib"],
-            "peak_rss_mib_broker": peak_rss_mib(self.broker.pid),
-        }
+        s = finished(self.worker("sub", mode, self.url, str(total), str(self.certs),
+                                 client_id))
+        return self.figures(mode, publishers=publishers, count=total, rate=0, sub=s,
+                            pubs=[pub], broker_cpu=cpu_seconds(self.broker.pid) - broker_cpu)
 
     def pi_view(self, seconds: float) -> dict[str, Any]:
         """The real publisher at a normal rate (one reading per 2 s, simulated sources)."""
