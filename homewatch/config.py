@@ -176,7 +176,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in text.splitlines():
         name, sep, value = line.strip().partition("=")
-        if sep and name.startswith(ENV_PREFIX) and not name.startswith("#"):
+        if sep and name.startswith(ENV_PREFIX):
             values[name] = value.strip()
     return values
 

@@ -84,7 +84,7 @@ PUBACK = 0x40  # MQTT control packet type, fixed header byte
 
 
 class _Client(mqtt.Client):
-    """paho's client, with four of its internal steps replaced (paho is pinned < 3):
+    """paho's client, with five of its internal steps replaced (paho is pinned < 3):
 
     - ``_ssl_wrap_socket``: paho 2.x leaks the half-open SSL socket when certificate
       verification fails; the same logic plus the close. Host names are checked by the

@@ -139,12 +139,12 @@ class Outbox:
         if not seqs:
             return 0
         now = self._clock()
+        rows = [(now, s) for s in seqs]
         with self._transaction():
-            fresh = self._db.executemany(
-                "UPDATE outbox SET acked_at = ? WHERE seq = ? AND acked_at IS NULL",
-                [(now, s) for s in seqs]).rowcount
-            self._db.executemany("UPDATE outbox SET acked_at = ? WHERE seq = ?",
-                                 [(now, s) for s in seqs])
+            self._db.executemany("UPDATE outbox SET acked_at = ? WHERE seq = ? "
+                                 "AND acked_at IS NOT NULL", rows)
+            fresh = self._db.executemany("UPDATE outbox SET acked_at = ? WHERE seq = ? "
+                                         "AND acked_at IS NULL", rows).rowcount
             self._count -= fresh
         return fresh
 

@@ -238,7 +238,7 @@ class Scanner(Protocol):
 
 def explain(exc: BaseException, adapter: str | None) -> str:
     """What a bleak/D-Bus failure means for the user, in one line."""
-    text = str(exc.args[0]) if isinstance(exc.args, tuple) and exc.args else str(exc)
+    text = str(exc.args[0]) if exc.args else str(exc)
     name = adapter or "the Bluetooth adapter"
     if "requires BlueZ" in text:
         return ("passive scanning needs BlueZ 5.56+ started with --experimental (and Linux "

@@ -180,6 +180,5 @@ def detect(kind: str, sysfs: Path = Path("/sys")) -> TemperatureSource:
         if kind == "thermal":
             raise ConfigError(f"no readable thermal zone under {sysfs}/class/thermal")
     log.warning("no temperature sensor found under %s (no DS18B20, Sense HAT or thermal "
-                "zone); "
-                "using simulated temperatures", sysfs)
+                "zone); using simulated temperatures", sysfs)
     return SimulatedTemperature()

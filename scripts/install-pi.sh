@@ -68,11 +68,12 @@ if [[ -n $bundle ]]; then
     tar -xzf "$bundle" -C "$tmp" --no-same-owner --no-same-permissions
     src=$(find "$tmp" -mindepth 2 -maxdepth 2 -name fernet.key -printf '%h\n' | head -n 1)
     [[ -n $src ]] || die "$bundle is not a device bundle (no <name>/fernet.key inside)"
-    for f in ca.crt password fernet.key client.crt client.key homewatch.env; do
+    files=(ca.crt password fernet.key client.crt client.key homewatch.env)
+    for f in "${files[@]}"; do  # all there before anything is replaced
         [[ -f $src/$f ]] || die "$bundle has no $f (make it with: make add-device NAME=...)"
     done
     install -d -m 700 "$etc" "$device"
-    for f in ca.crt password fernet.key client.crt client.key homewatch.env; do
+    for f in "${files[@]}"; do
         install -m 600 "$src/$f" "$device/$f"
     done
     echo "credentials for $(sed -n 's/^HOMEWATCH_DEVICE=//p' "$device/homewatch.env") -> $device"

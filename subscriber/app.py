@@ -159,8 +159,9 @@ class Subscriber:
 
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """paho callback (its network thread): handle the message there and then; its
-        output, record and acknowledgement go out with the batch (``end_batch``)."""
-        self.handle(topic, payload, mid, qos, batch=True)
+        output, record and acknowledgement go out with the batch (``end_batch``, which
+        the connection calls after each batch it read)."""
+        self.handle(topic, payload, mid, qos)
 
     def end_batch(self) -> None:
         """After each batch paho read: flush what was shown, then the record of it, then
@@ -174,10 +175,8 @@ class Subscriber:
                     self.ack(mid, qos)
             self._unacked.clear()
 
-    def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0, *,
-               batch: bool = False) -> bool:
-        """Show one message (or reject it); acknowledge it once that is settled, at once
-        or (``batch``) at the end of the batch."""
+    def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0) -> bool:
+        """Show one message (or reject it); it is acknowledged with its batch."""
         with self._lock:
             try:
                 shown = self._show(topic, payload)
@@ -189,14 +188,7 @@ class Subscriber:
                     self.rejected[exc.reason] += 1
                     self.rejection_log.rejected(topic, exc)
                 shown = False
-            if batch:
-                self._unacked.append((mid, qos))
-            else:
-                self.out.flush()
-                if self.state is not None:
-                    self.state.flush()
-                if self.ack is not None:
-                    self.ack(mid, qos)
+            self._unacked.append((mid, qos))
             if self.count and self.accepted >= self.count:
                 self.done.set()
         return shown

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import dbus
 
+from tests.helpers import stop_process
+
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -130,9 +132,4 @@ class MockBlueZ:
     def close(self) -> None:
         self.bus.close()
         for p in (self.mock, self.daemon):
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop_process(p, 5)

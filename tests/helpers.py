@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -88,13 +89,8 @@ class Broker:
         return (self.workdir / "mosquitto.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 10)
         self.proc = None
         if getattr(self, "logfile", None):
             self.logfile.close()
@@ -184,6 +180,17 @@ def stop_client(client: mqtt.Client) -> None:
     client.loop_stop()
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextmanager
 def running(cmd: list[str], *, cwd: Path, env: Mapping[str, str] | None = None,
             ) -> Iterator[subprocess.Popen[str]]:
@@ -193,13 +200,7 @@ def running(cmd: list[str], *, cwd: Path, env: Mapping[str, str] | None = None,
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 15)
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
