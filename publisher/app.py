@@ -115,8 +115,10 @@ class Publisher:
         return self.conn is not None and self.conn.connected.is_set()
 
     def pump(self) -> None:
-        """Commit new readings, note acknowledgements, then fill the send window."""
-        self.commit()
+        """Note acknowledgements, commit new readings, then fill the send window.
+
+        Acknowledgements first: a full outbox drops its oldest unacknowledged readings,
+        and one the broker already acknowledged must not be counted as dropped."""
         self._reload_key()
         done = []
         while True:
@@ -131,6 +133,7 @@ class Publisher:
                 done.append(seq)
         if done:
             self.stats.acked += self.outbox.acknowledge(done)
+        self.commit()
         if self._reconnected.is_set():
             self._reconnected.clear()
             if len(self.outbox):
