@@ -77,7 +77,8 @@ async def _main(settings: PublisherSettings) -> int:
     try:
         stats = await run(pub, temperature=temperature, scanner=scanner, tracker=tracker,
                           interval=settings.interval, count=settings.count, stop=stop,
-                          heartbeat=heartbeat, stranger_key=stranger_key)
+                          heartbeat=heartbeat, stranger_key=stranger_key,
+                          demo=settings.demo)
         if connecting.done() and connecting.exception() is not None:
             raise connecting.exception()  # type: ignore[misc]
         # Finish what is waiting, giving a broker that is (re)starting a bounded chance;

@@ -70,7 +70,7 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None  # set when there is something to pump
         self._wake_pending = False
-        self._taken: list[tuple[str, Any]] = []  # readings not committed yet
+        self._taken: list[tuple[str, Any, str | None]] = []  # readings not committed yet
         self.conn: Connection | None = None
         self.stats = Stats()
 
@@ -96,10 +96,11 @@ class Publisher:
     def status_topic(self) -> str:
         return topic_for(self._base, self._device, STATUS_KIND)
 
-    def record(self, kind: str, data: Any) -> None:
+    def record(self, kind: str, data: Any, *, simulated: str | None = None) -> None:
         """Hand a reading over; the pump commits it to the outbox (readings that come
-        together share one transaction) before anything is sent."""
-        self._taken.append((kind, data))
+        together share one transaction) before anything is sent. ``simulated`` ("simulated"
+        or "demo") marks invented data: the envelope says so, and so does the subscriber."""
+        self._taken.append((kind, data, simulated))
         if self._wake is not None:
             self._wake.set()
 
@@ -108,7 +109,7 @@ class Publisher:
         if not self._taken:
             return
         taken, self._taken = self._taken, []
-        for (kind, _), seq in zip(taken, self.outbox.add_many(taken), strict=True):
+        for (kind, _, _), seq in zip(taken, self.outbox.add_many(taken), strict=True):
             log.debug("stored %s seq %d", kind, seq)
 
     def connected(self) -> bool:
@@ -164,7 +165,7 @@ class Publisher:
         for entry in self.outbox.after(self._last_sent, room):
             topic = topic_for(self._base, self._device, entry.kind)
             token = seal(self._ring, topic=topic, device=self._device, seq=entry.seq,
-                         data=entry.data)
+                         data=entry.data, taken=entry.taken_at, simulated=entry.sim)
             info = self.conn.publish(topic, token, qos=1)
             self._last_sent = entry.seq
             self.stats.sent += 1
@@ -220,54 +221,47 @@ class Publisher:
         log.info("key ring %s changed: encrypting with its newest key", self._key_file)
 
 
-async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanner,
+async def run(pub: Publisher, *, temperature: TemperatureSource | None,
+              scanner: Scanner | None,
               tracker: PresenceTracker, interval: float, count: int,
               stop: asyncio.Event, heartbeat: Heartbeat | None = None,
-              stranger_key: bytes | None = None) -> Stats:
+              stranger_key: bytes | None = None, demo: bool = False) -> Stats:
     """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done).
 
     Readings are taken whether or not the broker is reachable: they wait in the outbox.
     Strangers are published (count and keyed hashes) only with a ``stranger_key``.
+    What a simulated source invents is marked "simulated" ("demo" with ``demo``).
     """
-    log.info("publishing every %.1f s: temperature from %s, presence from %s scanner, "
-             "%d known device(s)", interval, temperature.name, scanner.name, len(tracker.known))
-    scanner_state, scanner_detail = "", ""
+    label = "demo" if demo else "simulated"
+    sim_t = label if temperature is not None and temperature.name == "simulated" else None
+    sim_s = label if scanner is not None and scanner.name == "simulated" else None
+    log.info("publishing every %.1f s: temperature from %s, presence from %s, %d known "
+             "device(s)%s", interval, temperature.name if temperature else "nothing (none)",
+             f"the {scanner.name} scanner" if scanner else "nothing (none)",
+             len(tracker.known), " (demo: every reading is invented)" if demo else "")
+    if sim_t or sim_s:
+        log.warning("%s readings are simulated, not measured; they are marked %r",
+                    " and ".join(k for k, sim in (("temperature", sim_t), ("presence", sim_s))
+                                 if sim), label)
+    health = _ScannerHealth()
     while not stop.is_set():
         started = time.monotonic()
-        try:
-            value = temperature.read()
-        except SensorError as exc:
-            pub.stats.sensor_errors += 1
-            log.warning("temperature not read: %s", exc)
-        else:
-            pub.record("temperature", {"temperature": value, "timestamp": round(time.time(), 2)})
-        scan = asyncio.ensure_future(scanner.scan())
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({scan, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if scan not in done:
-            scan.cancel()
+        if temperature is not None:
+            try:
+                value = temperature.read()
+            except SensorError as exc:
+                pub.stats.sensor_errors += 1
+                log.warning("temperature not read: %s", exc)
+            else:
+                pub.record("temperature",
+                           {"temperature": value, "timestamp": round(time.time(), 2)},
+                           simulated=sim_t)
+        if scanner is not None:
+            if not await _scan_once(pub, scanner, tracker, stop, interval, sim_s, health,
+                                    stranger_key):
+                break
+        elif stop.is_set():
             break
-        try:
-            seen = scan.result()
-        except ScannerError as exc:
-            pub.stats.scanner_errors += 1
-            if (scanner_state, scanner_detail) != ("error", str(exc)):
-                log.error("Bluetooth scanner failed: %s; retrying every %.0f s", exc, interval)
-                pub.record("scanner", {"state": "error", "detail": str(exc)})
-                scanner_state, scanner_detail = "error", str(exc)
-        else:
-            if scanner_state != "ok":
-                if scanner_state == "error":
-                    log.info("Bluetooth scanner recovered")
-                pub.record("scanner", {"state": "ok", "scanner": scanner.name})
-                scanner_state = "ok"
-            for address, rssi in seen.items():
-                tracker.observe(address, rssi)
-            tracker.tick()
-            pub.record("devices", tracker.report())
-            if stranger_key is not None:
-                pub.record("strangers", tracker.strangers_report(stranger_key))
         pub.stats.readings += 1
         if heartbeat is not None:
             heartbeat.beat(pub.connected())
@@ -278,3 +272,44 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), remaining)
     return pub.stats
+
+
+@dataclass
+class _ScannerHealth:
+    state: str = ""
+    detail: str = ""
+
+
+async def _scan_once(pub: Publisher, scanner: Scanner, tracker: PresenceTracker,
+                     stop: asyncio.Event, interval: float, sim: str | None,
+                     health: _ScannerHealth, stranger_key: bytes | None) -> bool:
+    """One scan window and what it gives: the devices reading, or a ``scanner`` status
+    when the scanner fails (or recovers). False when ``stop`` came first."""
+    scan = asyncio.ensure_future(scanner.scan())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({scan, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if scan not in done:
+        scan.cancel()
+        return False
+    try:
+        seen = scan.result()
+    except ScannerError as exc:
+        pub.stats.scanner_errors += 1
+        if (health.state, health.detail) != ("error", str(exc)):
+            log.error("Bluetooth scanner failed: %s; retrying every %.0f s", exc, interval)
+            pub.record("scanner", {"state": "error", "detail": str(exc)}, simulated=sim)
+            health.state, health.detail = "error", str(exc)
+        return True
+    if health.state != "ok":
+        if health.state == "error":
+            log.info("Bluetooth scanner recovered")
+        pub.record("scanner", {"state": "ok", "scanner": scanner.name}, simulated=sim)
+        health.state = "ok"
+    for address, rssi in seen.items():
+        tracker.observe(address, rssi)
+    tracker.tick()
+    pub.record("devices", tracker.report(), simulated=sim)
+    if stranger_key is not None:
+        pub.record("strangers", tracker.strangers_report(stranger_key), simulated=sim)
+    return True

@@ -1,9 +1,9 @@
 """The publisher's durable outbox: every reading is committed here before it is sent, and
 stays until the broker acknowledged it (QoS 1 PUBACK) and a redelivery window passed.
 
-Why keep acknowledged readings a little: the broker writes what it holds to disk once a
-second, not after every message (that cost grew with every queued message). A broker
-killed (``kill -9``, power cut) can forget what it acknowledged in its last second, so
+Why keep acknowledged readings a little: the broker writes what it holds to disk every
+10 s, not after every message (that cost grew with every queued message). A broker
+killed (``kill -9``, power cut) can forget what it acknowledged in its last 10 s, so
 acknowledged readings stay here for ``REDELIVERY_WINDOW`` seconds of connected time and
 are sent again after every reconnection; the subscriber drops the copies it already
 showed, by sequence number.
@@ -34,7 +34,7 @@ from homewatch.secrets import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
-REDELIVERY_WINDOW = 10.0  # seconds; well above the broker's autosave_interval (1 s)
+REDELIVERY_WINDOW = 30.0  # seconds; well above the broker's autosave_interval (10 s)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT NOT NULL,
     data TEXT NOT NULL,
     taken_at REAL NOT NULL,
-    acked_at REAL
+    acked_at REAL,
+    sim TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -54,6 +55,7 @@ class Entry:
     kind: str
     data: Any
     taken_at: float
+    sim: str | None = None  # "simulated"/"demo": invented by a simulated source
 
 
 class Outbox:
@@ -75,6 +77,8 @@ class Outbox:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
             if "acked_at" not in columns:  # an outbox from before the redelivery window
                 self._db.execute("ALTER TABLE outbox ADD COLUMN acked_at REAL")
+            if "sim" not in columns:  # ... from before readings said they were simulated
+                self._db.execute("ALTER TABLE outbox ADD COLUMN sim TEXT")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"outbox {path} is unusable ({exc}); move it away to start "
                               "a new one") from None
@@ -95,13 +99,13 @@ class Outbox:
         """The newest sequence number handed out (below any stored one when none was)."""
         return self._next - 1
 
-    def add(self, kind: str, data: Any) -> int:
+    def add(self, kind: str, data: Any, sim: str | None = None) -> int:
         """Commit one reading; returns its sequence number."""
-        return self.add_many([(kind, data)])[0]
+        return self.add_many([(kind, data, sim)])[0]
 
-    def add_many(self, readings: list[tuple[str, Any]]) -> list[int]:
-        """Commit readings in one transaction (one disk sync for all); returns their
-        sequence numbers, in order."""
+    def add_many(self, readings: list[tuple[str, Any, str | None]]) -> list[int]:
+        """Commit readings ``(kind, data, sim)`` in one transaction (one disk sync for
+        all); returns their sequence numbers, in order."""
         if not readings:
             return []
         first = self._next
@@ -109,9 +113,9 @@ class Outbox:
         now = self._clock()
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO outbox (seq, kind, data, taken_at) VALUES (?,?,?,?)",
-                [(seq, kind, json.dumps(data), now) for seq, (kind, data) in zip(seqs, readings,
-                                                                                  strict=True)])
+                "INSERT INTO outbox (seq, kind, data, taken_at, sim) VALUES (?,?,?,?,?)",
+                [(seq, kind, json.dumps(data), now, sim)
+                 for seq, (kind, data, sim) in zip(seqs, readings, strict=True)])
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
                              (first + len(readings),))
             self._count += len(readings)
@@ -129,9 +133,9 @@ class Outbox:
     def after(self, seq: int, limit: int) -> list[Entry]:
         """Up to ``limit`` readings above ``seq``, in order: waiting ones, and after a
         reconnection (``seq`` back at -1) also those kept for redelivery."""
-        rows = self._db.execute("SELECT seq, kind, data, taken_at FROM outbox WHERE seq > ? "
-                                "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
-        return [Entry(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+        rows = self._db.execute("SELECT seq, kind, data, taken_at, sim FROM outbox "
+                                "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return [Entry(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     def acknowledge(self, seqs: list[int]) -> int:
         """Mark readings acknowledged now (again, for a redelivered one: its window starts

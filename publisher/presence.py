@@ -11,8 +11,9 @@ Only known devices are ever published (privacy by default): a stranger's MAC add
 never leaves the Pi; strangers are only counted. ``PresenceTracker`` turns sightings into
 ``home``/``away``: home when seen at or above an RSSI threshold, away only after not
 being seen for the away timeout (no flapping). Scanners: ``BleakScan`` (real BLE through
-bleak/BlueZ) and ``SimulatedScan`` (where there is no adapter); ``AutoScan`` starts with
-bleak and falls back to the simulation, saying so, when there is no adapter at start.
+bleak/BlueZ; "auto" is this one: no adapter is a scanner error, published as a ``scanner``
+status, never a reason to invent sightings) and ``SimulatedScan`` (only when asked for by
+name; its readings are marked simulated).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from homewatch.secrets import read_secret_file, write_private_file
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "bleak", "simulated")
+KINDS = ("auto", "bleak", "simulated", "none")
 SCAN_MODES = ("active", "passive")
 # Passive scanning goes through BlueZ advertisement monitors, which need patterns: these
 # match the Flags values phones and most BLE devices advertise (LE General Discoverable,
@@ -326,38 +327,11 @@ class SimulatedScan:
         return seen
 
 
-class AutoScan:
-    """bleak when an adapter answers; otherwise the simulation, said once in the log."""
-
-    def __init__(self, real: Scanner, fallback: Scanner) -> None:
-        self._real = real
-        self._fallback = fallback
-        self._active: Scanner | None = None
-
-    @property
-    def name(self) -> str:
-        return self._active.name if self._active else "auto"
-
-    async def scan(self) -> dict[str, int | None]:
-        """The first scan decides: bleak if it works, else the simulation for good.
-        Later bleak failures are reported (scanner status), not papered over."""
-        if self._active is None:
-            try:
-                seen = await self._real.scan()
-            except ScannerError as exc:
-                log.warning("no Bluetooth adapter usable (%s); using simulated presence", exc)
-                self._active = self._fallback
-                return await self._fallback.scan()
-            self._active = self._real
-            return seen
-        return await self._active.scan()
-
-
 def make_scanner(kind: str, known: Mapping[str, str], *, duration: float,
-                 adapter: str | None = None, mode: str = "active") -> Scanner:
+                 adapter: str | None = None, mode: str = "active") -> Scanner | None:
+    """The scanner for ``kind`` (one of KINDS; "auto" is bleak); None for "none"."""
+    if kind == "none":
+        return None
     if kind == "simulated":
         return SimulatedScan(known)
-    real = BleakScan(duration, adapter, mode)
-    if kind == "bleak":
-        return real
-    return AutoScan(real, SimulatedScan(known))
+    return BleakScan(duration, adapter, mode)

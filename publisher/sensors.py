@@ -1,9 +1,11 @@
 """Temperature sources: a DS18B20 on 1-wire, a Sense HAT, the SoC's thermal zone, or
 simulated.
 
-Each source reads degrees Celsius. ``detect()`` picks the first available in the order
-DS18B20 (a room sensor), Sense HAT (on the Pi, so a little warm), thermal zone (the SoC:
-warmer than the room), simulated, and says in the log which one it chose and why.
+Each source reads degrees Celsius. ``detect("auto")`` picks the first available in the
+order DS18B20 (a room sensor), Sense HAT (on the Pi, so a little warm), thermal zone (the
+SoC: warmer than the room), and says in the log which one it chose; finding none is an
+error, never a reason to invent data: the simulation runs only when asked for by name,
+and its readings are marked simulated in the envelope.
 
 The Sense HAT is read through the kernel's IIO drivers (``hts221``, ``lps25h``), which
 Raspberry Pi OS loads for the HAT: no Python package and no ``/dev/i2c-1`` access are
@@ -21,7 +23,7 @@ from homewatch.errors import ConfigError, SensorError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "ds18b20", "sensehat", "thermal", "simulated")
+KINDS = ("auto", "ds18b20", "sensehat", "thermal", "simulated", "none")
 # The Sense HAT's sensors with a temperature channel, best first: the humidity sensor's
 # is the one the sense-hat library's get_temperature() reads.
 SENSE_HAT_IIO = ("hts221", "lps25h")
@@ -154,8 +156,10 @@ def find_sense_hat(sysfs: Path) -> tuple[Path, str] | None:
     return None
 
 
-def detect(kind: str, sysfs: Path = Path("/sys")) -> TemperatureSource:
-    """The temperature source for ``kind`` (one of KINDS)."""
+def detect(kind: str, sysfs: Path = Path("/sys")) -> TemperatureSource | None:
+    """The temperature source for ``kind`` (one of KINDS); None for "none"."""
+    if kind == "none":
+        return None
     if kind == "simulated":
         return SimulatedTemperature()
     if kind in ("ds18b20", "auto"):
@@ -179,6 +183,6 @@ def detect(kind: str, sysfs: Path = Path("/sys")) -> TemperatureSource:
             return ThermalZone(zone)
         if kind == "thermal":
             raise ConfigError(f"no readable thermal zone under {sysfs}/class/thermal")
-    log.warning("no temperature sensor found under %s (no DS18B20, Sense HAT or thermal "
-                "zone); using simulated temperatures", sysfs)
-    return SimulatedTemperature()
+    raise ConfigError(f"no temperature sensor found under {sysfs} (no DS18B20, Sense HAT or "
+                      "thermal zone): connect one, or set --temperature none to publish "
+                      "presence only (--temperature simulated invents values, marked as such)")

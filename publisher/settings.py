@@ -46,10 +46,16 @@ OPTIONS: tuple[Option, ...] = (
     *config.CLIENT_CERT_OPTIONS,
     Option("interval", "seconds between readings", default=10.0,
            convert=config.positive_float, metavar="SECONDS"),
-    Option("temperature", "temperature source", default="auto", choices=sensors.KINDS),
+    Option("temperature", "temperature source: auto finds a sensor or stops with an error; "
+           "simulated invents values, marked as such; none publishes no temperature",
+           default="auto", choices=sensors.KINDS),
     Option("sysfs", "root of the sysfs tree to read sensors from", default=Path("/sys"),
            convert=config.path, metavar="DIR"),
-    Option("scanner", "presence scanner", default="auto", choices=presence.KINDS),
+    Option("scanner", "presence scanner: auto (= bleak; a missing adapter is reported as a "
+           "scanner error), simulated (invented, marked as such) or none", default="auto",
+           choices=presence.KINDS),
+    Option("demo", "demo mode: simulated temperature and presence, marked 'demo' wherever "
+           "they appear", default=False, flag=True),
     Option("known-devices", "file mapping MAC addresses (or irk:KEY) to names (default: "
            "known-devices in --credentials, when there)", convert=config.path,
            metavar="FILE"),
@@ -86,6 +92,7 @@ class PublisherSettings:
     temperature: str
     sysfs: Path
     scanner: str
+    demo: bool
     known_devices: Path | None
     scan_duration: float
     scan_mode: str
@@ -123,6 +130,14 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         validate_name(device)
     except ProvisionError as exc:
         raise ConfigError(f"device: {exc}") from None
+    if v["demo"]:
+        if {v["temperature"], v["scanner"]} - {"auto", "simulated"}:
+            raise ConfigError("--demo invents every reading: leave --temperature and "
+                              "--scanner unset")
+        v = {**v, "temperature": "simulated", "scanner": "simulated"}
+    if v["temperature"] == v["scanner"] == "none":
+        raise ConfigError("--temperature none and --scanner none: nothing to publish")
+
     if v["count"] < 0:
         raise ConfigError("--count: must be 0 or more")
     if v["outbox-limit"] < 1:
@@ -159,6 +174,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         temperature=v["temperature"],
         sysfs=v["sysfs"],
         scanner=v["scanner"],
+        demo=v["demo"],
         known_devices=v["known-devices"] or (
             creds / "known-devices" if creds is not None
             and (creds / "known-devices").is_file() else None),

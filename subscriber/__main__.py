@@ -37,7 +37,7 @@ def _run(settings: SubscriberSettings) -> int:
     keys = KeyStore(settings.keys_dir)
     state = ReplayState(settings.state_dir / f"{settings.connection.client_id}.replay.json")
     opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
-                    skew=settings.clock_skew, replay=state.load())
+                    max_late=settings.max_late, skew=settings.clock_skew, replay=state.load())
     sub = Subscriber(opener, sys.stdout, as_json=settings.json, state=state)
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,

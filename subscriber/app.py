@@ -34,12 +34,32 @@ SNAPSHOT_EVERY = 30.0
 STATUSES = {b"online": "online", b"offline": "offline"}
 
 
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def format_reading(reading: Reading, *, as_json: bool) -> str:
+    """The tutorial's ``Topic:...,Payload:...`` line; invented data ends in ``[demo]`` or
+    ``[simulated]``, a reading that arrives late in ``[late ...]`` with when it was taken.
+    ``--json`` says the same in ``simulated``, ``late`` (seconds) and ``taken_at``."""
     if as_json:
         return json.dumps({"topic": reading.topic, "device": reading.device,
                            "kind": reading.kind, "seq": reading.seq,
-                           "sent_at": reading.sent_at, "data": reading.data})
-    return f"Topic:{reading.topic},Payload:{json.dumps(reading.data)}"
+                           "sent_at": reading.sent_at, "taken_at": reading.taken_at,
+                           "simulated": reading.simulated,
+                           "late": None if reading.late is None else round(reading.late, 1),
+                           "data": reading.data})
+    line = f"Topic:{reading.topic},Payload:{json.dumps(reading.data)}"
+    if reading.simulated:
+        line += f" [{reading.simulated}]"
+    if reading.late is not None:
+        taken = reading.taken_at if reading.taken_at is not None else reading.sent_at
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken))
+        line += f" [late {_duration(reading.late)}: taken {when}]"
+    return line
 
 
 def format_status(topic: str, device: str, status: str, *, as_json: bool) -> str:
@@ -87,7 +107,8 @@ class RejectionLog:
 
 class ReplayState:
     """The replay window on disk: ``<name>.json`` snapshot + ``<name>.log`` of what was
-    shown since (``device seq`` per line)."""
+    shown since (``device seq sent_at`` per line). A new state is saved at once, so that
+    when it began (what a late reading is checked against) survives a crash."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -98,27 +119,34 @@ class ReplayState:
     def load(self) -> ReplayGuard:
         try:
             guard = ReplayGuard.from_json(json.loads(self.path.read_text(encoding="utf-8")))
+            fresh = False
         except FileNotFoundError:
-            guard = ReplayGuard()
+            guard, fresh = ReplayGuard(), True
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("replay state %s unreadable (%s); starting a new one", self.path, exc)
-            guard = ReplayGuard()
+            log.warning("replay state %s unreadable (%s); starting a new one, which refuses "
+                        "late readings sent before it began", self.path, exc)
+            guard, fresh = ReplayGuard(), True
         try:
             lines = self.journal.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             lines = []
         for line in lines:
-            device, _, seq = line.partition(" ")
-            if seq.isdigit():  # a torn last line from a crash is skipped
-                guard.commit(device, int(seq))
+            fields = line.split(" ")
+            if len(fields) in (2, 3) and all(f.isdigit() for f in fields[1:]):
+                # a torn last line from a crash is skipped
+                guard.commit(fields[0], int(fields[1]),
+                             int(fields[2]) if len(fields) == 3 else None)
+        if fresh:
+            ensure_private_dir(self.path.parent)
+            self.snapshot(guard)
         return guard
 
-    def record(self, device: str, seq: int) -> None:
+    def record(self, device: str, seq: int, sent_at: int) -> None:
         if self._fh is None:
             ensure_private_dir(self.journal.parent)
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
-        self._fh.write(f"{device} {seq}\n")
+        self._fh.write(f"{device} {seq} {sent_at}\n")
 
     def flush(self) -> None:
         if self._fh is not None:
@@ -199,7 +227,7 @@ class Subscriber:
         reading = self.opener.open(topic, payload)
         self.out.write(format_reading(reading, as_json=self.as_json) + "\n")
         if self.state is not None:
-            self.state.record(reading.device, reading.seq)
+            self.state.record(reading.device, reading.seq, reading.sent_at)
         self.accepted += 1
         log.debug("shown %s seq %d", reading.device, reading.seq)
         return True

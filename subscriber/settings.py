@@ -9,6 +9,7 @@ from pathlib import Path
 
 from homewatch import config
 from homewatch.config import Option
+from homewatch.envelope import MAX_LATE
 from homewatch.errors import ConfigError, ProvisionError
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import SUBSCRIBER, validate_name
@@ -36,7 +37,11 @@ OPTIONS: tuple[Option, ...] = (
     *config.CLIENT_CERT_OPTIONS,
     Option("client-id", "MQTT client id of the persistent session "
            "(default homewatch-sub-<username>)", metavar="ID"),
-    Option("ttl", "reject readings older than this many seconds", default=300.0,
+    Option("ttl", "a reading sent longer ago than this is late: accepted only if it "
+           "continues its device's stream (one the broker kept while the subscriber was away)",
+           default=300.0, convert=config.positive_float, metavar="SECONDS"),
+    Option("max-late", "refuse late readings sent longer ago than this (default 14 days, "
+           "as long as the broker keeps a session)", default=MAX_LATE,
            convert=config.positive_float, metavar="SECONDS"),
     Option("clock-skew", "tolerated clock difference between devices and this host",
            default=60.0, convert=config.nonneg_float, metavar="SECONDS"),
@@ -56,6 +61,7 @@ class SubscriberSettings:
     connection: ConnectionSettings
     keys_dir: Path
     ttl: float
+    max_late: float
     clock_skew: float
     json: bool
     state_dir: Path
@@ -102,6 +108,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         connection=connection,
         keys_dir=keys_dir,
         ttl=v["ttl"],
+        max_late=v["max-late"],
         clock_skew=v["clock-skew"],
         json=v["json"],
         state_dir=v["state-dir"] or config.default_state_dir("subscriber"),

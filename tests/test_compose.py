@@ -149,7 +149,8 @@ def test_demo_reading_appears_decrypted_in_the_subscriber_log(running: Stack) ->
     logs = running.wait_in_logs(
         "subscriber", 'Topic:home/demo-pi/temperature,Payload:{"temperature": ')
     line = next(x for x in logs.splitlines() if x.startswith("Topic:home/demo-pi/temperature"))
-    payload = json.loads(line.split(",Payload:", 1)[1])
+    assert line.endswith(" [demo]"), line  # invented data, marked as the demo's
+    payload = json.loads(line.split(",Payload:", 1)[1].removesuffix(" [demo]"))
     assert set(payload) == {"temperature", "timestamp"}
     running.wait_in_logs("subscriber", "Topic:home/demo-pi/devices,Payload:[")
 

@@ -28,7 +28,8 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.broker
 
-LINE = re.compile(r'^Topic:home/pi-kitchen/(temperature|devices|scanner),Payload:(.*)$')
+LINE = re.compile(
+    r'^Topic:home/pi-kitchen/(temperature|devices|scanner),Payload:(.*?)( \[simulated\])?$')
 
 
 def is_status(line: str) -> bool:
@@ -88,7 +89,8 @@ def wait_subscribed(proc: subprocess.Popen[str], timeout: float = 15.0) -> list[
 
 def test_subscriber_prints_decrypted_readings_in_the_tutorial_format(
         broker: Broker, workdir: Path) -> None:
-    """Readings from a simulated publisher arrive decrypted, as Topic:...,Payload:{...}."""
+    """Readings from a simulated publisher arrive decrypted, as Topic:...,Payload:{...},
+    each marked [simulated]: invented data is never shown as measured."""
     known = workdir / "known"
     known.write_text("88:29:9C:00:61:A9 Franks Phone\n")
     with running(subscriber_cmd(broker, workdir), cwd=workdir) as sub:
@@ -104,6 +106,7 @@ def test_subscriber_prints_decrypted_readings_in_the_tutorial_format(
     for line in lines:
         m = LINE.match(line)
         assert m, line
+        assert m.group(3) == " [simulated]", line
         kinds.append(m.group(1))
         data = json.loads(m.group(2))
         if m.group(1) == "temperature":

@@ -79,9 +79,10 @@ class Scenario:
     def url(self) -> str:
         return self.broker.url("localhost")
 
-    def subscriber(self) -> Proc:
+    def subscriber(self, *extra: str) -> Proc:
         p = Proc(python_m("subscriber", self.url(), "--json", "--state-dir",
-                          str(self.tmp / "sub-state"), "--client-id", "fault-subscriber"),
+                          str(self.tmp / "sub-state"), "--client-id", "fault-subscriber",
+                          *extra),
                  self.tmp)
         p.wait_err("subscribed to home/#")
         self.subs.append(p)
@@ -144,7 +145,10 @@ def test_broker_killed_and_restarted_three_times_loses_and_repeats_nothing(
     """kill -9 of the broker three times during a stream: 0 lost, 0 shown twice."""
     s = scenario
     s.broker.start()
-    s.subscriber()
+    sub = s.subscriber()
+    s.broker.stop()  # a clean stop saves: the subscriber's session is on disk from here
+    s.broker.start()
+    sub.wait_err("reconnected to", timeout=45)
     pub = s.publisher()
     for n in range(1, 4):
         time.sleep(1.5)
@@ -166,14 +170,15 @@ def test_broker_killed_and_restarted_three_times_loses_and_repeats_nothing(
 
 def test_readings_a_crashed_broker_never_saved_are_sent_again(
         scenario: Scenario, tmp_path: Path) -> None:
-    """The broker saves once a second; here it never saves on its own (autosave an hour),
+    """The broker saves every 10 s; here it never saves on its own (autosave an hour),
     so a kill -9 takes every reading it acknowledged and queued for the absent
-    subscriber. The publisher sends the readings acknowledged in the 10 s before the
+    subscriber. The publisher sends the readings acknowledged in the 30 s before the
     connection dropped again: the subscriber still gets each one once."""
     s = scenario
     conf = tmp_path / "never-autosaves.conf"
-    conf.write_text(s.broker.conf.read_text().replace("autosave_interval 1\n",
-                                                      "autosave_interval 3600\n"))
+    text = s.broker.conf.read_text()
+    assert "autosave_interval 10\n" in text
+    conf.write_text(text.replace("autosave_interval 10\n", "autosave_interval 3600\n"))
     s.broker.conf = conf
     s.broker.start()
     sub = s.subscriber()

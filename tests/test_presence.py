@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import pytest
@@ -55,25 +54,14 @@ def test_simulated_scan_never_reports_strangers_after_filtering() -> None:
         assert all(d["mac"] in known for d in report)
 
 
-class BrokenScanner:
-    """Our own Scanner interface failing as a machine without an adapter does."""
-
-    name = "broken"
-
-    async def scan(self) -> dict[str, int | None]:
-        raise ScannerError("no adapter")
-
-
-def test_auto_scanner_falls_back_to_simulation_and_says_so(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """Without a usable adapter, auto switches to the simulation once, with a warning."""
+def test_auto_scanner_is_bleak_never_a_simulation() -> None:
+    """auto is the real scanner (a missing adapter is a scanner error); only asking for
+    "simulated" by name invents sightings; "none" scans nothing."""
     known = {"88:29:9C:00:61:A9": "Franks Phone"}
-    auto = presence.AutoScan(BrokenScanner(), presence.SimulatedScan(known))
-    with caplog.at_level(logging.WARNING):
-        asyncio.run(auto.scan())
-        asyncio.run(auto.scan())
-    assert auto.name == "simulated"
-    assert caplog.text.count("using simulated presence") == 1
+    assert isinstance(presence.make_scanner("auto", known, duration=1), presence.BleakScan)
+    assert isinstance(presence.make_scanner("simulated", known, duration=1),
+                      presence.SimulatedScan)
+    assert presence.make_scanner("none", known, duration=1) is None
 
 
 def test_bleak_scan_without_bluez_is_a_scanner_error(monkeypatch: pytest.MonkeyPatch,

@@ -1,9 +1,8 @@
 """Temperature sources on sysfs trees laid out as the kernel does: thermal zone, DS18B20,
-Sense HAT (IIO), fallback to simulated."""
+Sense HAT (IIO); none found is an error, never a simulation."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -129,15 +128,11 @@ def test_sensor_vanishing_is_a_sensor_error(tmp_path: Path) -> None:
         src.read()
 
 
-def test_no_sensor_falls_back_to_simulated_and_says_so(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """auto on a machine without sensors uses the simulation and logs a warning."""
-    with caplog.at_level(logging.WARNING):
-        src = sensors.detect("auto", tmp_path)
-    assert isinstance(src, sensors.SimulatedTemperature)
-    assert "using simulated temperatures" in caplog.text
-    values = [src.read() for _ in range(100)]
-    assert all(15.0 <= v <= 28.0 for v in values)
+def test_auto_without_a_sensor_is_an_error_not_invented_data(tmp_path: Path) -> None:
+    """auto on a machine without sensors stops with the fix, never a simulation."""
+    with pytest.raises(ConfigError, match=r"no temperature sensor found.*--temperature none"):
+        sensors.detect("auto", tmp_path)
+    assert sensors.detect("none", tmp_path) is None
 
 
 def test_explicit_source_that_is_missing_is_a_config_error(tmp_path: Path) -> None:
