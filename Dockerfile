@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/homewatch/bin:$PATH
 
-# openssl and bash: scripts/gen-certs.sh runs in this image for `make up`.
+# openssl and bash: scripts/gen-certs.sh runs in this image (the stack's init service).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openssl \
  && rm -rf /var/lib/apt/lists/* \
@@ -35,7 +35,7 @@ RUN python3 -m venv /opt/homewatch \
     fi \
  && rm -rf /tmp/wheels /src
 
-COPY scripts/gen-certs.sh /opt/homewatch/scripts/gen-certs.sh
+COPY scripts/gen-certs.sh scripts/init-stack.sh /opt/homewatch/scripts/
 COPY publisher/demo-known-devices.txt /opt/homewatch/share/demo-known-devices.txt
 
 USER 10001:10001

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make up`: make what is missing (CA, broker certificate, identities), build the image,
-# start the stack, wait until every service is healthy, and say where things are.
-# Running it again keeps the existing CA and credentials.
+# `make up`: build the image, start the stack (its init service makes what is missing:
+# CA, broker certificate, identities), wait until every service is healthy, and say
+# where things are. Running it again keeps the existing CA and credentials.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,22 +16,23 @@ say() { echo "homewatch: $*"; }
 say "building the app image ($IMAGE)"
 "${COMPOSE[@]}" build --quiet subscriber >/dev/null 2>&1 || "${COMPOSE[@]}" build subscriber
 
-if [[ ! -e certs/ca.crt || ! -e certs/broker/server.key ]]; then
-    say "making the CA and the broker certificate"
+say "starting the stack (project $PROJECT); its init service makes what is missing in certs/"
+if ! "${COMPOSE[@]}" up -d --remove-orphans; then
+    "${COMPOSE[@]}" logs --no-color init >&2 || true
+    say "error: the stack did not start; see the lines above" >&2
+    exit 1
 fi
-scripts/admin.sh gen-certs --broker-gid 1883 | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
-scripts/admin.sh homewatch server init --app-gid 10001 --demo-device "$DEMO_DEVICE_NAME" \
-    | sed 's/^/homewatch: identities: /'
+"${COMPOSE[@]}" logs --no-color init | sed -n 's/^[^|]*| //p' | sed -n -e '/^gen-certs: made/p' \
+    -e '/subjectAltNames/p' -e '/^init: identities/s/^init: /homewatch: /p'
 
-say "starting the stack (project $PROJECT)"
-"${COMPOSE[@]}" up -d --remove-orphans
-
-say "waiting until every service is healthy"
+services=(broker subscriber)
+if [[ $DEMO_VALUE != 0 ]]; then services+=(publisher); fi
+say "waiting until every service is healthy (${services[*]})"
 deadline=$((SECONDS + ${UP_TIMEOUT:-180}))
 while :; do
-    ids=$("${COMPOSE[@]}" ps -q)
+    ids=$("${COMPOSE[@]}" ps -q "${services[@]}")
     states=$(for id in $ids; do docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"; done)
-    if [[ -n $ids ]] && ! grep -qv ' healthy$' <<<"$states"; then break; fi
+    if [[ $(wc -w <<<"$ids") -eq ${#services[@]} ]] && ! grep -qv ' healthy$' <<<"$states"; then break; fi
     if (( SECONDS > deadline )); then
         echo "$states" >&2
         say "error: the stack did not become healthy; see: make logs" >&2

@@ -183,6 +183,30 @@ def test_plaintext_mqtt_to_the_tls_port_fails(running: Stack) -> None:
     assert rc is None
 
 
+def test_init_service_ran_once_hardened_and_exited_0(running: Stack) -> None:
+    """The one-shot init service made the certificates and identities, exited 0, and ran
+    read-only with only the capabilities it needs to hand files to the right groups."""
+    (init,) = running.containers("init", all=True)
+    assert init.attrs["State"]["Status"] == "exited" and init.attrs["State"]["ExitCode"] == 0
+    host = init.attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert set(host["CapAdd"]) == {"CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID",
+                                   "CAP_DAC_OVERRIDE"} or set(host["CapAdd"]) == {
+        "CHOWN", "FOWNER", "FSETID", "DAC_OVERRIDE"}
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["RestartPolicy"]["Name"] in ("no", "")
+    assert "init: certs/ ready" in init.logs().decode()
+    assert "made CA" in running.up_output  # type: ignore[attr-defined]
+
+
+def test_every_container_log_is_capped(running: Stack) -> None:
+    """Docker's default log grows forever: each service keeps at most 3 x 10 MB."""
+    for c in running.containers(all=True):
+        log_config = c.attrs["HostConfig"]["LogConfig"]
+        assert log_config == {"Type": "json-file",
+                              "Config": {"max-size": "10m", "max-file": "3"}}, c.name
+
+
 def test_app_containers_are_hardened(running: Stack) -> None:
     """Subscriber and publisher: non-root, read-only root, no capabilities,
     no-new-privileges; every service has a health check and a restart policy."""
@@ -320,8 +344,9 @@ def test_device_added_while_running_publishes_without_restart_and_removal_refuse
 def test_pi_variant_runs_the_publisher_from_a_bundle(
         running: Stack, docker_compose_command: str, tmp_path: Path) -> None:
     """docker-compose.pi.yml: a publisher container made from nothing but a device bundle,
-    with a D-Bus socket mounted (no BlueZ here: it falls back to simulated presence),
-    publishes readings the subscriber shows."""
+    with a D-Bus socket mounted, publishes readings the subscriber shows. No BlueZ here:
+    that is a scanner error status, not invented presence; no sensor either, so the
+    temperature is simulated by name and marked so."""
     running.make("add-device", "NAME=pi-box", f"URL={running.url()}")
     pi = running.dir / "pi"
     pi.mkdir()
@@ -334,7 +359,8 @@ def test_pi_variant_runs_the_publisher_from_a_bundle(
     env_file = pi / "pi-box" / "homewatch.env"
     with open(env_file, "a") as f:
         f.write(f"HOST_UID={os.getuid()}\nHOST_GID={os.getgid()}\nBLUETOOTH_GID={os.getgid()}\n"
-                f"DBUS_SYSTEM_SOCKET={no_bluez}\nHOMEWATCH_INTERVAL=2\nHOMEWATCH_SCAN_DURATION=1\n")
+                f"DBUS_SYSTEM_SOCKET={no_bluez}\nHOMEWATCH_INTERVAL=2\nHOMEWATCH_SCAN_DURATION=1\n"
+                "HOMEWATCH_TEMPERATURE=simulated\n")
     compose = [*docker_compose_command.split(), "-f", "docker-compose.pi.yml",
                "--env-file", str(env_file), "-p", f"{running.project}pi"]
     try:
@@ -344,8 +370,13 @@ def test_pi_variant_runs_the_publisher_from_a_bundle(
             f"com.docker.compose.project={running.project}pi"]})
         try:
             running.wait_in_logs("subscriber", "Topic:home/pi-box/temperature", timeout=60)
+            logs = running.wait_in_logs(
+                "subscriber", 'Topic:home/pi-box/scanner,Payload:{"state": "error"', timeout=30)
         except AssertionError:
             raise AssertionError(c.logs().decode()[-3000:]) from None
+        assert "Topic:home/pi-box/devices" not in logs
+        temperature = next(x for x in logs.splitlines() if "Topic:home/pi-box/temperature" in x)
+        assert temperature.endswith(" [simulated]")
         env = c.attrs["Config"]["Env"]
         assert not any(s in json.dumps(env) for s in secrets_of(running.certs))
         assert "/run/dbus/system_bus_socket" in [m["Destination"] for m in c.attrs["Mounts"]]

@@ -18,12 +18,19 @@ from homewatch.fernet import KeyRing
 from homewatch.secrets import load_keyring
 from subscriber.app import ReplayState, format_reading
 from tests.helpers import paho_client, stop_client
-from tests.test_faults import Scenario, scenario  # noqa: F401 (the fixture)
+from tests.test_faults import Scenario
 
 NOW = 1_800_000_000
 T = "home/pi-kitchen/temperature"
 DATA = {"temperature": 21.5, "timestamp": 1.0}
 RING = KeyRing([Fernet.generate_key()])
+
+
+@pytest.fixture
+def scenario(certs: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Scenario(certs, tmp_path)
+    yield s
+    s.close()
 
 
 def opener(guard: ReplayGuard | None = None, now: float = NOW) -> Opener:

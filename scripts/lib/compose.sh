@@ -34,7 +34,7 @@ IMAGE=$(env_value HOMEWATCH_IMAGE homewatch:local)
 MQTT_PORT_VALUE=$(env_value MQTT_PORT 8883)
 MQTT_BIND_VALUE=$(env_value MQTT_BIND 0.0.0.0)
 BASE_TOPIC=$(env_value HOMEWATCH_BASE home)
-DEMO_DEVICE_NAME=$(env_value DEMO_DEVICE demo-pi)
+DEMO_VALUE=$(env_value DEMO 1)
 
 docker info >/dev/null 2>&1 || {
     echo "homewatch: error: cannot talk to the Docker daemon (is it running? are you in the docker group?)" >&2
