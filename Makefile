@@ -31,11 +31,11 @@ certs: ## make the CA and broker certificate if missing (scripts/gen-certs.sh)
 broker: ## run the broker with a local mosquitto on 127.0.0.1:$(PORT) (no Docker)
 	scripts/local-broker.sh --port $(PORT)
 
-.PHONY: up down logs status add-device remove-device purge doctor offline-images
+.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert
 NAME ?=
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-up: ## make certificates and identities if missing, build, start the stack, wait until healthy
+up: ## build, start the stack (its init service makes certificates/identities if missing), wait until healthy
 	scripts/up.sh
 
 down: ## stop and remove the stack's containers and network (data volumes are kept)
@@ -64,3 +64,8 @@ doctor: ## audit the running stack: certificates, permissions, anonymous, TLS, A
 
 offline-images: ## build the broker and Python base images and a wheelhouse with no registry
 	scripts/offline-images.sh
+
+broker-cert: ## reissue the broker certificate for more names and reload the broker: make broker-cert SAN="homeserver.lan 192.168.1.10"
+	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
+	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
+	$(COMPOSE) kill -s SIGHUP broker

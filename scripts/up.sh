@@ -17,13 +17,19 @@ say "building the app image ($IMAGE)"
 "${COMPOSE[@]}" build --quiet subscriber >/dev/null 2>&1 || "${COMPOSE[@]}" build subscriber
 
 say "starting the stack (project $PROJECT); its init service makes what is missing in certs/"
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+init_log() {  # what the init service said during this `up`
+    local id
+    id=$("${COMPOSE[@]}" ps -a -q init)
+    [[ -n $id ]] && docker logs --since "$started" "$id" 2>&1
+}
 if ! "${COMPOSE[@]}" up -d --remove-orphans; then
-    "${COMPOSE[@]}" logs --no-color init >&2 || true
+    init_log >&2 || true
     say "error: the stack did not start; see the lines above" >&2
     exit 1
 fi
-"${COMPOSE[@]}" logs --no-color init | sed -n 's/^[^|]*| //p' | sed -n -e '/^gen-certs: made/p' \
-    -e '/subjectAltNames/p' -e '/^init: identities/s/^init: /homewatch: /p'
+init_log | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p' \
+    -e '/^init: identities/s/^init: /homewatch: /p'
 
 services=(broker subscriber)
 if [[ $DEMO_VALUE != 0 ]]; then services+=(publisher); fi
