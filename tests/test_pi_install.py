@@ -67,6 +67,14 @@ def sh(command: str, home: Path, **extra: str) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=600)
 
 
+def pi_sysfs(where: Path) -> Path:
+    """A sysfs tree with what every Pi has: the SoC's thermal zone (48.3 degrees)."""
+    zone = where / "sys" / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("48312\n")
+    return where / "sys"
+
+
 def test_readme_try_it_on_the_pi_commands_work(pi: Path, repository: str) -> None:
     """venv + pip install from git, unpack the bundle, write known-devices, run the
     publisher with only --credentials: it reaches the broker, all readings acknowledged."""
@@ -78,7 +86,8 @@ def test_readme_try_it_on_the_pi_commands_work(pi: Path, repository: str) -> Non
     creds = pi / ".config" / "homewatch" / "pi-kitchen"
     assert (creds / "known-devices").read_text().startswith("88:29:9C:00:61:A9")
     assert oct(creds.joinpath("fernet.key").stat().st_mode & 0o777) == "0o600"
-    r = sh(commands[-1] + " --count 2 --interval 0.5 --scanner simulated", pi)
+    r = sh(commands[-1] + f" --count 2 --interval 0.5 --scanner simulated "
+           f"--sysfs {pi_sysfs(pi)}", pi)
     assert r.returncode == 0, r.stderr
     assert "2 reading(s), 5 message(s) sent, 5 acknowledged" in r.stderr, r.stderr
     assert "1 known device(s)" in r.stderr
@@ -130,6 +139,7 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     program = root / exec_start.group(1).lstrip("/")
     r = subprocess.run([str(program), "--credentials", str(credentials), "--count", "2",
                         "--interval", "0.5", "--scanner", "simulated",
+                        "--sysfs", str(pi_sysfs(tmp_path)),
                         "--state-dir", str(tmp_path / "state")],
                        env=clean_env(env), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
