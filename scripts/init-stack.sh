@@ -10,6 +10,7 @@
 #     stays owned by whoever owns certs/ on the host.
 # Runs as root inside the app image, with ./certs mounted at /work/certs.
 set -euo pipefail
+cd "$(dirname "$0")/.."  # /opt/homewatch in the image
 
 certs=${HOMEWATCH_CERTS_DIR:-/work/certs}
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
@@ -23,7 +24,7 @@ chmod 700 "$certs"
 sans=()
 for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
 GEN_CERTS_HOSTNAME=$(hostname -s 2>/dev/null || hostname) \
-    bash /opt/homewatch/scripts/gen-certs.sh --out "$certs" --broker-gid 1883 \
+    bash scripts/gen-certs.sh --out "$certs" --broker-gid 1883 \
     "${sans[@]+"${sans[@]}"}" | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
 
 demo=()
