@@ -23,9 +23,10 @@ chmod 700 "$certs"
 
 sans=()
 for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
-GEN_CERTS_HOSTNAME=$(hostname -s 2>/dev/null || hostname) \
-    bash scripts/gen-certs.sh --out "$certs" --broker-gid 1883 \
-    "${sans[@]+"${sans[@]}"}" | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
+# From certs/'s parent, so that what gen-certs.sh prints reads as on the host (certs/...).
+(cd "$(dirname "$certs")" && GEN_CERTS_HOSTNAME=$(hostname -s 2>/dev/null || hostname) \
+    bash "$OLDPWD/scripts/gen-certs.sh" --out "$(basename "$certs")" --broker-gid 1883 \
+    "${sans[@]+"${sans[@]}"}") | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
 
 demo=()
 if [[ ${DEMO:-1} != 0 ]]; then demo=(--demo-device "${DEMO_DEVICE:-demo-pi}"); fi
