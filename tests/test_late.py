@@ -18,7 +18,7 @@ from homewatch.fernet import KeyRing
 from homewatch.secrets import load_keyring
 from subscriber.app import ReplayState, format_reading
 from tests.helpers import paho_client, stop_client
-from tests.test_faults import Scenario
+from tests.test_faults import Proc, Scenario
 
 NOW = 1_800_000_000
 T = "home/pi-kitchen/temperature"
@@ -117,6 +117,27 @@ def test_output_marks_simulated_and_late_readings() -> None:
     assert format_reading(plain, as_json=False).endswith('"timestamp": 1.0}')
 
 
+SHORT_TTL = ("--ttl", "1", "--clock-skew", "1")
+
+
+def subscriber_away(s: Scenario, seconds: float, *, lose_state: bool = False,
+                    ) -> tuple[Proc, Proc, float]:
+    """A publisher every 0.5 s and a subscriber with a 1 s TTL (+ 1 s skew), killed -9
+    and started again ``seconds`` later (with its replay state deleted, if asked):
+    (subscriber, publisher, when the outage began)."""
+    s.broker.start()
+    sub = s.subscriber(*SHORT_TTL)
+    pub = s.publisher("--interval", "0.5")
+    time.sleep(1.5)
+    sub.stop(signal.SIGKILL)
+    outage_from = time.time()
+    time.sleep(seconds)
+    if lose_state:
+        for f in (s.tmp / "sub-state").iterdir():
+            f.unlink()
+    return s.subscriber(*SHORT_TTL), pub, outage_from
+
+
 @pytest.mark.broker
 def test_subscriber_away_longer_than_the_ttl_shows_every_reading_once_in_order(
         scenario: Scenario, certs: Path) -> None:
@@ -124,15 +145,7 @@ def test_subscriber_away_longer_than_the_ttl_shows_every_reading_once_in_order(
     when it comes back it shows every reading it missed, once, in order, marked late;
     an old token replayed afterwards is rejected."""
     s = scenario
-    s.broker.start()
-    short = ("--ttl", "1", "--clock-skew", "1")
-    sub = s.subscriber(*short)
-    pub = s.publisher("--interval", "0.5")
-    time.sleep(2.0)
-    sub.stop(signal.SIGKILL)
-    outage_from = time.time()
-    time.sleep(8.0)
-    sub = s.subscriber(*short)
+    sub, pub, outage_from = subscriber_away(s, 8.0)
     time.sleep(1.0)
     assert pub.stop() == 0, "\n".join(pub.err[-20:])
     s.settle(s.stored())
@@ -164,17 +177,7 @@ def test_a_subscriber_with_a_fresh_state_refuses_the_late_readings(scenario: Sce
     """Its replay state lost (a fresh volume), the subscriber cannot tell late readings
     from replays of what it showed before: it refuses them (counted, logged), then shows
     fresh ones."""
-    s = scenario
-    s.broker.start()
-    short = ("--ttl", "1", "--clock-skew", "1")
-    sub = s.subscriber(*short)
-    pub = s.publisher("--interval", "0.5")
-    time.sleep(1.5)
-    sub.stop(signal.SIGKILL)
-    time.sleep(5.0)
-    for f in (s.tmp / "sub-state").iterdir():
-        f.unlink()
-    sub = s.subscriber(*short)
+    sub, pub, _ = subscriber_away(scenario, 5.0, lose_state=True)
     sub.wait_err("rejected message on home/pi-kitchen/temperature: expired")
     before = len(sub.out)
     deadline = time.monotonic() + 20
