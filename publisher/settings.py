@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import MultiFernet
 
@@ -108,6 +109,22 @@ def parser() -> argparse.ArgumentParser:
     return config.program_parser("publisher", DESCRIPTION, OPTIONS)
 
 
+def _scan_duration(v: Mapping[str, Any], args: argparse.Namespace,
+                   environ: Mapping[str, str]) -> float:
+    """One scan window: at most the interval (as long as it: continuous scanning). The
+    default shrinks to a shorter interval; a longer window asked for is refused."""
+    duration: float = v["scan-duration"]
+    interval: float = v["interval"]
+    asked = getattr(args, "scan-duration", None) is not None or \
+        "HOMEWATCH_SCAN_DURATION" in environ
+    if not asked:
+        return min(duration, interval)
+    if duration > interval and v["scanner"] != "simulated":
+        raise ConfigError(f"--scan-duration ({duration:g} s) must not be longer than "
+                          f"--interval ({interval:g} s); as long as it scans continuously")
+    return duration
+
+
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSettings:
     args = parser().parse_args(argv)
     v = config.resolve(OPTIONS, args, environ)
@@ -127,8 +144,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         raise ConfigError("--count: must be 0 or more")
     if v["outbox-limit"] < 1:
         raise ConfigError("--outbox-limit: must be at least 1")
-    if v["scan-duration"] >= v["interval"] and v["scanner"] != "simulated":
-        raise ConfigError("--scan-duration must be shorter than --interval")
+    scan_duration = _scan_duration(v, args, environ)
     client_dir = creds if creds is not None else Path("certs/clients") / device
     ca = v["ca"] or (creds / "ca.crt" if creds is not None else Path("certs/ca.crt"))
     password_file = v["password-file"] or client_dir / "password"
@@ -162,7 +178,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         known_devices=v["known-devices"] or (
             creds / "known-devices" if creds is not None
             and (creds / "known-devices").is_file() else None),
-        scan_duration=v["scan-duration"],
+        scan_duration=scan_duration,
         scan_mode=v["scan-mode"],
         adapter=v["adapter"],
         hash_strangers=v["hash-strangers"],
