@@ -269,7 +269,7 @@ def test_doctor_passes_on_the_fresh_stack(running: Stack) -> None:
     reloading the broker through the Docker SDK for its isolation probe."""
     r = running.make("doctor", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "8 passed, 0 failed" in r.stdout
+    assert "9 passed, 0 failed" in r.stdout
     assert "doctor-" not in (running.certs / "broker" / "passwd").read_text()
 
 
