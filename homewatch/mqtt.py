@@ -189,7 +189,64 @@ def make_client(settings: ConnectionSettings, *, will: Will | None = None,
     return client
 
 
-def describe_tls_error(exc: ssl.SSLError, host: str) -> str:
+# TLS alerts a broker sends when it refuses the client certificate (mutual TLS), and why.
+_REFUSED_CERT = (
+    ("CERTIFICATE_REVOKED", "it is revoked (the device was removed); provision it again "
+     "(make add-device) and install the new bundle"),
+    ("UNKNOWN_CA", "it is not from this server's project CA (a bundle from another server, "
+     "or made before the CA was); install a bundle made by this server (make add-device)"),
+    ("CERTIFICATE_EXPIRED", "it has expired; reissue it (homewatch device add NAME --force) "
+     "and install the new bundle"),
+    ("BAD_CERTIFICATE", "it is revoked, expired or not from the project CA"),
+    ("CERTIFICATE_UNKNOWN", "it is revoked, expired or not from the project CA"),
+)
+_NO_CERT = ("the broker requires a client certificate (mutual TLS) and none was given: put "
+            "the bundle's client.crt and client.key in the identity directory, or give "
+            "--client-cert and --client-key")
+
+
+def certificate_refusal(exc: ssl.SSLError, settings: ConnectionSettings) -> str | None:
+    """What a TLS alert says about our client certificate, or None if it is not about it."""
+    reason = str(exc.reason or exc).upper()
+    if settings.client_cert is None:
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+            return _NO_CERT
+        return None
+    for alert, why in _REFUSED_CERT:
+        if alert in reason:
+            return (f"the broker refused the client certificate {settings.client_cert} "
+                    f"of {settings.username!r}: {why}")
+    return None
+
+
+def probe_certificate_refusal(settings: ConnectionSettings) -> str | None:
+    """Why the broker closes our connections before any CONNACK, if it is our client
+    certificate. Under TLS 1.3 a broker refuses a client certificate after the handshake,
+    in an alert that paho does not report: a bare TLS connection reads it."""
+    host, port = settings.url.host, settings.url.port
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                tls_context(settings).wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(2)
+            data = tls.recv(1)
+    except ssl.SSLError as exc:
+        return certificate_refusal(exc, settings)
+    except TimeoutError:
+        return None  # it waits for our CONNECT: the certificate was accepted
+    except OSError:
+        data = b""  # reset right after the handshake
+    if not data and settings.client_cert is not None:
+        return (f"the broker closed the connection right after the TLS handshake: it "
+                f"refused the client certificate {settings.client_cert} of "
+                f"{settings.username!r} (revoked, expired, or not from the project CA)")
+    return None
+
+
+def describe_tls_error(exc: ssl.SSLError, host: str,
+                       settings: ConnectionSettings | None = None) -> str:
+    refused = certificate_refusal(exc, settings) if settings is not None else None
+    if refused is not None:
+        return refused
     if isinstance(exc, ssl.SSLCertVerificationError):
         msg = exc.verify_message or str(exc)
         if "Hostname mismatch" in msg or "IP address mismatch" in msg:
@@ -234,6 +291,7 @@ class Connection:
         self.client.on_publish = self._handle_publish
         self.client.on_read_batch = on_read_batch
         self._connack = threading.Event()
+        self._closed_before_connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -260,6 +318,8 @@ class Connection:
                            rc: ReasonCode, properties: object) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if not self._connack.is_set():
+            self._closed_before_connack.set()
         if was and rc.is_failure:
             log.warning("lost connection to %s (%s)", self.settings.url, rc)
 
@@ -297,10 +357,11 @@ class Connection:
         while not stop.is_set():
             attempt += 1
             self._connack.clear()
+            self._closed_before_connack.clear()
             try:
                 self.client.connect(s.url.host, s.url.port, keepalive=s.keepalive)
             except ssl.SSLError as exc:
-                raise TLSError(describe_tls_error(exc, s.url.host)) from None
+                raise TLSError(describe_tls_error(exc, s.url.host, s)) from None
             except (OSError, socket.gaierror) as exc:
                 reason = exc.strerror or str(exc)
                 wait = min(delay, s.reconnect_max) * random.uniform(0.5, 1.0)  # noqa: S311
@@ -311,7 +372,7 @@ class Connection:
                 delay = min(delay * 2, s.reconnect_max)
                 continue
             self.client.loop_start()
-            if not self._connack.wait(connack_timeout):
+            if not self._await_connack(connack_timeout):
                 self.client.loop_stop()
                 self.client.disconnect()
                 raise ConnectError(
@@ -327,6 +388,23 @@ class Connection:
                     "password file)")
             log.info("connected to %s as %s", s.url, s.username)
             return
+
+    def _await_connack(self, timeout: float) -> bool:
+        """Wait for the CONNACK. A connection closed before it is looked into at once: a
+        refused client certificate is a TLSError (retrying cannot fix it)."""
+        deadline = time.monotonic() + timeout
+        probed = not self.settings.url.tls
+        while not self._connack.wait(0.05):
+            if not probed and self._closed_before_connack.is_set():
+                probed = True
+                refused = probe_certificate_refusal(self.settings)
+                if refused is not None:
+                    self.client.loop_stop()
+                    self.client.disconnect()
+                    raise TLSError(refused)
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                 retain: bool = False) -> mqtt.MQTTMessageInfo:

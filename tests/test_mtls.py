@@ -5,6 +5,7 @@ so the same ACL holds. Revocation takes effect on a broker reload, without a res
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -146,6 +147,39 @@ def test_revoked_device_is_refused_after_a_reload_without_restart(mbroker: Broke
     stop_client(client)
     assert rc is None
     assert mbroker.proc is not None and mbroker.proc.pid == pid
+
+
+@pytest.mark.parametrize(("case", "told"), [
+    ("revoked", "it is revoked (the device was removed)"),
+    ("foreign", "it is not from this server's project CA"),
+])
+def test_refused_client_certificate_is_named_as_the_reason(mbroker: Broker, mcerts: Path,
+                                                           tmp_path: Path, case: str,
+                                                           told: str) -> None:
+    """A publisher whose certificate the broker refuses (revoked by `device remove`, or
+    from another CA) exits 1 with one line saying so, not "is it an MQTT broker?"."""
+    name = f"pi-{case}"
+    homewatch_cli(mcerts, "device", "add", name)
+    creds = tmp_path / name
+    shutil.copytree(mcerts / "clients" / name, creds)
+    shutil.copy(mcerts / "ca.crt", creds / "ca.crt")
+    if case == "revoked":
+        homewatch_cli(mcerts, "device", "remove", name, "--force")
+        mbroker.reload()
+    else:
+        gen_certs(tmp_path / "other")
+        other = pki.load_ca(tmp_path / "other" / "ca.crt", tmp_path / "other" / "ca.key")
+        pki.issue_client_cert(other, name, creds / "client.crt", creds / "client.key")
+    r = subprocess.run(
+        python_m("publisher", mbroker.url("localhost"), "--credentials", str(creds),
+                 "--scanner", "simulated", "--temperature", "simulated", "--interval", "1",
+                 "--state-dir", str(tmp_path / "p")),
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("publisher: error: the broker refused the client certificate"), last
+    assert f"of {name!r}: {told}" in last
+    assert "MQTT broker" not in r.stderr and "Traceback" not in r.stderr
 
 
 def test_programs_run_end_to_end_in_mtls_mode(mbroker: Broker, mcerts: Path,
