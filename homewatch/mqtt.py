@@ -31,6 +31,11 @@ _STOPPED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DIS
 
 MessageHandler = Callable[[str, bytes, int, int], None]  # topic, payload, mid, qos
 
+# A connection the broker closes this soon after accepting it, twice in a row, is taken
+# over: another client connects with the same client id, and the broker (MQTT 3.1.1: no
+# reason given) closes the older connection each time.
+TAKEN_OVER_WITHIN = 5.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class Will:
@@ -296,6 +301,9 @@ class Connection:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._was_connected = False
+        self._connected_at = 0.0
+        self._quick_drops = 0
+        self.taken_over = False  # backing off from another client with our client id
 
     # -- paho callbacks (network thread): record and return --------------------------
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
@@ -308,6 +316,7 @@ class Connection:
         if self._was_connected:
             log.info("reconnected to %s", self.settings.url)
         self._was_connected = True
+        self._connected_at = time.monotonic()
         self.connected.set()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
@@ -321,7 +330,31 @@ class Connection:
         if not self._connack.is_set():
             self._closed_before_connack.set()
         if was and rc.is_failure:
-            log.warning("lost connection to %s (%s)", self.settings.url, rc)
+            self._note_drop(time.monotonic() - self._connected_at)
+            log.warning("lost connection to %s (%s)", self.settings.url,
+                        "the session was taken over by another client with our client id"
+                        if self.taken_over else rc)
+
+    def _note_drop(self, lasted: float) -> None:
+        """Tell a session take-over from a lost connection, and back off from it: two
+        clients with one client id would otherwise take the session from each other in
+        a tight loop."""
+        s = self.settings
+        if lasted < TAKEN_OVER_WITHIN:
+            self._quick_drops += 1
+        elif not self.taken_over or lasted > 2 * s.reconnect_max:
+            self._quick_drops = 0
+            if self.taken_over:
+                self.taken_over = False
+                self.client.reconnect_delay_set(int(s.reconnect_min), int(s.reconnect_max))
+        if self._quick_drops >= 2 and not self.taken_over:
+            self.taken_over = True
+            self.client.reconnect_delay_set(int(s.reconnect_max), int(s.reconnect_max))
+            log.error("another client with the same client id %r took over the session: the "
+                      "broker closed our connection right after accepting it %d times in a "
+                      "row. Give each running program its own id (subscriber: --client-id; "
+                      "publisher: its own device). Reconnecting only every %.0f s meanwhile",
+                      s.client_id, self._quick_drops, s.reconnect_max)
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                           rcs: list[ReasonCode], properties: object) -> None:
