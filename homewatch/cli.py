@@ -150,8 +150,24 @@ def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
         bundle = provision.make_bundle(layout, made.name, url=a.url,
                                        out_dir=a.bundle)
         out.append(f"  bundle:   {bundle}  (copy it to the Pi; it holds secrets)")
+        _warn_unnamed_host(layout, parse_broker_url(a.url).host)
     out.append(_reload() if a.reload else "reload the broker (SIGHUP) to apply")
     return out
+
+
+def _warn_unnamed_host(layout: provision.Layout, host: str) -> None:
+    """Warn when the broker certificate does not name the host a bundle's URL uses: the
+    Pi would refuse the broker (host name verification)."""
+    cert_file = layout.broker_dir / "server.crt"
+    if not cert_file.is_file():
+        return
+    cert = pki.load_cert(cert_file)
+    if not pki.names_host(cert, host):
+        sys.stderr.write(
+            f"homewatch: warning: the broker certificate {cert_file} does not name {host!r} "
+            f"(it names {', '.join(pki.subject_alt_names(cert))}): the Pi will refuse the "
+            f"broker. Fix: scripts/admin.sh gen-certs --renew-server --san {host}, then "
+            "restart the broker; or use a URL with a name it lists\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                out_dir=args.bundle)
                 lines.append(f"  bundle: {bundle}  (copy fernet.key to the Pi; the publisher "
                              "picks it up without a restart)")
+                _warn_unnamed_host(layout, parse_broker_url(args.url).host)
         elif args.action == "remove":
             if not args.force:
                 sys.stderr.write(f"homewatch: error: removing {args.name!r} deletes its "

@@ -9,6 +9,7 @@ the broker checks (``crlfile``; re-read on SIGHUP).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,40 @@ def load_ca(ca_crt: Path, ca_key: Path) -> CA:
 
 def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def subject_alt_names(cert: x509.Certificate) -> list[str]:
+    """The certificate's DNS names and IP addresses, as text."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether a client connecting to ``host`` finds it in the certificate (TLS clients
+    match the subjectAltNames only: a DNS name exactly, an IP address as an IP entry)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower().rstrip(".") in (n.lower() for n in
+                                             cert_dns_names(cert))
+    return any(ipaddress.ip_address(n) == ip for n in subject_alt_names(cert)
+               if _is_ip(n))
+
+
+def cert_dns_names(cert: x509.Certificate) -> list[str]:
+    return [n for n in subject_alt_names(cert) if not _is_ip(n)]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def issue_client_cert(ca: CA, name: str, cert_path: Path, key_path: Path, *,
