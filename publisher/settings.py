@@ -54,7 +54,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("known-devices", "file mapping MAC addresses (or irk:KEY) to names (default: "
            "known-devices in --credentials, when there)", convert=config.path,
            metavar="FILE"),
-    Option("scan-duration", "seconds of each BLE scan window", default=5.0,
+    Option("scan-duration", "seconds of each BLE scan window, at most --interval (as long "
+           "as it: continuous scanning)", default=5.0,
            convert=config.positive_float, metavar="SECONDS"),
     Option("scan-mode", "active (asks devices for a scan response) or passive (only "
            "listens; needs BlueZ 5.56+ with --experimental)", default="active",
