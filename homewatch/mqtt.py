@@ -31,9 +31,10 @@ _STOPPED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DIS
 
 MessageHandler = Callable[[str, bytes, int, int], None]  # topic, payload, mid, qos
 
-# A connection the broker closes this soon after accepting it, twice in a row, is taken
-# over: another client connects with the same client id, and the broker (MQTT 3.1.1: no
-# reason given) closes the older connection each time.
+# A connection the broker closes this soon after accepting it, twice in a row, each time
+# reconnecting at the first attempt (so the broker did not go away), is taken over:
+# another client connects with the same client id, and the broker (MQTT 3.1.1: no reason
+# given) closes the older connection each time.
 TAKEN_OVER_WITHIN = 5.0
 
 
@@ -294,6 +295,7 @@ class Connection:
         self.client.on_message = self._handle_message
         self.client.on_subscribe = self._handle_subscribe
         self.client.on_publish = self._handle_publish
+        self.client.on_connect_fail = self._handle_connect_fail
         self.client.on_read_batch = on_read_batch
         self._connack = threading.Event()
         self._closed_before_connack = threading.Event()
@@ -303,6 +305,8 @@ class Connection:
         self._was_connected = False
         self._connected_at = 0.0
         self._quick_drops = 0
+        self._reconnect_failed = False  # since the last drop
+        self._broker_stayed = True  # the current connection came at the first attempt
         self.taken_over = False  # backing off from another client with our client id
 
     # -- paho callbacks (network thread): record and return --------------------------
@@ -317,6 +321,7 @@ class Connection:
             log.info("reconnected to %s", self.settings.url)
         self._was_connected = True
         self._connected_at = time.monotonic()
+        self._broker_stayed = not self._reconnect_failed
         self.connected.set()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
@@ -330,6 +335,7 @@ class Connection:
         if not self._connack.is_set():
             self._closed_before_connack.set()
         if was and rc.is_failure:
+            self._reconnect_failed = False
             self._note_drop(time.monotonic() - self._connected_at)
             log.warning("lost connection to %s (%s)", self.settings.url,
                         "the session was taken over by another client with our client id"
@@ -340,7 +346,7 @@ class Connection:
         clients with one client id would otherwise take the session from each other in
         a tight loop."""
         s = self.settings
-        if lasted < TAKEN_OVER_WITHIN:
+        if lasted < TAKEN_OVER_WITHIN and self._broker_stayed:
             self._quick_drops += 1
         elif not self.taken_over or lasted > 2 * s.reconnect_max:
             self._quick_drops = 0
@@ -355,6 +361,9 @@ class Connection:
                       "row. Give each running program its own id (subscriber: --client-id; "
                       "publisher: its own device). Reconnecting only every %.0f s meanwhile",
                       s.client_id, self._quick_drops, s.reconnect_max)
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self._reconnect_failed = True  # e.g. the broker restarting: not a take-over
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                           rcs: list[ReasonCode], properties: object) -> None:
