@@ -308,6 +308,8 @@ class Connection:
         self._reconnect_failed = False  # since the last drop
         self._broker_stayed = True  # the current connection came at the first attempt
         self.taken_over = False  # backing off from another client with our client id
+        self._probing = threading.Lock()
+        self._refusal: str | None = None  # why the broker refuses our certificate, if it does
 
     # -- paho callbacks (network thread): record and return --------------------------
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
@@ -322,6 +324,7 @@ class Connection:
         self._was_connected = True
         self._connected_at = time.monotonic()
         self._broker_stayed = not self._reconnect_failed
+        self._refusal = None
         self.connected.set()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
@@ -334,6 +337,8 @@ class Connection:
         self.connected.clear()
         if not self._connack.is_set():
             self._closed_before_connack.set()
+        elif not was and self.settings.url.tls:
+            self._look_into_refusal()  # a reconnection closed before its CONNACK
         if was and rc.is_failure:
             self._reconnect_failed = False
             self._note_drop(time.monotonic() - self._connected_at)
@@ -361,6 +366,25 @@ class Connection:
                       "row. Give each running program its own id (subscriber: --client-id; "
                       "publisher: its own device). Reconnecting only every %.0f s meanwhile",
                       s.client_id, self._quick_drops, s.reconnect_max)
+
+    def _look_into_refusal(self) -> None:
+        """Find out, off paho's thread, whether the broker now refuses our client
+        certificate (e.g. revoked while we were connected), and say so once."""
+        if not self._probing.acquire(blocking=False):
+            return
+
+        def probe() -> None:
+            try:
+                why = probe_certificate_refusal(self.settings)
+                if why is not None and why != self._refusal:
+                    log.error("%s; still retrying", why)
+                self._refusal = why
+            except Exception as exc:  # logged: this thread must not die unobserved
+                log.warning("could not look into the refused reconnection: %s", exc)
+            finally:
+                self._probing.release()
+
+        threading.Thread(target=probe, name="homewatch-tls-probe", daemon=True).start()
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         self._reconnect_failed = True  # e.g. the broker restarting: not a take-over
