@@ -27,7 +27,12 @@ lan_address() {
 if [[ -n ${2:-} ]]; then
     url=$2
 else
-    url=mqtts://$(lan_address):$MQTT_PORT_VALUE/$BASE_TOPIC
+    case $MQTT_BIND_VALUE in
+        0.0.0.0|::|''|127.*|::1|localhost) host=$(lan_address) ;;
+        *:*) host="[$MQTT_BIND_VALUE]" ;;  # the one address the broker listens on
+        *) host=$MQTT_BIND_VALUE ;;
+    esac
+    url=mqtts://$host:$MQTT_PORT_VALUE/$BASE_TOPIC
     echo "add-device: the bundle's broker URL is $url (this server's LAN address); for another, give URL=mqtts://HOST:PORT/BASE"
 fi
 case $MQTT_BIND_VALUE in
