@@ -16,7 +16,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from homewatch import pki, provision
@@ -73,8 +73,9 @@ def _parser() -> OneLineParser:
                       help="group of the app containers' user (10001 in the image)")
     init.add_argument("--demo-device", metavar="NAME", help="also make this demo device")
 
-    doctor = sub.add_parser("doctor", help="audit a running deployment; exit 1 on any "
-                            "failure")
+    doctor = sub.add_parser("doctor", help="audit a running deployment; exit 0 when every "
+                            "check passed, 1 when one failed, 3 when none failed but some "
+                            "could not be checked")
     doctor.add_argument("url", nargs="?", default=None,
                         help="broker URL as clients use it (default mqtts://localhost:"
                         "$MQTT_PORT/BASE)")
@@ -98,26 +99,39 @@ def _reload() -> str:
     return f"reloaded the broker ({reload_broker(project)})"
 
 
+def _broker_reloader(pid: int | None) -> tuple[Callable[[], None] | None, str]:
+    """How the doctor reloads the broker: SIGHUP to ``pid``, else to the Compose stack's
+    broker through the Docker SDK; or None and why neither is possible."""
+    from homewatch.dockerctl import default_project, find_service, reload_broker
+
+    if pid is not None:
+        return (lambda: os.kill(pid, signal.SIGHUP)), ""
+    project = default_project()
+    try:
+        found = find_service(project, "broker")
+    except HomewatchError as exc:
+        return None, str(exc)
+    if not found:
+        return None, (f"no running broker container in Compose project {project!r}; "
+                      "set COMPOSE_PROJECT_NAME if you named it")
+
+    def reload() -> None:
+        reload_broker(project)
+
+    return reload, ""
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from homewatch import doctor
-    from homewatch.dockerctl import default_project, reload_broker
 
     port = os.environ.get("MQTT_PORT", "8883")
     url = parse_broker_url(args.url or f"mqtts://localhost:{port}/{args.base}")
     config = args.config or Path("broker") / os.environ.get("BROKER_CONF", "mosquitto.conf")
-    pid: int | None = args.broker_pid
-    project = default_project()
-
-    def reload() -> None:
-        if pid is not None:
-            os.kill(pid, signal.SIGHUP)
-        else:
-            reload_broker(project)
-
+    reload, why = _broker_reloader(args.broker_pid)
     checks = doctor.run_all(doctor.Target(url=url, certs=args.certs, config=config,
-                                          reload=reload))
+                                          reload=reload, no_reload=why))
     sys.stdout.write(doctor.render(checks) + "\n")
-    return 0 if all(c.ok for c in checks) else 1
+    return doctor.exit_code(checks)
 
 
 def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
@@ -136,8 +150,24 @@ def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
         bundle = provision.make_bundle(layout, made.name, url=a.url,
                                        out_dir=a.bundle)
         out.append(f"  bundle:   {bundle}  (copy it to the Pi; it holds secrets)")
+        _warn_unnamed_host(layout, parse_broker_url(a.url).host)
     out.append(_reload() if a.reload else "reload the broker (SIGHUP) to apply")
     return out
+
+
+def _warn_unnamed_host(layout: provision.Layout, host: str) -> None:
+    """Warn when the broker certificate does not name the host a bundle's URL uses: the
+    Pi would refuse the broker (host name verification)."""
+    cert_file = layout.broker_dir / "server.crt"
+    if not cert_file.is_file():
+        return
+    cert = pki.load_cert(cert_file)
+    if not pki.names_host(cert, host):
+        sys.stderr.write(
+            f"homewatch: warning: the broker certificate {cert_file} does not name {host!r} "
+            f"(it names {', '.join(pki.subject_alt_names(cert))}): the Pi will refuse the "
+            f"broker. Fix: scripts/admin.sh gen-certs --renew-server --san {host}, then "
+            "restart the broker; or use a URL with a name it lists\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                out_dir=args.bundle)
                 lines.append(f"  bundle: {bundle}  (copy fernet.key to the Pi; the publisher "
                              "picks it up without a restart)")
+                _warn_unnamed_host(layout, parse_broker_url(args.url).host)
         elif args.action == "remove":
             if not args.force:
                 sys.stderr.write(f"homewatch: error: removing {args.name!r} deletes its "

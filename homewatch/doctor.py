@@ -1,9 +1,11 @@
 """``homewatch doctor``: audit a running deployment and say how to fix what is wrong.
 
-Every check returns PASS or FAIL with a detail and, for a failure, the fix. The live
-checks talk to the broker the way an attacker and a client would: without credentials,
-in plain text, with an old TLS version, and with two throwaway device identities that
-try to cross into each other's topics (made and removed by the doctor itself).
+Every check returns PASS or FAIL with a detail and, for a failure, the fix, or SKIP when
+it could not be checked (and why). The live checks talk to the broker the way an attacker
+and a client would: without credentials, in plain text, with an old TLS version, and with
+two throwaway device identities that try to cross into each other's topics (made and
+removed by the doctor itself). They run only when the broker's port answers; otherwise
+the one verdict is "broker reachable: FAIL" and they are reported as not checked.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    skipped: bool = False  # not checked: ``detail`` says why
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.skipped
+
+
+def not_checked(name: str, why: str, fix: str = "") -> Check:
+    return Check(name, False, f"not checked: {why}", fix, skipped=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,31 +60,61 @@ class Target:
     certs: Path
     config: Path
     reload: Callable[[], None] | None
+    no_reload: str = ""  # why ``reload`` is None
+
+
+# Exit codes of ``homewatch doctor``
+EXIT_PASSED, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 every check passed; 1 one failed; 3 none failed but some were not checked."""
+    if any(c.failed for c in checks):
+        return EXIT_FAILED
+    return EXIT_INCOMPLETE if any(c.skipped for c in checks) else EXIT_PASSED
 
 
 def render(checks: list[Check]) -> str:
     lines = []
     for c in checks:
-        lines.append(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<22} {c.detail}")
+        verdict = "PASS" if c.ok else "SKIP" if c.skipped else "FAIL"
+        lines.append(f"{verdict}  {c.name:<22} {c.detail}")
         if not c.ok and c.fix:
             lines.append(f"{'':<6}{'fix:':<23}{c.fix}")
-    failed = sum(not c.ok for c in checks)
-    lines.append(f"{len(checks) - failed} passed, {failed} failed")
+    failed = sum(c.failed for c in checks)
+    skipped = sum(c.skipped for c in checks)
+    summary = f"{sum(c.ok for c in checks)} passed, {failed} failed"
+    lines.append(summary + (f", {skipped} not checked" if skipped else ""))
     return "\n".join(lines)
 
 
 CHECKS: tuple[tuple[str, Callable[[Target], Check]], ...] = ()  # filled below
+REACHABLE = "broker reachable"
+# Checks whose verdict depends on talking to the broker.
+LIVE = frozenset({"broker certificate", "anonymous refused", "no plaintext listener",
+                  "TLS version floor", "device isolation"})
 
 
 def run_all(t: Target) -> list[Check]:
-    """Run every check; one that cannot even run is a failure, never a crash."""
+    """Run every check. One that cannot run is reported as not checked, with the reason,
+    never a crash; the live checks are not run when the broker is not reachable."""
     results = []
+    reachable = True
     for name, check in CHECKS:
+        if name in LIVE and not reachable:
+            results.append(not_checked(name, f"the broker is not reachable at "
+                                       f"{t.url.host}:{t.url.port}"))
+            continue
         try:
-            results.append(check(t))
+            result = check(t)
         except (OSError, ValueError, HomewatchError) as exc:
-            results.append(Check(name, False, f"could not check: {exc}",
-                                 "see the other failures; is the broker reachable?"))
+            result = not_checked(name, str(exc) or type(exc).__name__)
+        except Exception as exc:  # a bug in one check must not hide the other results
+            result = not_checked(name, f"{type(exc).__name__}: {exc}",
+                                 "this is a bug in the doctor; please report it")
+        results.append(result)
+        if name == REACHABLE:
+            reachable = result.ok
     return results
 
 
@@ -164,6 +205,19 @@ def check_permissions(t: Target) -> Check:
 
 
 # -- live probes ---------------------------------------------------------------------
+def check_reachable(t: Target) -> Check:
+    host, port = t.url.host, t.url.port
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except OSError as exc:
+        return Check(REACHABLE, False, f"nothing answers at {host}:{port} "
+                     f"({exc.strerror or exc}); the checks that need it are not run",
+                     "start the broker: `make up` (or `docker compose up -d`); if it runs, "
+                     "check the URL and MQTT_PORT")
+    return Check(REACHABLE, True, f"{host}:{port} accepts connections")
+
+
 def _connack(t: Target, *, username: str | None, password: str | None, tls: bool = True,
              cert: tuple[Path, Path] | None = None, port: int | None = None,
              client_id: str = "") -> ReasonCode | None:
@@ -279,8 +333,10 @@ def check_limits(t: Target) -> Check:
 def check_isolation(t: Target) -> Check:
     name = "device isolation"
     if t.reload is None:
-        return Check(name, False, "cannot reload the broker to add probe identities",
-                     "run on the Compose host, or give --broker-pid")
+        return not_checked(name, "cannot reload the broker to add probe identities ("
+                           f"{t.no_reload or 'no way to reach it'})",
+                           "run it on the Compose host (make doctor), or give --broker-pid "
+                           "PID for a local mosquitto")
     layout = provision.Layout(t.certs)
     tag = secrets.token_hex(3)
     a, b = f"doctor-{tag}-a", f"doctor-{tag}-b"
@@ -366,6 +422,7 @@ def _probe(t: Target, layout: provision.Layout, a: str, b: str) -> Check:
 
 CHECKS = (
     ("CA certificate", check_ca),
+    (REACHABLE, check_reachable),
     ("broker certificate", check_broker_certificate),
     ("file permissions", check_permissions),
     ("anonymous refused", check_anonymous),

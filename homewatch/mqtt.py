@@ -31,6 +31,12 @@ _STOPPED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DIS
 
 MessageHandler = Callable[[str, bytes, int, int], None]  # topic, payload, mid, qos
 
+# A connection the broker closes this soon after accepting it, twice in a row, each time
+# reconnecting at the first attempt (so the broker did not go away), is taken over:
+# another client connects with the same client id, and the broker (MQTT 3.1.1: no reason
+# given) closes the older connection each time.
+TAKEN_OVER_WITHIN = 5.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class Will:
@@ -189,7 +195,64 @@ def make_client(settings: ConnectionSettings, *, will: Will | None = None,
     return client
 
 
-def describe_tls_error(exc: ssl.SSLError, host: str) -> str:
+# TLS alerts a broker sends when it refuses the client certificate (mutual TLS), and why.
+_REFUSED_CERT = (
+    ("CERTIFICATE_REVOKED", "it is revoked (the device was removed); provision it again "
+     "(make add-device) and install the new bundle"),
+    ("UNKNOWN_CA", "it is not from this server's project CA (a bundle from another server, "
+     "or made before the CA was); install a bundle made by this server (make add-device)"),
+    ("CERTIFICATE_EXPIRED", "it has expired; reissue it (homewatch device add NAME --force) "
+     "and install the new bundle"),
+    ("BAD_CERTIFICATE", "it is revoked, expired or not from the project CA"),
+    ("CERTIFICATE_UNKNOWN", "it is revoked, expired or not from the project CA"),
+)
+_NO_CERT = ("the broker requires a client certificate (mutual TLS) and none was given: put "
+            "the bundle's client.crt and client.key in the identity directory, or give "
+            "--client-cert and --client-key")
+
+
+def certificate_refusal(exc: ssl.SSLError, settings: ConnectionSettings) -> str | None:
+    """What a TLS alert says about our client certificate, or None if it is not about it."""
+    reason = str(exc.reason or exc).upper()
+    if settings.client_cert is None:
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+            return _NO_CERT
+        return None
+    for alert, why in _REFUSED_CERT:
+        if alert in reason:
+            return (f"the broker refused the client certificate {settings.client_cert} "
+                    f"of {settings.username!r}: {why}")
+    return None
+
+
+def probe_certificate_refusal(settings: ConnectionSettings) -> str | None:
+    """Why the broker closes our connections before any CONNACK, if it is our client
+    certificate. Under TLS 1.3 a broker refuses a client certificate after the handshake,
+    in an alert that paho does not report: a bare TLS connection reads it."""
+    host, port = settings.url.host, settings.url.port
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                tls_context(settings).wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(2)
+            data = tls.recv(1)
+    except ssl.SSLError as exc:
+        return certificate_refusal(exc, settings)
+    except TimeoutError:
+        return None  # it waits for our CONNECT: the certificate was accepted
+    except OSError:
+        data = b""  # reset right after the handshake
+    if not data and settings.client_cert is not None:
+        return (f"the broker closed the connection right after the TLS handshake: it "
+                f"refused the client certificate {settings.client_cert} of "
+                f"{settings.username!r} (revoked, expired, or not from the project CA)")
+    return None
+
+
+def describe_tls_error(exc: ssl.SSLError, host: str,
+                       settings: ConnectionSettings | None = None) -> str:
+    refused = certificate_refusal(exc, settings) if settings is not None else None
+    if refused is not None:
+        return refused
     if isinstance(exc, ssl.SSLCertVerificationError):
         msg = exc.verify_message or str(exc)
         if "Hostname mismatch" in msg or "IP address mismatch" in msg:
@@ -232,12 +295,21 @@ class Connection:
         self.client.on_message = self._handle_message
         self.client.on_subscribe = self._handle_subscribe
         self.client.on_publish = self._handle_publish
+        self.client.on_connect_fail = self._handle_connect_fail
         self.client.on_read_batch = on_read_batch
         self._connack = threading.Event()
+        self._closed_before_connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._was_connected = False
+        self._connected_at = 0.0
+        self._quick_drops = 0
+        self._reconnect_failed = False  # since the last drop
+        self._broker_stayed = True  # the current connection came at the first attempt
+        self.taken_over = False  # backing off from another client with our client id
+        self._probing = threading.Lock()
+        self._refusal: str | None = None  # why the broker refuses our certificate, if it does
 
     # -- paho callbacks (network thread): record and return --------------------------
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
@@ -250,6 +322,9 @@ class Connection:
         if self._was_connected:
             log.info("reconnected to %s", self.settings.url)
         self._was_connected = True
+        self._connected_at = time.monotonic()
+        self._broker_stayed = not self._reconnect_failed
+        self._refusal = None
         self.connected.set()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
@@ -260,8 +335,59 @@ class Connection:
                            rc: ReasonCode, properties: object) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if not self._connack.is_set():
+            self._closed_before_connack.set()
+        elif not was and self.settings.url.tls:
+            self._look_into_refusal()  # a reconnection closed before its CONNACK
         if was and rc.is_failure:
-            log.warning("lost connection to %s (%s)", self.settings.url, rc)
+            self._reconnect_failed = False
+            self._note_drop(time.monotonic() - self._connected_at)
+            log.warning("lost connection to %s (%s)", self.settings.url,
+                        "the session was taken over by another client with our client id"
+                        if self.taken_over else rc)
+
+    def _note_drop(self, lasted: float) -> None:
+        """Tell a session take-over from a lost connection, and back off from it: two
+        clients with one client id would otherwise take the session from each other in
+        a tight loop."""
+        s = self.settings
+        if lasted < TAKEN_OVER_WITHIN and self._broker_stayed:
+            self._quick_drops += 1
+        elif not self.taken_over or lasted > 2 * s.reconnect_max:
+            self._quick_drops = 0
+            if self.taken_over:
+                self.taken_over = False
+                self.client.reconnect_delay_set(int(s.reconnect_min), int(s.reconnect_max))
+        if self._quick_drops >= 2 and not self.taken_over:
+            self.taken_over = True
+            self.client.reconnect_delay_set(int(s.reconnect_max), int(s.reconnect_max))
+            log.error("another client with the same client id %r took over the session: the "
+                      "broker closed our connection right after accepting it %d times in a "
+                      "row. Give each running program its own id (subscriber: --client-id; "
+                      "publisher: its own device). Reconnecting only every %.0f s meanwhile",
+                      s.client_id, self._quick_drops, s.reconnect_max)
+
+    def _look_into_refusal(self) -> None:
+        """Find out, off paho's thread, whether the broker now refuses our client
+        certificate (e.g. revoked while we were connected), and say so once."""
+        if not self._probing.acquire(blocking=False):
+            return
+
+        def probe() -> None:
+            try:
+                why = probe_certificate_refusal(self.settings)
+                if why is not None and why != self._refusal:
+                    log.error("%s; still retrying", why)
+                self._refusal = why
+            except Exception as exc:  # logged: this thread must not die unobserved
+                log.warning("could not look into the refused reconnection: %s", exc)
+            finally:
+                self._probing.release()
+
+        threading.Thread(target=probe, name="homewatch-tls-probe", daemon=True).start()
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self._reconnect_failed = True  # e.g. the broker restarting: not a take-over
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                           rcs: list[ReasonCode], properties: object) -> None:
@@ -297,10 +423,11 @@ class Connection:
         while not stop.is_set():
             attempt += 1
             self._connack.clear()
+            self._closed_before_connack.clear()
             try:
                 self.client.connect(s.url.host, s.url.port, keepalive=s.keepalive)
             except ssl.SSLError as exc:
-                raise TLSError(describe_tls_error(exc, s.url.host)) from None
+                raise TLSError(describe_tls_error(exc, s.url.host, s)) from None
             except (OSError, socket.gaierror) as exc:
                 reason = exc.strerror or str(exc)
                 wait = min(delay, s.reconnect_max) * random.uniform(0.5, 1.0)  # noqa: S311
@@ -311,7 +438,7 @@ class Connection:
                 delay = min(delay * 2, s.reconnect_max)
                 continue
             self.client.loop_start()
-            if not self._connack.wait(connack_timeout):
+            if not self._await_connack(connack_timeout):
                 self.client.loop_stop()
                 self.client.disconnect()
                 raise ConnectError(
@@ -327,6 +454,23 @@ class Connection:
                     "password file)")
             log.info("connected to %s as %s", s.url, s.username)
             return
+
+    def _await_connack(self, timeout: float) -> bool:
+        """Wait for the CONNACK. A connection closed before it is looked into at once: a
+        refused client certificate is a TLSError (retrying cannot fix it)."""
+        deadline = time.monotonic() + timeout
+        probed = not self.settings.url.tls
+        while not self._connack.wait(0.05):
+            if not probed and self._closed_before_connack.is_set():
+                probed = True
+                refused = probe_certificate_refusal(self.settings)
+                if refused is not None:
+                    self.client.loop_stop()
+                    self.client.disconnect()
+                    raise TLSError(refused)
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                 retain: bool = False) -> mqtt.MQTTMessageInfo:

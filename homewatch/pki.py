@@ -9,9 +9,11 @@ the broker checks (``crlfile``; re-read on SIGHUP).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,6 +24,7 @@ from homewatch.errors import ProvisionError
 from homewatch.secrets import write_private_file
 
 CLIENT_DAYS = 825
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,33 @@ def load_ca(ca_crt: Path, ca_key: Path) -> CA:
 
 def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _sans(cert: x509.Certificate) -> tuple[list[str], list[IPAddress]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    ips = [ip for ip in san.get_values_for_type(x509.IPAddress)
+           if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)]
+    return san.get_values_for_type(x509.DNSName), ips
+
+
+def subject_alt_names(cert: x509.Certificate) -> list[str]:
+    """The certificate's DNS names and IP addresses, as text."""
+    dns, ips = _sans(cert)
+    return [*dns, *(str(ip) for ip in ips)]
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether a client connecting to ``host`` finds it in the certificate (TLS clients
+    match the subjectAltNames only: a DNS name exactly, an IP address as an IP entry)."""
+    dns, ips = _sans(cert)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower().rstrip(".") in {n.lower() for n in dns}
+    return ip in ips
 
 
 def issue_client_cert(ca: CA, name: str, cert_path: Path, key_path: Path, *,

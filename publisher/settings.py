@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import MultiFernet
 
@@ -59,7 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("known-devices", "file mapping MAC addresses (or irk:KEY) to names (default: "
            "known-devices in --credentials, when there)", convert=config.path,
            metavar="FILE"),
-    Option("scan-duration", "seconds of each BLE scan window", default=5.0,
+    Option("scan-duration", "seconds of each BLE scan window, at most --interval (as long "
+           "as it: continuous scanning)", default=5.0,
            convert=config.positive_float, metavar="SECONDS"),
     Option("scan-mode", "active (asks devices for a scan response) or passive (only "
            "listens; needs BlueZ 5.56+ with --experimental)", default="active",
@@ -115,6 +117,22 @@ def parser() -> argparse.ArgumentParser:
     return config.program_parser("publisher", DESCRIPTION, OPTIONS)
 
 
+def _scan_duration(v: Mapping[str, Any], args: argparse.Namespace,
+                   environ: Mapping[str, str]) -> float:
+    """One scan window: at most the interval (as long as it: continuous scanning). The
+    default shrinks to a shorter interval; a longer window asked for is refused."""
+    duration: float = v["scan-duration"]
+    interval: float = v["interval"]
+    asked = getattr(args, "scan-duration", None) is not None or \
+        "HOMEWATCH_SCAN_DURATION" in environ
+    if not asked:
+        return min(duration, interval)
+    if duration > interval and v["scanner"] != "simulated":
+        raise ConfigError(f"--scan-duration ({duration:g} s) must not be longer than "
+                          f"--interval ({interval:g} s); as long as it scans continuously")
+    return duration
+
+
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSettings:
     args = parser().parse_args(argv)
     v = config.resolve(OPTIONS, args, environ)
@@ -142,8 +160,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         raise ConfigError("--count: must be 0 or more")
     if v["outbox-limit"] < 1:
         raise ConfigError("--outbox-limit: must be at least 1")
-    if v["scan-duration"] >= v["interval"] and v["scanner"] != "simulated":
-        raise ConfigError("--scan-duration must be shorter than --interval")
+    scan_duration = _scan_duration(v, args, environ)
     client_dir = creds if creds is not None else Path("certs/clients") / device
     ca = v["ca"] or (creds / "ca.crt" if creds is not None else Path("certs/ca.crt"))
     password_file = v["password-file"] or client_dir / "password"
@@ -178,7 +195,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         known_devices=v["known-devices"] or (
             creds / "known-devices" if creds is not None
             and (creds / "known-devices").is_file() else None),
-        scan_duration=v["scan-duration"],
+        scan_duration=scan_duration,
         scan_mode=v["scan-mode"],
         adapter=v["adapter"],
         hash_strangers=v["hash-strangers"],

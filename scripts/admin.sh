@@ -3,7 +3,9 @@
 #   scripts/admin.sh homewatch device add pi-kitchen --bundle bundles --url mqtts://...
 #   scripts/admin.sh gen-certs [gen-certs.sh options]
 # Runs as root in a throw-away container (it must give files to the broker's and the app
-# containers' groups), then hands every file back to you (your uid).
+# containers' groups), then hands every file back to you (your uid). The container works
+# in /work, this repository's certs/ and bundles/ mounted there, with relative paths: what
+# it prints (certs/ca.crt, bundles/NAME.tar.gz) is what you find here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +30,7 @@ args=(--rm --user 0:0 --read-only --tmpfs /tmp --network "$network"
       --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add FSETID --cap-add DAC_OVERRIDE
       -v "$PWD/certs:/work/certs" -v "$PWD/bundles:/work/bundles" -w /work
       -e "HOST_UID=$(id -u)" -e "COMPOSE_PROJECT_NAME=$PROJECT"
-      -e "HOMEWATCH_CERTS_DIR=/work/certs" -e "HOMEWATCH_BASE=$BASE_TOPIC")
+      -e "HOMEWATCH_CERTS_DIR=certs" -e "HOMEWATCH_BASE=$BASE_TOPIC")
 if [[ -n ${sock:-} ]]; then args+=(-v "$sock:/var/run/docker.sock"); fi
 case "$1" in
     homewatch)
@@ -45,7 +47,7 @@ case "$1" in
         sans=()
         for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
         args+=(-e "GEN_CERTS_HOSTNAME=$host")
-        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out /work/certs "${sans[@]+"${sans[@]}"}" "$@") ;;
+        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out certs "${sans[@]+"${sans[@]}"}" "$@") ;;
     *) echo "admin: error: unknown command $1 (homewatch, gen-certs or doctor)" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2016

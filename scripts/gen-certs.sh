@@ -28,6 +28,14 @@ USAGE
 }
 
 die() { echo "gen-certs: error: $*" >&2; exit 2; }
+# A path as the caller sees it: relative to the directory they ran us from, when inside it
+# (through scripts/admin.sh that is the repository: certs/ca.crt, not /work/certs/ca.crt).
+shown() {
+    local p=$1
+    [[ $p == /* ]] || p="$PWD/$p"
+    if [[ $p == "$caller_pwd"/* ]]; then p=${p#"$caller_pwd"/}; fi
+    printf '%s' "$p"
+}
 
 out=certs
 days=825
@@ -66,11 +74,11 @@ san_entry() {
 
 if [[ -e $ca_crt || -e $ca_key ]]; then
     if [[ $force -eq 1 ]]; then
-        echo "gen-certs: --force: replacing the CA in $out (clients need the new ca.crt)"
+        echo "gen-certs: --force: replacing the CA in $(shown "$out") (clients need the new ca.crt)"
         rm -f "$ca_crt" "$ca_key" "$srv_crt" "$srv_key" "$out/broker/ca.crt"
     else
-        [[ -e $ca_crt && -e $ca_key ]] || die "$out has only half a CA (ca.crt/ca.key); fix it or use --force"
-        echo "gen-certs: keeping the existing CA in $out (use --force to replace it)"
+        [[ -e $ca_crt && -e $ca_key ]] || die "$(shown "$out") has only half a CA (ca.crt/ca.key); fix it or use --force"
+        echo "gen-certs: keeping the existing CA in $(shown "$out") (use --force to replace it)"
     fi
 fi
 
@@ -81,7 +89,7 @@ if [[ ! -e $ca_crt ]]; then
         -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" \
         -addext "subjectKeyIdentifier=hash" 2>/dev/null
-    echo "gen-certs: made CA $ca_crt"
+    echo "gen-certs: made CA $(shown "$ca_crt")"
 fi
 
 if [[ $renew -eq 1 ]]; then
@@ -109,7 +117,7 @@ EXT
     openssl x509 -req -sha256 -in "$csr" -CA "$ca_crt" -CAkey "$ca_key" \
         -set_serial "0x$(openssl rand -hex 16)" -days "$days" -extfile "$ext" \
         -out "$srv_crt" 2>/dev/null
-    echo "gen-certs: made broker certificate $srv_crt"
+    echo "gen-certs: made broker certificate $(shown "$srv_crt")"
     echo "           subjectAltNames: $san_list"
 fi
 cp "$ca_crt" "$out/broker/ca.crt"
@@ -118,7 +126,7 @@ chmod 600 "$ca_key" "$srv_key"
 chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt"
 if [[ -n $broker_gid ]]; then
     # Shared with the broker's group (setgid: files made here later inherit the group).
-    chgrp -R "$broker_gid" "$out/broker" || die "cannot give $out/broker to group $broker_gid (run as root, or through scripts/admin.sh)"
+    chgrp -R "$broker_gid" "$out/broker" || die "cannot give $(shown "$out")/broker to group $broker_gid (run as root, or through scripts/admin.sh)"
     find "$out/broker" -type d -exec chmod 2750 {} +
 fi
 if [[ -g $out/broker ]]; then
@@ -126,6 +134,6 @@ if [[ -g $out/broker ]]; then
 fi
 
 for c in "$ca_crt" "$srv_crt"; do
-    echo "  $c"
+    echo "  $(shown "$c")"
     openssl x509 -in "$c" -noout -subject -enddate -fingerprint -sha256 | sed 's/^/    /'
 done

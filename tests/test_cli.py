@@ -38,6 +38,8 @@ def run(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
      "known-devices file not found"),
     ("publisher", [URL, "--device", "pi-kitchen"], {"HOMEWATCH_KEY": "not-a-key"},
      "not a Fernet key"),
+    ("publisher", [URL, "--device", "pi-kitchen", "--interval", "2", "--scan-duration", "3"],
+     {}, "--scan-duration (3 s) must not be longer than --interval (2 s)"),
     ("subscriber", [], {}, "missing broker URL"),
     ("subscriber", [URL, "--ttl", "0"], {}, "--ttl: must be greater than 0"),
     ("subscriber", [URL, "--keys-dir", "nowhere"], {}, "keys directory not found"),
@@ -68,6 +70,20 @@ def test_settings_order_is_defaults_then_env_then_cli(workdir: Path,
     env["HOMEWATCH_URL"] = "mqtts://other:1234/flat"
     assert str(pub_settings.build([], env).connection.url) == "mqtts://other:1234/flat"
     assert str(pub_settings.build([URL], env).connection.url) == URL
+
+
+def test_scan_duration_may_equal_the_interval_and_the_default_fits_a_short_one(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan as long as the interval (continuous scanning, as the README says) is
+    accepted; a 2 s interval with the default scan duration scans for 2 s."""
+    monkeypatch.chdir(workdir)
+    base = [URL, "--device", "pi-kitchen", "--scanner", "bleak"]
+    s = pub_settings.build([*base, "--interval", "10", "--scan-duration", "10"], {})
+    assert s.scan_duration == 10.0
+    s = pub_settings.build([*base, "--interval", "2"], {})
+    assert (s.interval, s.scan_duration) == (2.0, 2.0)
+    s = pub_settings.build([*base], {"HOMEWATCH_INTERVAL": "30"})
+    assert s.scan_duration == 5.0
 
 
 def test_settings_are_frozen(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ the host and through the Docker SDK. pytest-docker tears it down at the end."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 import docker
 import pytest
 
+from homewatch import pki
 from tests.helpers import ROOT, clean_env, free_port, paho_client, python_m, stop_client
 
 pytestmark = pytest.mark.compose
@@ -296,7 +298,7 @@ def test_doctor_passes_on_the_fresh_stack(running: Stack) -> None:
     reloading the broker through the Docker SDK for its isolation probe."""
     r = running.make("doctor", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "8 passed, 0 failed" in r.stdout
+    assert "9 passed, 0 failed" in r.stdout
     assert "doctor-" not in (running.certs / "broker" / "passwd").read_text()
 
 
@@ -341,6 +343,34 @@ def test_device_added_while_running_publishes_without_restart_and_removal_refuse
     client, rc = paho_client(running, running.certs, "pi-test", password)  # type: ignore[arg-type]
     stop_client(client)
     assert rc is not None and rc.is_failure
+
+
+def test_admin_output_shows_host_paths_and_add_device_bundles_a_lan_url(running: Stack,
+                                                                      tmp_path: Path) -> None:
+    """`make up` and `make add-device` print paths as they are on the host (certs/...,
+    bundles/...), not the admin container's /work; without URL= the bundle's URL is the
+    server's LAN address, which the broker certificate names; a broker bound to loopback
+    (this test stack's MQTT_BIND) is warned about."""
+    up = running.up_output  # type: ignore[attr-defined]
+    assert "gen-certs: made CA certs/ca.crt" in up and "/work/" not in up
+    r = running.make("add-device", "NAME=pi-lan")
+    out = r.stdout + r.stderr
+    assert "/work/" not in out, out
+    assert "password: certs/clients/pi-lan/password" in out
+    assert "bundle:   bundles/pi-lan.tar.gz" in out
+    assert "listens only on 127.0.0.1 (MQTT_BIND in .env)" in out
+    with tarfile.open(running.dir / "bundles" / "pi-lan.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    url = re.search(r"HOMEWATCH_URL=mqtts://([^:/]+):(\d+)/home",
+                    (tmp_path / "pi-lan" / "homewatch.env").read_text())
+    assert url is not None and int(url.group(2)) == running.port
+    host = ipaddress.ip_address(url.group(1))  # an address: no mDNS needed
+    assert not host.is_loopback
+    assert str(host) in subprocess.run(["hostname", "-I"], capture_output=True,
+                                       text=True).stdout.split()
+    assert pki.names_host(pki.load_cert(running.certs / "broker" / "server.crt"), str(host))
+    assert "does not name" not in out
+    running.make("remove-device", "NAME=pi-lan", "FORCE=1")
 
 
 def test_pi_variant_runs_the_publisher_from_a_bundle(

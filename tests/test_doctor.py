@@ -1,5 +1,6 @@
 """`homewatch doctor` passes on a sound deployment and fails, printing the fix, on one
-broken on purpose: a world-readable key, anonymous access allowed, an expired certificate."""
+broken on purpose: a world-readable key, anonymous access allowed, an expired certificate.
+What it cannot check (no Docker SDK, a broker that is not running) it says, and why."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BROKER_CONF, ROOT, Broker, clean_env, gen_certs, homewatch_cli
+from tests.helpers import (
+    BROKER_CONF,
+    ROOT,
+    Broker,
+    clean_env,
+    free_port,
+    gen_certs,
+    homewatch_cli,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -47,8 +56,8 @@ def test_doctor_passes_on_a_sound_deployment(sound: tuple[Broker, Path]) -> None
     broker, certs = sound
     r = doctor(broker, certs)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "8 passed, 0 failed" in r.stdout
-    for name in ("CA certificate", "broker certificate", "file permissions",
+    assert "9 passed, 0 failed" in r.stdout
+    for name in ("CA certificate", "broker reachable", "broker certificate", "file permissions",
                  "anonymous refused", "no plaintext listener", "TLS version floor",
                  "broker limits", "device isolation"):
         assert f"PASS  {name}" in r.stdout
@@ -97,3 +106,56 @@ def test_doctor_fails_on_an_expired_broker_certificate(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "FAIL  broker certificate     certificate has expired" in r.stdout
     assert "scripts/gen-certs.sh --renew-server" in r.stdout
+
+
+LIVE_CHECKS = ("broker certificate", "anonymous refused", "no plaintext listener",
+               "TLS version floor", "device isolation")
+NO_DOCKER_SDK = ("import sys; sys.modules['docker'] = None; "  # `import docker` fails
+                 "from homewatch.cli import main; raise SystemExit(main(sys.argv[1:]))")
+
+
+def test_doctor_without_the_docker_sdk_reports_every_check_and_what_it_could_not_check(
+        sound: tuple[Broker, Path]) -> None:
+    """From a plain pip install (no `docker` module), every check that can run is
+    reported, the isolation probe is 'not checked' with the reason and the way out, and
+    the exit code (3) says the audit is incomplete; no traceback."""
+    broker, certs = sound
+    blocked = subprocess.run([sys.executable, "-c", NO_DOCKER_SDK.split("from")[0] +
+                              "import docker"], env=clean_env(), capture_output=True)
+    assert blocked.returncode != 0  # the shim really hides the Docker SDK
+    r = subprocess.run(
+        [sys.executable, "-c", NO_DOCKER_SDK, "--certs", str(certs), "doctor",
+         broker.url("localhost"), "--config", str(BROKER_CONF)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
+    for name in ("CA certificate", "broker reachable", "broker certificate",
+                 "file permissions", "anonymous refused", "no plaintext listener",
+                 "TLS version floor", "broker limits"):
+        assert f"PASS  {name}" in r.stdout
+    assert f"SKIP  {'device isolation':<22} not checked:" in r.stdout
+    assert "the Docker SDK is not installed (pip install 'homewatch[server]')" in r.stdout
+    assert "--broker-pid" in r.stdout
+    assert r.stdout.rstrip().endswith("8 passed, 0 failed, 1 not checked")
+
+
+def test_doctor_reports_a_stopped_broker_as_not_reachable_and_judges_nothing_that_needs_it(
+        tmp_path: Path) -> None:
+    """Nothing listening on the broker's port is one failure, 'broker reachable', with
+    the fix (start it); every verdict that needs the broker is 'not checked', never a
+    pass or a wrong fix such as tls_version."""
+    certs = fresh(tmp_path)
+    url = f"mqtts://localhost:{free_port()}/home"
+    r = subprocess.run(
+        [sys.executable, "-m", "homewatch.cli", "--certs", str(certs), "doctor", url,
+         "--config", str(BROKER_CONF)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL  broker reachable       nothing answers at localhost:" in r.stdout
+    assert "start the broker: `make up`" in r.stdout
+    for name in LIVE_CHECKS:
+        assert f"SKIP  {name:<22} not checked: the broker is not reachable" in r.stdout
+    for name in ("CA certificate", "file permissions", "broker limits"):
+        assert f"PASS  {name}" in r.stdout
+    assert "tls_version" not in r.stdout
+    assert r.stdout.rstrip().endswith("3 passed, 1 failed, 5 not checked")

@@ -4,8 +4,13 @@ so the same ACL holds. Revocation takes effect on a broker reload, without a res
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import queue
+import shutil
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +28,7 @@ from tests.helpers import (
     homewatch_cli,
     paho_client,
     python_m,
+    running,
     stop_client,
 )
 
@@ -146,6 +152,79 @@ def test_revoked_device_is_refused_after_a_reload_without_restart(mbroker: Broke
     stop_client(client)
     assert rc is None
     assert mbroker.proc is not None and mbroker.proc.pid == pid
+
+
+@pytest.mark.parametrize(("case", "told"), [
+    ("revoked", "it is revoked (the device was removed)"),
+    ("foreign", "it is not from this server's project CA"),
+])
+def test_refused_client_certificate_is_named_as_the_reason(mbroker: Broker, mcerts: Path,
+                                                           tmp_path: Path, case: str,
+                                                           told: str) -> None:
+    """A publisher whose certificate the broker refuses (revoked by `device remove`, or
+    from another CA) exits 1 with one line saying so, not "is it an MQTT broker?"."""
+    name = f"pi-{case}"
+    homewatch_cli(mcerts, "device", "add", name)
+    creds = tmp_path / name
+    shutil.copytree(mcerts / "clients" / name, creds)
+    shutil.copy(mcerts / "ca.crt", creds / "ca.crt")
+    if case == "revoked":
+        homewatch_cli(mcerts, "device", "remove", name, "--force")
+        mbroker.reload()
+    else:
+        gen_certs(tmp_path / "other")
+        other = pki.load_ca(tmp_path / "other" / "ca.crt", tmp_path / "other" / "ca.key")
+        pki.issue_client_cert(other, name, creds / "client.crt", creds / "client.key")
+    r = subprocess.run(
+        python_m("publisher", mbroker.url("localhost"), "--credentials", str(creds),
+                 "--scanner", "simulated", "--temperature", "simulated", "--interval", "1",
+                 "--state-dir", str(tmp_path / "p")),
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("publisher: error: the broker refused the client certificate"), last
+    assert f"of {name!r}: {told}" in last
+    assert "MQTT broker" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_device_revoked_while_connected_is_told_why_when_it_reconnects(mcerts: Path,
+                                                                      tmp_path: Path) -> None:
+    """A running publisher whose certificate is revoked keeps its connection; when it
+    reconnects (here after a broker restart) it logs that the broker refused its
+    certificate as revoked, instead of retrying in silence."""
+    homewatch_cli(mcerts, "device", "add", "pi-running")
+    creds = tmp_path / "pi-running"
+    shutil.copytree(mcerts / "clients" / "pi-running", creds)
+    shutil.copy(mcerts / "ca.crt", creds / "ca.crt")
+    broker = Broker(certs=mcerts, workdir=tmp_path / "broker", conf=BROKER_MTLS_CONF).start()
+    lines: queue.Queue[str] = queue.Queue()
+
+    def wait_for(text: str) -> list[str]:
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.2))
+                if text in seen[-1]:
+                    return seen
+        raise AssertionError(f"no {text!r} in:\n" + "".join(seen))
+
+    try:
+        with running(python_m("publisher", broker.url("localhost"), "--credentials",
+                              str(creds), "--scanner", "simulated", "--temperature",
+                              "simulated", "--interval", "1", "--state-dir",
+                              str(tmp_path / "p")), cwd=tmp_path) as proc:
+            assert proc.stderr is not None
+            threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()],
+                             daemon=True).start()
+            wait_for("connected to")
+            homewatch_cli(mcerts, "device", "remove", "pi-running", "--force")
+            broker.kill()
+            broker.start()
+            seen = wait_for("refused the client certificate")
+    finally:
+        broker.stop()
+    assert "of 'pi-running': it is revoked (the device was removed)" in seen[-1]
 
 
 def test_programs_run_end_to_end_in_mtls_mode(mbroker: Broker, mcerts: Path,

@@ -11,7 +11,7 @@ import pytest
 from homewatch import provision
 from homewatch.errors import ProvisionError
 from homewatch.secrets import load_keyring
-from tests.helpers import ROOT, homewatch_cli
+from tests.helpers import ROOT, gen_certs, homewatch_cli
 
 
 def mode(p: Path) -> int:
@@ -93,6 +93,25 @@ def test_cli_add_list_remove(tmp_path: Path) -> None:
     homewatch_cli(tmp_path, "device", "remove", "pi-kitchen", "--force")
     r = homewatch_cli(tmp_path, "device", "add", "a/b", check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid identity" in r.stderr
+
+
+def test_bundle_url_the_broker_certificate_does_not_name_is_warned_with_the_fix(
+        tmp_path: Path) -> None:
+    """A bundle whose URL host is not in the broker certificate's subjectAltNames (the Pi
+    would refuse the broker) gets a warning with the command that adds it; a listed name
+    or IP address gets none."""
+    certs = tmp_path / "certs"
+    gen_certs(certs, "--san", "192.0.2.77")
+    r = homewatch_cli(certs, "device", "add", "pi-far", "--bundle", str(tmp_path / "b"),
+                      "--url", "mqtts://10.99.0.7:8883/home")
+    assert r.returncode == 0, r.stderr
+    assert "homewatch: warning: the broker certificate" in r.stderr
+    assert "does not name '10.99.0.7'" in r.stderr
+    assert "scripts/admin.sh gen-certs --renew-server --san 10.99.0.7" in r.stderr
+    for n, host in enumerate(("192.0.2.77", "localhost", "127.0.0.1")):
+        r = homewatch_cli(certs, "device", "add", f"pi-near{n}", "--bundle",
+                          str(tmp_path / "b"), "--url", f"mqtts://{host}:8883/home")
+        assert "warning" not in r.stderr, (host, r.stderr)
 
 
 def test_generated_files_are_gitignored() -> None:
