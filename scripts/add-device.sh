@@ -13,26 +13,10 @@ name=$1
 # shellcheck source=scripts/lib/compose.sh
 source scripts/lib/compose.sh
 
-# The address of the interface the default route leaves by (`ip route get` sends
-# nothing); else the first non-loopback address; else <host>.local (needs mDNS).
-lan_address() {
-    local ip
-    ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -1) || true
-    if [[ -z $ip ]]; then
-        ip=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^127\.' | head -1) || true
-    fi
-    if [[ -n $ip ]]; then printf '%s' "$ip"; else printf '%s.local' "$(hostname -s 2>/dev/null || hostname)"; fi
-}
-
 if [[ -n ${2:-} ]]; then
     url=$2
 else
-    case $MQTT_BIND_VALUE in
-        0.0.0.0|::|''|127.*|::1|localhost) host=$(lan_address) ;;
-        *:*) host="[$MQTT_BIND_VALUE]" ;;  # the one address the broker listens on
-        *) host=$MQTT_BIND_VALUE ;;
-    esac
-    url=mqtts://$host:$MQTT_PORT_VALUE/$BASE_TOPIC
+    url=mqtts://$(broker_host):$MQTT_PORT_VALUE/$BASE_TOPIC
     echo "add-device: the bundle's broker URL is $url (this server's LAN address); for another, give URL=mqtts://HOST:PORT/BASE"
 fi
 case $MQTT_BIND_VALUE in

@@ -48,7 +48,7 @@ while :; do
 done
 echo "$states" | sed 's/^\//  /'
 
-host=$(hostname -s 2>/dev/null || hostname)
+host=$(broker_host)
 cat <<INFO
 
 Homewatch is up.

@@ -36,6 +36,28 @@ MQTT_BIND_VALUE=$(env_value MQTT_BIND 0.0.0.0)
 BASE_TOPIC=$(env_value HOMEWATCH_BASE home)
 DEMO_VALUE=$(env_value DEMO 1)
 
+# This server's LAN address, as Pis reach it: the address of the interface the default
+# route leaves by (`ip route get` sends nothing); else the first non-loopback address;
+# else <host>.local (needs mDNS).
+lan_address() {
+    local ip
+    ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -1) || true
+    if [[ -z $ip ]]; then
+        ip=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^127\.' | head -1) || true
+    fi
+    if [[ -n $ip ]]; then printf '%s' "$ip"; else printf '%s.local' "$(hostname -s 2>/dev/null || hostname)"; fi
+}
+
+# The host a Pi puts in its broker URL: the one address the broker listens on, else
+# (all addresses, or loopback, which no Pi reaches) this server's LAN address.
+broker_host() {
+    case $MQTT_BIND_VALUE in
+        0.0.0.0|::|''|127.*|::1|localhost) lan_address ;;
+        *:*) printf '[%s]' "$MQTT_BIND_VALUE" ;;
+        *) printf '%s' "$MQTT_BIND_VALUE" ;;
+    esac
+}
+
 docker info >/dev/null 2>&1 || {
     echo "homewatch: error: cannot talk to the Docker daemon (is it running? are you in the docker group?)" >&2
     exit 2
