@@ -153,8 +153,8 @@ class ReplayGuard:
             shift = seq - highest
             bitmap = ((bitmap << shift) | 1) & self._mask if shift < self.window else 1
             self._state[device] = (seq, bitmap)
-        else:
-            self._state[device] = (highest, bitmap | (1 << (highest - seq)))
+        elif highest - seq < self.window:  # behind the window: nothing to note (check
+            self._state[device] = (highest, bitmap | (1 << (highest - seq)))  # refuses it)
 
     def highest(self, device: str) -> int | None:
         state = self._state.get(device)
@@ -174,10 +174,11 @@ class ReplayGuard:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ReplayGuard:
-        # A state from before "created" was kept: its age is unknown, so start it now.
+    def from_json(cls, data: Mapping[str, Any], *, saved: float | None = None) -> ReplayGuard:
+        """From ``to_json``. A state from before "created" and "sent" were kept takes
+        ``saved`` (when it was written) for both: what was shown is older than that."""
         guard = cls(int(data.get("window", REPLAY_WINDOW)),
-                    created=float(data["created"]) if "created" in data else None)
+                    created=float(data["created"]) if "created" in data else saved)
         for device, (highest, bitmap) in dict(data.get("devices", {})).items():
             guard._state[str(device)] = (int(highest), int(str(bitmap), 16) & guard._mask)
         guard._sent = {str(d): int(t) for d, t in dict(data.get("sent", {})).items()}
@@ -240,8 +241,11 @@ class Opener:
             raise EnvelopeError("malformed", f"unsupported envelope version {version!r}")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise EnvelopeError("malformed", "sequence number is not a non-negative integer")
-        if taken is not None and (not isinstance(taken, int | float) or isinstance(taken, bool)):
-            raise EnvelopeError("malformed", "'taken' is not a time")
+        if taken is not None and not (
+                isinstance(taken, int | float) and not isinstance(taken, bool)
+                and sent_at - self._max_late <= taken <= sent_at + self._skew):
+            # finite, and not after it was sent nor before the oldest late reading
+            raise EnvelopeError("malformed", "'taken' is not a time near the send time")
         if simulated is not None and simulated not in ("simulated", "demo"):
             raise EnvelopeError("malformed", "'sim' must be 'simulated' or 'demo'")
         if inner_topic != topic:

@@ -402,4 +402,8 @@ def init_server(layout: Layout, *, base: str = DEFAULT_BASE, app_gid: int | None
             continue
         add_identity(layout, name, base=base, group=group, _internal=True)
         made.append(name)
+    if not layout.subscriber_keys.is_dir():  # no device yet: the subscriber waits for one
+        ensure_private_dir(layout.subscriber_keys)
+        if app_gid is not None:
+            share_directory(layout.client_dir(SUBSCRIBER), app_gid)
     return made

@@ -25,7 +25,9 @@ if [[ $1 == doctor || " $* " == *" --reload "* ]]; then
     sock=/var/run/docker.sock
     if [[ ${DOCKER_HOST:-} == unix://* ]]; then sock=${DOCKER_HOST#unix://}; fi
 fi
-[[ $1 == doctor ]] && network=host  # it probes the broker's published port
+# doctor probes the broker's published port; gen-certs names this server's host name and
+# addresses in the broker certificate (it opens no connection)
+[[ $1 == doctor || $1 == gen-certs ]] && network=host
 args=(--rm --user 0:0 --read-only --tmpfs /tmp --network "$network"
       --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add FSETID --cap-add DAC_OVERRIDE
       -v "$PWD/certs:/work/certs" -v "$PWD/bundles:/work/bundles" -w /work
@@ -42,12 +44,7 @@ case "$1" in
         cmd=(homewatch doctor "$@") ;;
     gen-certs)
         shift
-        # The certificate should name this server as the Pis will reach it.
-        host=$(hostname -s 2>/dev/null || hostname)
-        sans=()
-        for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
-        args+=(-e "GEN_CERTS_HOSTNAME=$host")
-        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out certs "${sans[@]+"${sans[@]}"}" "$@") ;;
+        cmd=(bash /opt/homewatch/scripts/gen-certs.sh --out certs "$@") ;;
     *) echo "admin: error: unknown command $1 (homewatch, gen-certs or doctor)" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2016

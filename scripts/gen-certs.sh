@@ -18,7 +18,8 @@ Makes DIR/ca.crt + DIR/ca.key (the private CA) and DIR/broker/server.{crt,key}
   --out DIR         where to write (default: certs)
   --san VALUE       extra subjectAltName for the broker certificate; repeatable.
                     A bare IP becomes IP:..., anything else DNS:... ("DNS:x"/"IP:y" as is).
-                    Always included: localhost, 127.0.0.1, ::1, broker, this host's name.
+                    Always included: localhost, 127.0.0.1, ::1, broker, this host's name
+                    (and NAME.local) and its IP addresses.
   --days N          broker certificate validity in days (default 825)
   --broker-gid GID  make the broker's files group-readable by GID (1883 in the official
                     Mosquitto image), never world-readable
@@ -100,6 +101,8 @@ if [[ ! -e $srv_crt || ! -e $srv_key ]]; then
     host_short=${GEN_CERTS_HOSTNAME:-$(hostname -s 2>/dev/null || hostname)}
     sans=("DNS:localhost" "IP:127.0.0.1" "IP:::1" "DNS:broker")
     [[ -n $host_short && $host_short != localhost ]] && sans+=("DNS:$host_short" "DNS:$host_short.local")
+    # This host's addresses, so that Pis can reach it by IP without mDNS or DNS.
+    for ip in $(hostname -I 2>/dev/null || true); do sans+=("$(san_entry "$ip")"); done
     for s in "${extra_sans[@]+"${extra_sans[@]}"}"; do sans+=("$(san_entry "$s")"); done
     san_list=$(printf '%s\n' "${sans[@]}" | awk '!seen[$0]++' | paste -sd, -)
     ext=$(mktemp); csr=$(mktemp)

@@ -20,17 +20,20 @@ fi
 [[ -d $certs ]] || { echo "init: error: $certs is not mounted" >&2; exit 2; }
 owner=$(stat -c %u "$certs")
 chmod 700 "$certs"
+trap 'chown -R "$owner" "$certs"' EXIT  # whatever happens, nothing stays root's
+case ${DEMO:-1} in
+    0|1) ;;
+    *) echo "init: error: DEMO must be 1 (the demo publisher) or 0 (none), not '$DEMO'" >&2
+       exit 2 ;;
+esac
 
-sans=()
-for ip in $(hostname -I 2>/dev/null || true); do sans+=(--san "$ip"); done
 # From certs/'s parent, so that what gen-certs.sh prints reads as on the host (certs/...).
-(cd "$(dirname "$certs")" && GEN_CERTS_HOSTNAME=$(hostname -s 2>/dev/null || hostname) \
-    bash "$OLDPWD/scripts/gen-certs.sh" --out "$(basename "$certs")" --broker-gid 1883 \
-    "${sans[@]+"${sans[@]}"}") | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
+# The certificate names this server's host name and addresses (host network namespace).
+(cd "$(dirname "$certs")" && bash "$OLDPWD/scripts/gen-certs.sh" \
+    --out "$(basename "$certs")" --broker-gid 1883) \
+    | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p'
 
 demo=()
-if [[ ${DEMO:-1} != 0 ]]; then demo=(--demo-device "${DEMO_DEVICE:-demo-pi}"); fi
+if [[ ${DEMO:-1} == 1 ]]; then demo=(--demo-device "${DEMO_DEVICE:-demo-pi}"); fi
 homewatch server init --app-gid 10001 "${demo[@]+"${demo[@]}"}" | sed 's/^/init: identities: /'
-
-chown -R "$owner" "$certs"
 echo "init: certs/ ready"

@@ -28,8 +28,7 @@ if ! "${COMPOSE[@]}" up -d --remove-orphans; then
     say "error: the stack did not start; see the lines above" >&2
     exit 1
 fi
-init_log | sed -n -e '/^gen-certs: made/p' -e '/subjectAltNames/p' \
-    -e '/^init: identities/s/^init: /homewatch: /p'
+init_log | sed -e '/^init: certs\/ ready/d' -e 's/^init: /homewatch: /'
 
 services=(broker subscriber)
 if [[ $DEMO_VALUE != 0 ]]; then services+=(publisher); fi
@@ -37,11 +36,12 @@ say "waiting until every service is healthy (${services[*]})"
 deadline=$((SECONDS + ${UP_TIMEOUT:-180}))
 while :; do
     ids=$("${COMPOSE[@]}" ps -q "${services[@]}")
-    states=$(for id in $ids; do docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"; done)
+    states=$(for id in $ids; do docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || true; done)
     if [[ $(wc -w <<<"$ids") -eq ${#services[@]} ]] && ! grep -qv ' healthy$' <<<"$states"; then break; fi
     if (( SECONDS > deadline )); then
         echo "$states" >&2
-        say "error: the stack did not become healthy; see: make logs" >&2
+        "${COMPOSE[@]}" logs --no-color --tail=20 "${services[@]}" >&2 || true
+        say "error: the stack did not become healthy (the last log lines are above; more: make logs)" >&2
         exit 1
     fi
     sleep 2

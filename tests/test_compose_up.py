@@ -5,6 +5,7 @@ flowing. Under the current Compose CLI (v2+), and a smoke run under Compose v1 (
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -59,13 +60,15 @@ def wait_for_reading(sdk: docker.DockerClient, project: str, timeout: float = 90
     raise AssertionError(f"no decrypted reading in the subscriber's log:\n{logs[-2000:]}")
 
 
-@pytest.mark.parametrize(("compose", "gen_certs_first"), [(V2, True), (V1, False)],
-                         ids=["v2-after-gen-certs", "v1-smoke"])
+@pytest.mark.parametrize(("compose", "gen_certs_first", "demo"), [
+    (V2, False, True), (V2, True, True), (V2, False, False), (V1, False, True)],
+    ids=["v2", "v2-after-gen-certs", "v2-without-demo", "v1-smoke"])
 def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
-        tmp_path: Path, compose: str, gen_certs_first: bool) -> None:
-    """`docker compose up -d` (after `scripts/gen-certs.sh`, or without it) on a fresh
-    clone: init exits 0, broker, subscriber and demo publisher are healthy, a decrypted
-    reading marked [demo] shows; the CA gen-certs made is kept; `down` removes it all."""
+        tmp_path: Path, compose: str, gen_certs_first: bool, demo: bool) -> None:
+    """`docker compose up -d` on a fresh clone (after `scripts/gen-certs.sh`, or without
+    it): init exits 0, broker, subscriber and demo publisher are healthy, a decrypted
+    reading marked [demo] shows; the CA gen-certs made is kept; with DEMO=0 there is no
+    demo publisher and no demo identity; `down` removes it all."""
     version = compose_version(compose)
     assert version.startswith("1.") == (compose == V1), version
     directory = tmp_path / "homewatch"
@@ -74,7 +77,10 @@ def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
     project = f"hwup{os.getpid()}{uuid.uuid4().hex[:4]}"
     with open(directory / ".env", "a") as env:
         env.write(f"\nCOMPOSE_PROJECT_NAME={project}\nMQTT_BIND=127.0.0.1\n"
-                  f"MQTT_PORT={free_port()}\nDEMO_INTERVAL=1\n")
+                  f"MQTT_PORT={free_port()}\nDEMO_INTERVAL=1\nDEMO={int(demo)}\n"
+                  # an image of its own, as on a machine that never built one: Compose
+                  # builds it from this tree (from the layer cache, mostly)
+                  f"HOMEWATCH_IMAGE=homewatch:{project}\n")
     ca_before = None
     if gen_certs_first:
         subprocess.run(["scripts/gen-certs.sh"], cwd=directory, check=True, capture_output=True,
@@ -87,19 +93,26 @@ def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
         r = subprocess.run([*compose.split(), "up", "-d"], cwd=directory, env=env,
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_healthy(sdk, project, {"broker", "subscriber", "publisher"})
-        line = wait_for_reading(sdk, project)
-        assert line.endswith(" [demo]"), line
+        wait_healthy(sdk, project, {"broker", "subscriber", "publisher"} if demo
+                     else {"broker", "subscriber"})
         (init,) = sdk.containers.list(all=True, filters={"label": [
             f"com.docker.compose.project={project}", "com.docker.compose.service=init"]})
         assert init.attrs["State"]["ExitCode"] == 0
+        services = {c.labels["com.docker.compose.service"] for c in sdk.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"})}
+        assert services == ({"init", "broker", "subscriber", "publisher"} if demo
+                            else {"init", "broker", "subscriber"})
+        assert (directory / "certs" / "clients" / "demo-pi").exists() == demo
+        if demo:
+            line = wait_for_reading(sdk, project)
+            assert line.endswith(" [demo]"), line
         if ca_before is not None:
             assert (directory / "certs" / "ca.crt").read_bytes() == ca_before
-        assert (directory / "certs" / "clients" / "demo-pi" / "password").is_file()
         assert (directory / "certs").stat().st_uid == os.getuid()
     finally:
         subprocess.run([*compose.split(), "down", "--volumes", "--remove-orphans"],
                        cwd=directory, env=env, capture_output=True, timeout=300)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            sdk.images.remove(f"homewatch:{project}")  # the tag; shared layers stay
     assert sdk.containers.list(all=True, filters={
         "label": f"com.docker.compose.project={project}"}) == []
-

@@ -188,3 +188,39 @@ def test_a_subscriber_with_a_fresh_state_refuses_the_late_readings(scenario: Sce
     assert sub.stop() == 0
     summary = next(line for line in sub.err if "stopped:" in line)
     assert "expired=" in summary
+
+
+def test_a_taken_time_far_from_the_send_time_is_malformed() -> None:
+    """`taken` after the send time (beyond the skew), before --max-late, infinite or not
+    a number is rejected as malformed, before anything is recorded."""
+    o = opener(ReplayGuard(created=NOW - 7200))
+    for seq, taken in enumerate((NOW + 61, NOW - 86401, -1e20, float("inf"), float("nan"),
+                                 "yesterday", True), start=1):
+        body = json.dumps({"v": 1, "topic": T, "device": "pi-kitchen", "seq": seq,
+                           "taken": taken, "data": {}})  # NaN and Infinity as JSON allows
+        assert reason(o, RING.encrypt_at_time(body.encode(), NOW)) == "malformed", taken
+    assert o.replay.highest("pi-kitchen") is None
+    assert o.open(T, token(1, NOW, taken=NOW - 5)).taken_at == NOW - 5
+
+
+def test_a_torn_journal_line_is_skipped_and_never_wedges_the_state(tmp_path: Path) -> None:
+    """A crash mid-write can leave `pi-kitchen 17324` for `pi-kitchen 1732400000123 ...`:
+    loading skips it (no line end), and a number far behind the window changes nothing."""
+    state = ReplayState(tmp_path / "replay.json")
+    state.load()
+    state.journal.write_text(f"pi-kitchen 1732400000123 {NOW}\npi-kitchen 17324")
+    guard = ReplayState(tmp_path / "replay.json").load()
+    assert guard.highest("pi-kitchen") == 1_732_400_000_123
+    guard.commit("pi-kitchen", 17324)  # far behind the window: a no-op
+    assert guard.highest("pi-kitchen") == 1_732_400_000_123
+
+
+def test_a_state_from_before_send_times_were_kept_uses_when_it_was_saved(
+        tmp_path: Path) -> None:
+    """An older state file (no "created", no "sent") takes its file's time as the floor:
+    what the broker kept since is late, not refused; what is older still is."""
+    path = tmp_path / "replay.json"
+    path.write_text(json.dumps({"window": 4096, "devices": {"pi-kitchen": [5, "1"]}}))
+    saved = path.stat().st_mtime
+    guard = ReplayState(path).load()
+    assert guard.created == saved and guard.floor("pi-kitchen") == saved

@@ -121,3 +121,14 @@ def test_generated_files_are_gitignored() -> None:
         assert r.returncode == 0, p
     r = subprocess.run(["git", "check-ignore", "-q", "--no-index", "certs/README.md"], cwd=ROOT)
     assert r.returncode == 1
+
+
+def test_server_init_without_a_demo_device_leaves_the_subscriber_a_keys_directory(
+        tmp_path: Path) -> None:
+    """With DEMO=0 no device exists yet: the subscriber still gets its (empty) keys
+    directory, so it starts and waits for the first `make add-device`."""
+    gen_certs(tmp_path)
+    layout = provision.Layout(tmp_path)
+    assert provision.init_server(layout) == ["subscriber", "healthcheck"]
+    assert layout.subscriber_keys.is_dir() and not any(layout.subscriber_keys.iterdir())
+    assert stat.S_IMODE(layout.subscriber_keys.stat().st_mode) & 0o007 == 0
