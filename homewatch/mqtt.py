@@ -16,12 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.reasoncodes import ReasonCode
 
-from homewatch.errors import AuthError, ConfigError, ConnectError, TLSError
+from homewatch.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    HomewatchError,
+    TLSError,
+)
 from homewatch.secrets import Secret
 from homewatch.url import BrokerURL
 
@@ -112,6 +119,20 @@ class _Client(mqtt.Client):
         return super()._packet_write()
 
     on_read_batch: Callable[[], None] | None = None
+    on_loop_failure: Callable[[Exception], None] | None = None
+
+    def loop_forever(self, timeout: float = 1.0,
+                     retry_first_connection: bool = False) -> MQTTErrorCode:
+        """paho's network loop, observed: an exception escaping it (from a callback or
+        from paho itself) would end the network thread silently, with the client still
+        reading as connected. It goes to ``on_loop_failure`` instead."""
+        try:
+            return super().loop_forever(timeout, retry_first_connection)
+        except Exception as exc:
+            if self.on_loop_failure is None:
+                raise
+            self.on_loop_failure(exc)
+            return MQTTErrorCode.MQTT_ERR_UNKNOWN
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         try:
@@ -207,6 +228,11 @@ class Connection:
     Callbacks record state and hand each message to ``on_message`` in paho's network
     thread; it must finish in bounded time (the subscriber shows and acknowledges the
     message there: one thread per connection, and backpressure rather than a queue).
+
+    No silent death: an exception from a program's callback (or from paho's loop) is
+    kept in ``failure``, sets ``failed``, clears ``connected`` and calls ``on_failure``
+    once; from then on no callback runs, so nothing more is handled or acknowledged.
+    The program stops and exits non-zero.
     """
 
     def __init__(
@@ -219,6 +245,7 @@ class Connection:
         on_connected: Callable[[], None] | None = None,
         on_published: Callable[[int], None] | None = None,
         on_read_batch: Callable[[], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
         manual_ack: bool = False,
     ) -> None:
         self.settings = settings
@@ -226,18 +253,43 @@ class Connection:
         self._subscriptions = subscriptions
         self._on_connected = on_connected
         self._on_published = on_published
+        self._on_read_batch = on_read_batch
+        self._on_failure = on_failure
         self.client = make_client(settings, will=will, manual_ack=manual_ack)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
         self.client.on_subscribe = self._handle_subscribe
         self.client.on_publish = self._handle_publish
-        self.client.on_read_batch = on_read_batch
+        self.client.on_read_batch = self._handle_read_batch
+        self.client.on_loop_failure = self._fail
         self._connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.failed = threading.Event()
+        self.failure: Exception | None = None
         self._was_connected = False
+
+    def _call(self, handler: Callable[..., None] | None, *args: Any) -> None:
+        """Run a program's callback in paho's thread; an exception is a failure."""
+        if handler is None or self.failed.is_set():
+            return  # after a failure nothing more is handled, so nothing acknowledged
+        try:
+            handler(*args)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.failed.is_set():
+            return
+        if not isinstance(exc, HomewatchError | OSError):
+            log.error("unexpected error in the MQTT network thread", exc_info=exc)
+        self.failure = exc
+        self.connected.clear()
+        self.failed.set()
+        if self._on_failure is not None:
+            self._on_failure()
 
     # -- paho callbacks (network thread): record and return --------------------------
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
@@ -250,11 +302,12 @@ class Connection:
         if self._was_connected:
             log.info("reconnected to %s", self.settings.url)
         self._was_connected = True
+        if self.failed.is_set():
+            return
         self.connected.set()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
-        if self._on_connected is not None:
-            self._on_connected()
+        self._call(self._on_connected)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            rc: ReasonCode, properties: object) -> None:
@@ -272,13 +325,14 @@ class Connection:
 
     def _handle_message(self, client: mqtt.Client, userdata: object,
                         msg: mqtt.MQTTMessage) -> None:
-        if self._on_message is not None:
-            self._on_message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._call(self._on_message, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
 
     def _handle_publish(self, client: mqtt.Client, userdata: object, mid: int,
                         rc: ReasonCode, properties: object) -> None:
-        if self._on_published is not None:
-            self._on_published(mid)
+        self._call(self._on_published, mid)
+
+    def _handle_read_batch(self) -> None:
+        self._call(self._on_read_batch)
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received message (manual_ack): only once it is safely handled."""

@@ -111,6 +111,11 @@ class Publisher:
         for (kind, _), seq in zip(taken, self.outbox.add_many(taken), strict=True):
             log.debug("stored %s seq %d", kind, seq)
 
+    @property
+    def uncommitted(self) -> int:
+        """Readings handed over but not committed to the outbox yet."""
+        return len(self._taken)
+
     def connected(self) -> bool:
         return self.conn is not None and self.conn.connected.is_set()
 
