@@ -58,7 +58,8 @@ class ConnectionSettings:
     password: Secret | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    keepalive: int = 60
+    keepalive: int = 30  # an idle connection sends a PINGREQ after this many seconds
+    dead_after: float = 20.0  # give a connection up when sent data stays unacknowledged
     clean_session: bool = True
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
@@ -263,6 +264,7 @@ class Connection:
         self.client.on_publish = self._handle_publish
         self.client.on_read_batch = self._handle_read_batch
         self.client.on_loop_failure = self._fail
+        self.client.on_socket_open = self._tune_socket
         self._connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
@@ -292,6 +294,16 @@ class Connection:
             self._on_failure()
 
     # -- paho callbacks (network thread): record and return --------------------------
+    def _tune_socket(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        """A cut network shows as sent data that is never acknowledged. TCP would
+        retransmit it for about 15 minutes; TCP_USER_TIMEOUT (Linux) gives the
+        connection up after ``dead_after`` seconds instead, and paho reconnects. An idle
+        connection sends a PINGREQ after ``keepalive`` seconds, so it is covered too."""
+        if (hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket)
+                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(self.settings.dead_after * 1000))
+
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
                         rc: ReasonCode, properties: object) -> None:
         self._connack_rc = rc
