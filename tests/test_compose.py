@@ -20,7 +20,15 @@ import docker
 import pytest
 
 from homewatch.mqtt import ConnectionSettings
-from tests.helpers import ROOT, clean_env, free_port, paho_client, python_m, stop_client
+from tests.helpers import (
+    ROOT,
+    clean_env,
+    copy_source_tree,
+    free_port,
+    paho_client,
+    python_m,
+    stop_client,
+)
 
 pytestmark = pytest.mark.compose
 
@@ -74,15 +82,7 @@ class Stack:
 
 def copy_repository(target: Path) -> None:
     """The files a clone has (tracked + new), plus the offline build's .env and wheels."""
-    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            dst = target / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(src.read_bytes())
-            dst.chmod(src.stat().st_mode & 0o777)
+    copy_source_tree(target)
     for extra in [ROOT / ".env", *(ROOT / ".wheelhouse").glob("*.whl")]:
         if extra.is_file():
             (target / extra.relative_to(ROOT)).write_bytes(extra.read_bytes())

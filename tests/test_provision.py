@@ -11,7 +11,7 @@ import pytest
 from homewatch import provision
 from homewatch.errors import ProvisionError
 from homewatch.secrets import load_keyring
-from tests.helpers import ROOT, homewatch_cli
+from tests.helpers import git, homewatch_cli
 
 
 def mode(p: Path) -> int:
@@ -98,7 +98,6 @@ def test_cli_add_list_remove(tmp_path: Path) -> None:
 def test_generated_files_are_gitignored() -> None:
     """Everything under certs/ except its README is ignored by git."""
     for p in ("certs/ca.key", "certs/clients/pi/password", "certs/broker/passwd", ".env"):
-        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", p], cwd=ROOT)
-        assert r.returncode == 0, p
-    r = subprocess.run(["git", "check-ignore", "-q", "--no-index", "certs/README.md"], cwd=ROOT)
-    assert r.returncode == 1
+        assert git("check-ignore", "-q", "--no-index", p, check=False).returncode == 0, p
+    assert git("check-ignore", "-q", "--no-index", "certs/README.md",
+               check=False).returncode == 1
