@@ -251,7 +251,10 @@ async def run(pub: Publisher, *, temperature: TemperatureSource, scanner: Scanne
         done, _ = await asyncio.wait({scan, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if scan not in done:
-            scan.cancel()
+            scan.cancel()  # stopping: let the scanner wind down, and observe how it ended
+            await asyncio.wait({scan}, timeout=5)
+            if scan.done() and not scan.cancelled() and scan.exception() is not None:
+                log.debug("the scan ended with %r while stopping", scan.exception())
             break
         try:
             seen = scan.result()
