@@ -336,6 +336,9 @@ def test_pi_variant_runs_the_publisher_from_a_bundle(
     with open(env_file, "a") as f:
         f.write(f"HOST_UID={os.getuid()}\nHOST_GID={os.getgid()}\nBLUETOOTH_GID={os.getgid()}\n"
                 f"DBUS_SYSTEM_SOCKET={no_bluez}\nHOMEWATCH_INTERVAL=2\nHOMEWATCH_SCAN_DURATION=1\n")
+        # the image this stack built (its .env may name one), not another checkout's
+        f.writelines(line + "\n" for line in (running.dir / ".env").read_text().splitlines()
+                     if line.startswith("HOMEWATCH_IMAGE="))
     compose = [*docker_compose_command.split(), "-f", "docker-compose.pi.yml",
                "--env-file", str(env_file), "-p", f"{running.project}pi"]
     try:
