@@ -22,7 +22,7 @@ from pathlib import Path
 from homewatch import pki, provision
 from homewatch.config import OneLineParser
 from homewatch.errors import ConfigError, HomewatchError
-from homewatch.health import is_fresh
+from homewatch.health import unhealthy_reason
 from homewatch.url import DEFAULT_BASE, parse_broker_url
 
 
@@ -176,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines: list[str] = []
     try:
         if args.command == "health":
-            return 0 if is_fresh(args.file, args.max_age) else 1
+            reason = unhealthy_reason(args.file, args.max_age)
+            if reason is not None:
+                sys.stdout.write(f"unhealthy: {reason}\n")
+            return 0 if reason is None else 1
         if args.command == "doctor":
             return _doctor(args)
         if args.command == "server":

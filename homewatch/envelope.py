@@ -26,10 +26,8 @@ earlier incarnation showed) and one with its state shows everything it missed, o
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -82,29 +80,26 @@ def seal(ring: MultiFernet, *, topic: str, device: str, seq: int, data: Any,
     return ring.encrypt_at_time(plaintext, now)
 
 
-def token_timestamp(token: bytes) -> int:
-    """The send time inside an already-authenticated Fernet token."""
-    raw = base64.urlsafe_b64decode(token)
-    return int(struct.unpack(">Q", raw[1:9])[0])
-
-
-def _open(ring: MultiFernet, token: bytes) -> tuple[bytes, int]:
-    if isinstance(ring, KeyRing):
-        return ring.open(token)  # the fast path (homewatch.fernet)
-    return ring.decrypt(token), token_timestamp(token)
+def _open(ring: KeyRing, token: bytes) -> tuple[bytes, int]:
+    """The one way a token is opened: ``KeyRing.open`` (homewatch.fernet)."""
+    return ring.open(token)
 
 
 class KeyLookup(Protocol):
-    def get(self, device: str, *, force: bool = False) -> MultiFernet | None: ...
+    def get(self, device: str, *, force: bool = False) -> KeyRing | None: ...
 
 
 class StaticKeys:
     """A fixed device -> key ring mapping (tests, benchmarks)."""
 
-    def __init__(self, rings: Mapping[str, MultiFernet]) -> None:
+    def __init__(self, rings: Mapping[str, KeyRing]) -> None:
+        for device, ring in rings.items():
+            if not isinstance(ring, KeyRing):
+                raise TypeError(f"the key ring of {device!r} must be a KeyRing, the ring "
+                                "the subscriber opens tokens with")
         self._rings = dict(rings)
 
-    def get(self, device: str, *, force: bool = False) -> MultiFernet | None:
+    def get(self, device: str, *, force: bool = False) -> KeyRing | None:
         return self._rings.get(device)
 
 
@@ -277,7 +272,7 @@ class Opener:
                 "expired", f"sent {age:.0f} s ago (ttl {self._ttl:.0f} s) and before what "
                 "this subscriber already showed or began with: a possible replay")
 
-    def _decrypt(self, device: str, ring: MultiFernet, payload: bytes) -> tuple[bytes, int]:
+    def _decrypt(self, device: str, ring: KeyRing, payload: bytes) -> tuple[bytes, int]:
         """(plaintext, token timestamp), trying the ring re-read from disk if the cached
         one fails (the key may have just rotated)."""
         try:

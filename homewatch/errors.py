@@ -24,6 +24,22 @@ class TLSError(ConnectError):
     """TLS failed: untrusted broker certificate, host name mismatch, protocol error."""
 
 
+class StorageError(HomewatchError):
+    """Writing the program's own output or state failed (a full or read-only disk, a
+    broken output). The program stops with exit code 1 and acknowledges nothing it
+    could not write, so a restart loses nothing."""
+
+
+class StoppedError(HomewatchError):
+    """A program stopped itself after a failure in one of its threads or tasks, so that
+    Docker or systemd restarts it. Exit code 1."""
+
+    def __init__(self, failure: Exception, consequence: str) -> None:
+        what = str(failure) if isinstance(failure, HomewatchError) else (
+            f"{type(failure).__name__}: {failure}")
+        super().__init__(f"stopped after a failure: {what}; {consequence}")
+
+
 class ProvisionError(HomewatchError):
     """Provisioning an identity failed (bad name, existing files without --force)."""
 

@@ -16,12 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.reasoncodes import ReasonCode
 
-from homewatch.errors import AuthError, ConfigError, ConnectError, TLSError
+from homewatch.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    HomewatchError,
+    TLSError,
+)
 from homewatch.secrets import Secret
 from homewatch.url import BrokerURL
 
@@ -57,7 +64,8 @@ class ConnectionSettings:
     password: Secret | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    keepalive: int = 60
+    keepalive: int = 30  # an idle connection sends a PINGREQ after this many seconds
+    dead_after: float = 20.0  # give a connection up when sent data stays unacknowledged
     clean_session: bool = True
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
@@ -90,20 +98,23 @@ PUBACK = 0x40  # MQTT control packet type, fixed header byte
 
 
 class _Client(mqtt.Client):
-    """paho's client, with five of its internal steps replaced (paho is pinned < 3):
+    """paho's client with four steps replaced, three of them private to paho. paho is
+    pinned to the series they were written for, and tests/test_paho_internals.py fails,
+    naming the override, when the paho code they replace or use changes:
 
     - ``_ssl_wrap_socket``: paho 2.x leaks the half-open SSL socket when certificate
       verification fails; the same logic plus the close. Host names are checked by the
       SSL context (``check_hostname`` is always on in ``tls_context``).
     - ``_reconnect_wait``: the backoff gets jitter.
-    - ``loop_read``: paho reads one packet per wake-up of its loop (one ``select`` per
-      message received); this reads every packet already there, up to READ_BATCH, then
-      calls ``on_read_batch`` (the subscriber flushes and acknowledges once per batch).
-    - ``_packet_queue``: paho wakes its own loop through a socket pair for every packet
-      queued, even from inside that loop (an acknowledgement sent by ``on_message``):
-      there the wake-up is skipped, as the loop writes what is queued on its next turn.
+    - ``loop_read`` (public): paho reads one packet per wake-up of its loop (one
+      ``select`` per message received); this reads every packet already there, up to
+      READ_BATCH, then calls ``on_read_batch`` (the subscriber flushes and acknowledges
+      once per batch). It halves the subscriber's cost per message (README, Performance).
     - ``_packet_write``: acknowledgements waiting side by side go out in one TLS write
       instead of one each.
+    - ``loop_forever`` (public) is wrapped, not replaced: an exception escaping paho's
+      network loop is reported (``on_loop_failure``) instead of ending the thread
+      silently.
     """
 
     def _packet_write(self) -> MQTTErrorCode:
@@ -118,6 +129,20 @@ class _Client(mqtt.Client):
         return super()._packet_write()
 
     on_read_batch: Callable[[], None] | None = None
+    on_loop_failure: Callable[[Exception], None] | None = None
+
+    def loop_forever(self, timeout: float = 1.0,
+                     retry_first_connection: bool = False) -> MQTTErrorCode:
+        """paho's network loop, observed: an exception escaping it (from a callback or
+        from paho itself) would end the network thread silently, with the client still
+        reading as connected. It goes to ``on_loop_failure`` instead."""
+        try:
+            return super().loop_forever(timeout, retry_first_connection)
+        except Exception as exc:
+            if self.on_loop_failure is None:
+                raise
+            self.on_loop_failure(exc)
+            return MQTTErrorCode.MQTT_ERR_UNKNOWN
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         try:
@@ -133,14 +158,6 @@ class _Client(mqtt.Client):
         finally:
             if self.on_read_batch is not None:
                 self.on_read_batch()
-
-    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
-                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
-        if self._thread is None or threading.current_thread() is not self._thread:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
-                                 "to_process": len(packet), "packet": packet, "info": info})
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _reconnect_wait(self) -> None:
         """paho's capped exponential backoff, plus jitter (so a fleet of Pis does not
@@ -270,6 +287,11 @@ class Connection:
     Callbacks record state and hand each message to ``on_message`` in paho's network
     thread; it must finish in bounded time (the subscriber shows and acknowledges the
     message there: one thread per connection, and backpressure rather than a queue).
+
+    No silent death: an exception from a program's callback (or from paho's loop) is
+    kept in ``failure``, sets ``failed``, clears ``connected`` and calls ``on_failure``
+    once; from then on no callback runs, so nothing more is handled or acknowledged.
+    The program stops and exits non-zero.
     """
 
     def __init__(
@@ -282,6 +304,7 @@ class Connection:
         on_connected: Callable[[], None] | None = None,
         on_published: Callable[[int], None] | None = None,
         on_read_batch: Callable[[], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
         manual_ack: bool = False,
     ) -> None:
         self.settings = settings
@@ -289,6 +312,8 @@ class Connection:
         self._subscriptions = subscriptions
         self._on_connected = on_connected
         self._on_published = on_published
+        self._on_read_batch = on_read_batch
+        self._on_failure = on_failure
         self.client = make_client(settings, will=will, manual_ack=manual_ack)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
@@ -296,12 +321,16 @@ class Connection:
         self.client.on_subscribe = self._handle_subscribe
         self.client.on_publish = self._handle_publish
         self.client.on_connect_fail = self._handle_connect_fail
-        self.client.on_read_batch = on_read_batch
+        self.client.on_read_batch = self._handle_read_batch
+        self.client.on_loop_failure = self._fail
+        self.client.on_socket_open = self._tune_socket
         self._connack = threading.Event()
         self._closed_before_connack = threading.Event()
         self._connack_rc: ReasonCode | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.failed = threading.Event()
+        self.failure: Exception | None = None
         self._was_connected = False
         self._connected_at = 0.0
         self._quick_drops = 0
@@ -311,7 +340,37 @@ class Connection:
         self._probing = threading.Lock()
         self._refusal: str | None = None  # why the broker refuses our certificate, if it does
 
+    def _call(self, handler: Callable[..., None] | None, *args: Any) -> None:
+        """Run a program's callback in paho's thread; an exception is a failure."""
+        if handler is None or self.failed.is_set():
+            return  # after a failure nothing more is handled, so nothing acknowledged
+        try:
+            handler(*args)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.failed.is_set():
+            return
+        if not isinstance(exc, HomewatchError | OSError):
+            log.error("unexpected error in the MQTT network thread", exc_info=exc)
+        self.failure = exc
+        self.connected.clear()
+        self.failed.set()
+        if self._on_failure is not None:
+            self._on_failure()
+
     # -- paho callbacks (network thread): record and return --------------------------
+    def _tune_socket(self, client: mqtt.Client, userdata: object, sock: object) -> None:
+        """A cut network shows as sent data that is never acknowledged. TCP would
+        retransmit it for about 15 minutes; TCP_USER_TIMEOUT (Linux) gives the
+        connection up after ``dead_after`` seconds instead, and paho reconnects. An idle
+        connection sends a PINGREQ after ``keepalive`` seconds, so it is covered too."""
+        if (hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket)
+                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(self.settings.dead_after * 1000))
+
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
                         rc: ReasonCode, properties: object) -> None:
         self._connack_rc = rc
@@ -325,11 +384,12 @@ class Connection:
         self._connected_at = time.monotonic()
         self._broker_stayed = not self._reconnect_failed
         self._refusal = None
+        if self.failed.is_set():
+            return
         self.connected.set()
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
-        if self._on_connected is not None:
-            self._on_connected()
+        self._call(self._on_connected)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            rc: ReasonCode, properties: object) -> None:
@@ -398,13 +458,14 @@ class Connection:
 
     def _handle_message(self, client: mqtt.Client, userdata: object,
                         msg: mqtt.MQTTMessage) -> None:
-        if self._on_message is not None:
-            self._on_message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._call(self._on_message, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
 
     def _handle_publish(self, client: mqtt.Client, userdata: object, mid: int,
                         rc: ReasonCode, properties: object) -> None:
-        if self._on_published is not None:
-            self._on_published(mid)
+        self._call(self._on_published, mid)
+
+    def _handle_read_batch(self) -> None:
+        self._call(self._on_read_batch)
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received message (manual_ack): only once it is safely handled."""
@@ -483,3 +544,4 @@ class Connection:
         """Disconnect cleanly and stop the network thread."""
         self.client.disconnect()
         self.client.loop_stop()
+

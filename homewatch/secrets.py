@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import Fernet
 
 from homewatch.errors import ConfigError
 from homewatch.fernet import KeyRing
@@ -150,7 +150,7 @@ class KeyStore:
         self._recheck = recheck_seconds
         self._lock = threading.Lock()
         # device -> (mtime_ns, keyring, last_check)
-        self._cache: dict[str, tuple[int, MultiFernet | None, float]] = {}
+        self._cache: dict[str, tuple[int, KeyRing | None, float]] = {}
         if not directory.is_dir():
             raise ConfigError(f"keys directory not found: {directory}")
 
@@ -161,7 +161,7 @@ class KeyStore:
     def devices(self) -> list[str]:
         return sorted(p.name[: -len(KEYRING_SUFFIX)] for p in self._dir.glob(f"*{KEYRING_SUFFIX}"))
 
-    def get(self, device: str, *, force: bool = False) -> MultiFernet | None:
+    def get(self, device: str, *, force: bool = False) -> KeyRing | None:
         """The key ring of ``device``, or None when there is none."""
         now = time.monotonic()
         with self._lock:
@@ -178,7 +178,7 @@ class KeyStore:
                 self._cache[device] = (mtime, cached[1], now)
                 return cached[1]
             try:
-                ring: MultiFernet | None = load_keyring(path)
+                ring: KeyRing | None = load_keyring(path)
             except ConfigError as exc:
                 log.error("ignoring key ring of %s: %s", device, exc)
                 ring = None

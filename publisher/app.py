@@ -112,6 +112,11 @@ class Publisher:
         for (kind, _, _), seq in zip(taken, self.outbox.add_many(taken), strict=True):
             log.debug("stored %s seq %d", kind, seq)
 
+    @property
+    def uncommitted(self) -> int:
+        """Readings handed over but not committed to the outbox yet."""
+        return len(self._taken)
+
     def connected(self) -> bool:
         return self.conn is not None and self.conn.connected.is_set()
 
@@ -290,7 +295,10 @@ async def _scan_once(pub: Publisher, scanner: Scanner, tracker: PresenceTracker,
     done, _ = await asyncio.wait({scan, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     if scan not in done:
-        scan.cancel()
+        scan.cancel()  # stopping: let the scanner wind down, and observe how it ended
+        await asyncio.wait({scan}, timeout=5)
+        if scan.done() and not scan.cancelled() and scan.exception() is not None:
+            log.debug("the scan ended with %r while stopping", scan.exception())
         return False
     try:
         seen = scan.result()

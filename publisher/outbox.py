@@ -16,10 +16,14 @@ starts numbering at the current time in milliseconds, so a device whose state wa
 
 Bounded: when ``limit`` readings wait, the oldest is dropped for each new one, with a
 counted warning; never silently.
+
+An SQLite error after opening (a full or read-only disk, an I/O error) is a StorageError:
+the publisher stops and exits non-zero; what was committed stays for the next start.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -27,9 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from homewatch.errors import ConfigError
+from homewatch.errors import ConfigError, StorageError
 from homewatch.secrets import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,25 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _storage(method: Callable[P, T]) -> Callable[P, T]:
+    """SQLite errors of an outbox method, translated where they enter."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            outbox = args[0]
+            assert isinstance(outbox, Outbox)
+            raise StorageError(f"outbox {outbox.path}: {exc}") from None
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,7 @@ class Outbox:
         """Commit one reading; returns its sequence number."""
         return self.add_many([(kind, data, sim)])[0]
 
+    @_storage
     def add_many(self, readings: list[tuple[str, Any, str | None]]) -> list[int]:
         """Commit readings ``(kind, data, sim)`` in one transaction (one disk sync for
         all); returns their sequence numbers, in order."""
@@ -130,6 +154,7 @@ class Outbox:
         self._next = first + len(readings)
         return seqs
 
+    @_storage
     def after(self, seq: int, limit: int) -> list[Entry]:
         """Up to ``limit`` readings above ``seq``, in order: waiting ones, and after a
         reconnection (``seq`` back at -1) also those kept for redelivery."""
@@ -137,6 +162,7 @@ class Outbox:
                                 "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
         return [Entry(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
+    @_storage
     def acknowledge(self, seqs: list[int]) -> int:
         """Mark readings acknowledged now (again, for a redelivered one: its window starts
         over); returns how many were waiting until now."""
@@ -152,16 +178,19 @@ class Outbox:
             self._count -= fresh
         return fresh
 
+    @_storage
     def kept(self) -> int:
         """Acknowledged readings still kept for redelivery."""
         return int(self._db.execute(
             "SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL").fetchone()[0])
 
+    @_storage
     def prune(self) -> None:
         """Forget readings acknowledged more than the redelivery window ago."""
         self._db.execute("DELETE FROM outbox WHERE acked_at < ?",
                          (self._clock() - REDELIVERY_WINDOW,))
 
+    @_storage
     def close(self) -> None:
         self._db.close()
 

@@ -6,6 +6,7 @@ Exit codes: 0 stopped cleanly, 1 broker/TLS failure, 2 bad settings or input.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ from types import FrameType
 
 from homewatch import config
 from homewatch.envelope import Opener
+from homewatch.errors import StoppedError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import KeyStore
@@ -42,21 +44,44 @@ def _run(settings: SubscriberSettings) -> int:
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,
                       on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),
-                      manual_ack=True)
+                      on_failure=stop.set, manual_ack=True)
     sub.ack = conn.ack
+    heartbeat = Heartbeat(settings.health_file)
+    failure: Exception | None = None
     conn.start(stop)
     if not stop.is_set():
         log.info("subscribed to %s/# (keys for %d device(s) in %s)", base,
                  len(keys.devices()), keys.directory)
-    heartbeat = Heartbeat(settings.health_file)
     try:
         sub.run(stop, count=settings.count, heartbeat=heartbeat, connected=conn.connected)
+    except StorageError as exc:  # the periodic snapshot of the replay state
+        failure = exc
     finally:
+        failure = failure or conn.failure
+        if failure is not None:
+            heartbeat.fail(str(failure))
         heartbeat.clear()
         conn.stop()  # what arrived was shown and acknowledged as it came
-        sub.save()
-        log.info("stopped: %s", sub.summary())
+    if failure is not None:
+        # Nothing after the failure was acknowledged: the broker keeps it for our
+        # persistent session and delivers it again after the restart.
+        discard_unwritable_output()
+        raise StoppedError(failure, "nothing unrecorded was acknowledged; the broker "
+                           "delivers it again after a restart")
+    sub.save()
+    log.info("stopped: %s", sub.summary())
     return 0
+
+
+def discard_unwritable_output() -> None:
+    """Readings that could not be written stay unacknowledged (shown after the restart);
+    drop them from stdout's buffer so that exiting does not fail on them again."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from homewatch.envelope import STATUS_KIND, Opener, Reading, ReplayGuard
-from homewatch.errors import EnvelopeError
+from homewatch.errors import EnvelopeError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.secrets import ensure_private_dir, write_private_file
 
@@ -108,17 +108,21 @@ class RejectionLog:
 class ReplayState:
     """The replay window on disk: ``<name>.json`` snapshot + ``<name>.log`` of what was
     shown since (``device seq sent_at`` per line). A new state is saved at once, so that
-    when it began (what a late reading is checked against) survives a crash."""
+    when it began (what a late reading is checked against) survives a crash. A write that
+    fails raises StorageError and leaves nothing half-recorded in memory to be written
+    later."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.journal = path.with_suffix(".log")
-        self._fh: TextIO | None = None
+        self._fd: int | None = None
+        self._pending: list[str] = []  # recorded, written by the next flush()
         self._since_snapshot = time.monotonic()
 
     def load(self) -> ReplayGuard:
         try:
-            guard = ReplayGuard.from_json(json.loads(self.path.read_text(encoding="utf-8")))
+            guard = ReplayGuard.from_json(json.loads(self.path.read_text(encoding="utf-8")),
+                                          saved=self.path.stat().st_mtime)
             fresh = False
         except FileNotFoundError:
             guard, fresh = ReplayGuard(), True
@@ -127,30 +131,41 @@ class ReplayState:
                         "late readings sent before it began", self.path, exc)
             guard, fresh = ReplayGuard(), True
         try:
-            lines = self.journal.read_text(encoding="utf-8").splitlines()
+            lines = self.journal.read_text(encoding="utf-8", errors="replace").split("\n")
         except FileNotFoundError:
             lines = []
-        for line in lines:
-            fields = line.split(" ")
-            if len(fields) in (2, 3) and all(f.isdigit() for f in fields[1:]):
-                # a torn last line from a crash is skipped
-                guard.commit(fields[0], int(fields[1]),
-                             int(fields[2]) if len(fields) == 3 else None)
+        for line in lines[:-1]:  # the last piece is empty, or torn by a crash or full disk
+            fields = line.split(" ")  # device seq sent_at (device seq: before send times)
+            if len(fields) not in (2, 3) or not all(f.isdigit() for f in fields[1:]):
+                continue
+            try:
+                guard.check(fields[0], int(fields[1]))
+            except EnvelopeError:
+                continue  # already in the snapshot, or behind the window
+            guard.commit(fields[0], int(fields[1]), int(fields[2]) if len(fields) == 3 else None)
         if fresh:
             ensure_private_dir(self.path.parent)
             self.snapshot(guard)
         return guard
 
     def record(self, device: str, seq: int, sent_at: int) -> None:
-        if self._fh is None:
-            ensure_private_dir(self.journal.parent)
-            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._fh = os.fdopen(fd, "a", encoding="utf-8")
-        self._fh.write(f"{device} {seq} {sent_at}\n")
+        self._pending.append(f"{device} {seq} {sent_at}\n")
 
     def flush(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
+        """Append what was recorded since the last flush to the journal."""
+        if not self._pending:
+            return
+        data = "".join(self._pending).encode("utf-8")
+        try:
+            if self._fd is None:
+                ensure_private_dir(self.journal.parent)
+                self._fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            raise StorageError(f"replay journal {self.journal}: {exc.strerror}") from None
+        self._pending.clear()
 
     def snapshot_due(self) -> bool:
         return time.monotonic() - self._since_snapshot >= SNAPSHOT_EVERY
@@ -158,11 +173,14 @@ class ReplayState:
     def snapshot(self, guard: ReplayGuard) -> None:
         """Write the whole window, then empty the journal it now contains."""
         self.flush()
-        write_private_file(self.path, json.dumps(guard.to_json()))
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.journal.unlink(missing_ok=True)
+        try:
+            write_private_file(self.path, json.dumps(guard.to_json()))
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self.journal.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"replay state {self.path}: {exc.strerror}") from None
         self._since_snapshot = time.monotonic()
 
 
@@ -195,7 +213,7 @@ class Subscriber:
         """After each batch paho read: flush what was shown, then the record of it, then
         acknowledge (so a crash can repeat a reading, never lose one)."""
         with self._lock:
-            self.out.flush()
+            self._output(self.out.flush)
             if self.state is not None:
                 self.state.flush()
             if self.ack is not None:
@@ -221,11 +239,18 @@ class Subscriber:
                 self.done.set()
         return shown
 
+    @staticmethod
+    def _output(write: Callable[..., object], *args: str) -> None:
+        try:
+            write(*args)
+        except OSError as exc:
+            raise StorageError(f"writing the output failed: {exc.strerror or exc}") from None
+
     def _show(self, topic: str, payload: bytes) -> bool:
         if topic.endswith("/" + STATUS_KIND):
             return self._show_status(topic, payload)
         reading = self.opener.open(topic, payload)
-        self.out.write(format_reading(reading, as_json=self.as_json) + "\n")
+        self._output(self.out.write, format_reading(reading, as_json=self.as_json) + "\n")
         if self.state is not None:
             self.state.record(reading.device, reading.seq, reading.sent_at)
         self.accepted += 1
@@ -247,8 +272,9 @@ class Subscriber:
         status = STATUSES.get(payload)
         if status is None:
             raise EnvelopeError("malformed", "status must be 'online' or 'offline'")
-        self.out.write(format_status(topic, device, status, as_json=self.as_json) + "\n")
-        self.out.flush()
+        self._output(self.out.write,
+                     format_status(topic, device, status, as_json=self.as_json) + "\n")
+        self._output(self.out.flush)
         self.statuses += 1
         return True
 
@@ -265,6 +291,9 @@ class Subscriber:
             with self._lock:
                 self.rejection_log.tick()
                 if self.state is not None and self.state.snapshot_due():
+                    # What the snapshot records as shown must be out first: it may fall
+                    # between two messages of a batch, before end_batch flushes them.
+                    self._output(self.out.flush)
                     self.state.snapshot(self.opener.replay)
             if self.done.wait(tick):
                 return

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,55 @@ BROKER_CONF = ROOT / "broker" / "mosquitto.conf"
 BROKER_MTLS_CONF = ROOT / "broker" / "mosquitto-mtls.conf"
 LOCAL_BROKER = ROOT / "scripts" / "local-broker.sh"
 GEN_CERTS = ROOT / "scripts" / "gen-certs.sh"
+
+
+IN_GIT = (ROOT / ".git").exists()
+_EMPTY_REPOSITORY: tempfile.TemporaryDirectory[str] | None = None
+
+
+def git(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """git on this source tree. In a tree without .git (a release tarball) git runs with
+    a throwaway empty repository over the tree: nothing is tracked, and .gitignore
+    applies exactly as git applies it."""
+    global _EMPTY_REPOSITORY
+    prefix = ["git", "-C", str(ROOT)]
+    if not IN_GIT:
+        if _EMPTY_REPOSITORY is None:
+            _EMPTY_REPOSITORY = tempfile.TemporaryDirectory(prefix="homewatch-git-")
+            subprocess.run(["git", "init", "-q", _EMPTY_REPOSITORY.name], check=True)
+        prefix += [f"--git-dir={_EMPTY_REPOSITORY.name}/.git", f"--work-tree={ROOT}"]
+    return subprocess.run([*prefix, *args], capture_output=True, check=check)
+
+
+def source_files(*, untracked: bool = True) -> list[str]:
+    """The source tree's files, as paths relative to ROOT: those git tracks, and with
+    ``untracked`` also the new ones it does not ignore (what a fresh clone plus the
+    working changes hold). Without .git: every file .gitignore does not exclude."""
+    args = ["ls-files", "-z", "--cached"]
+    if untracked or not IN_GIT:
+        args += ["--others", "--exclude-standard"]
+    names = git(*args).stdout.decode().split("\0")
+    return sorted(n for n in set(names) if n and (ROOT / n).is_file())
+
+
+def copy_source_tree(target: Path) -> None:
+    """The source files (``source_files``) copied to ``target`` with their modes."""
+    for name in source_files():
+        src, dst = ROOT / name, target / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+        dst.chmod(src.stat().st_mode & 0o777)
+
+
+def source_repository(target: Path) -> Path:
+    """A git repository at ``target`` whose one commit is the source tree (for a tree
+    without .git, where the tests need something to clone)."""
+    copy_source_tree(target)
+    for args in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=homewatch tests", "-c", "user.email=tests@localhost",
+                  "commit", "-q", "-m", "the source tree"]):
+        subprocess.run(["git", "-C", str(target), *args], check=True, capture_output=True)
+    return target
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -10,13 +10,15 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from homewatch.envelope import Opener, ReplayGuard, StaticKeys, seal
 from homewatch.errors import EnvelopeError
+from homewatch.fernet import KeyRing
 
 NOW = 1_800_000_000
 T = "home/pi-kitchen/temperature"
 
 
-def ring(*keys: bytes) -> MultiFernet:
-    return MultiFernet([Fernet(k) for k in keys])
+def ring(*keys: bytes) -> KeyRing:
+    """The ring production opens tokens with (secrets.load_keyring makes the same)."""
+    return KeyRing(list(keys))
 
 
 @pytest.fixture
@@ -181,3 +183,10 @@ def test_replay_guard_survives_serialisation() -> None:
             g2.check("pi", seq)
     g2.check("pi", 99)
     g2.check("pi", 151)
+
+
+def test_only_the_production_key_ring_opens_tokens(keys: dict[str, bytes]) -> None:
+    """There is one way to open a token, KeyRing.open: a plain MultiFernet ring is
+    refused instead of being opened by another code path."""
+    with pytest.raises(TypeError, match="KeyRing"):
+        StaticKeys({"pi-kitchen": MultiFernet([Fernet(keys["pi-kitchen"])])})

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from homewatch.provision import Layout, make_bundle
-from tests.helpers import ROOT, Broker, clean_env, free_port, wait_for_port
+from tests.helpers import (
+    IN_GIT,
+    ROOT,
+    Broker,
+    clean_env,
+    free_port,
+    source_repository,
+    wait_for_port,
+)
 
 README = ROOT / "README.md"
 UNIT = ROOT / "deploy" / "homewatch-publisher.service"
@@ -39,18 +47,20 @@ def pi(tmp_path: Path, certs: Path, broker: Broker) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repository() -> Iterator[str]:
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """This repository's committed HEAD served by a real git server (git daemon, on
-    loopback), so pip and git fetch it over the network as a user does."""
-    assert (ROOT / ".git").exists(), "the walkthrough test needs the git checkout"
+    loopback), so pip and git fetch it over the network as a user does. A tree without
+    .git (a release tarball) is served as a repository holding it in one commit."""
     assert any(WHEELS.glob("*.whl")), "no wheels: run scripts/offline-images.sh first"
+    repo = ROOT if IN_GIT else source_repository(
+        tmp_path_factory.mktemp("git") / "homewatch")
     port = free_port()
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all",
-                               f"--base-path={ROOT.parent}", "--listen=127.0.0.1",
-                               f"--port={port}", str(ROOT)])
+                               f"--base-path={repo.parent}", "--listen=127.0.0.1",
+                               f"--port={port}", str(repo)])
     try:
         wait_for_port("127.0.0.1", port)
-        yield f"git://127.0.0.1:{port}/{ROOT.name}"
+        yield f"git://127.0.0.1:{port}/{repo.name}"
     finally:
         daemon.terminate()
         daemon.wait(10)

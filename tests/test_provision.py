@@ -11,7 +11,7 @@ import pytest
 from homewatch import provision
 from homewatch.errors import ProvisionError
 from homewatch.secrets import load_keyring
-from tests.helpers import ROOT, gen_certs, homewatch_cli
+from tests.helpers import gen_certs, git, homewatch_cli
 
 
 def mode(p: Path) -> int:
@@ -117,10 +117,9 @@ def test_bundle_url_the_broker_certificate_does_not_name_is_warned_with_the_fix(
 def test_generated_files_are_gitignored() -> None:
     """Everything under certs/ except its README is ignored by git."""
     for p in ("certs/ca.key", "certs/clients/pi/password", "certs/broker/passwd", ".env"):
-        r = subprocess.run(["git", "check-ignore", "-q", "--no-index", p], cwd=ROOT)
-        assert r.returncode == 0, p
-    r = subprocess.run(["git", "check-ignore", "-q", "--no-index", "certs/README.md"], cwd=ROOT)
-    assert r.returncode == 1
+        assert git("check-ignore", "-q", "--no-index", p, check=False).returncode == 0, p
+    assert git("check-ignore", "-q", "--no-index", "certs/README.md",
+               check=False).returncode == 1
 
 
 def test_server_init_without_a_demo_device_leaves_the_subscriber_a_keys_directory(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from homewatch.doctor import secret_files
-from tests.helpers import ROOT, Broker, clean_env, python_m, running
+from tests.helpers import ROOT, Broker, clean_env, python_m, running, source_files
 from tests.test_end_to_end import publisher_cmd, subscriber_cmd, wait_subscribed
 
 
@@ -31,9 +31,9 @@ def all_secrets(certs: Path) -> list[str]:
 
 
 def test_no_secret_material_is_tracked_by_git() -> None:
-    """No tracked file holds a private key, a Fernet key or a password hash."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    """No tracked file (in a tree without .git: no file git would not ignore) holds a
+    private key, a Fernet key or a password hash."""
+    files = source_files(untracked=False)
     fernet = re.compile(r"\b[A-Za-z0-9_-]{43}=")
     pbkdf2 = re.compile(r"\$7\$\d+\$[A-Za-z0-9+/]{16}\$")
     for name in filter(None, files):
