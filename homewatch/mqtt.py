@@ -512,7 +512,8 @@ class Connection:
                 self.client.disconnect()
                 raise AuthError(
                     f"broker refused {s.username!r}: {rc} (check the user name and its "
-                    "password file)")
+                    "password file; or the identity was removed on the server: provision "
+                    "it again with `make add-device`)")
             log.info("connected to %s as %s", s.url, s.username)
             return
 

@@ -143,7 +143,7 @@ class Publisher:
         if self._reconnected.is_set():
             self._reconnected.clear()
             if len(self.outbox):
-                log.info("sending %d unacknowledged reading(s) again", len(self.outbox))
+                log.info("sending %d reading(s) waiting in the outbox", len(self.outbox))
             kept = self.outbox.kept()
             if kept:
                 log.info("sending %d reading(s) acknowledged just before the connection "

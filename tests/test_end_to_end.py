@@ -174,7 +174,8 @@ def test_publisher_with_wrong_password_exits_1_with_one_line(broker: Broker,
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("publisher: error:")]
     assert errors == ["publisher: error: broker refused 'pi-kitchen': Not authorized "
-                      "(check the user name and its password file)"]
+                      "(check the user name and its password file; or the identity was "
+                      "removed on the server: provision it again with `make add-device`)"]
     assert "Traceback" not in r.stderr
 
 
