@@ -1,0 +1,168 @@
+"""The history store: what the subscriber accepted, kept for people to look back at.
+
+One small interface with two sides, so that another database can follow SQLite later:
+
+- :class:`HistoryWriter`: the subscriber's history sink calls it for every accepted
+  reading and status, then :meth:`HistoryWriter.commit` once per batch, *before* the
+  batch is acknowledged to the broker (a reading is acknowledged only once it is shown
+  and recorded). A write that fails (full disk, read-only volume, locked database)
+  raises :class:`~homewatch.errors.StorageError`; nothing is dropped silently.
+- :class:`HistoryReader`: the dashboard opens the same database read-only and asks for
+  what its pages show. It needs no key, no MQTT credential: this package imports
+  neither (``tests/test_layering.py`` checks it).
+
+Times are Unix seconds (float, UTC). A reading is filed under when it was *taken*
+(``Reading.taken_at``, else when it was sent), so readings that arrive late after an
+outage land where they belong. Invented readings keep their mark (``"simulated"`` or
+``"demo"``) all the way to the page that shows them.
+
+Device (Pi) and person names come from Pis: whoever displays them escapes them.
+
+Implementations: :mod:`homewatch.history.sqlite` (the default, embedded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Simulated = Literal["simulated", "demo"] | None
+RANGES: Mapping[str, float] = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0,
+                               "1y": 365 * 86400.0}
+DEFAULT_RETENTION_DAYS = 400  # raw points; rollups are kept as long (at least a year)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sighting:
+    """One known device (a person's phone, watch, tag) in a Pi's presence report."""
+
+    name: str
+    state: Literal["home", "away"]
+    last_seen: float | None = None
+    rssi: int | None = None
+
+
+class HistoryWriter(Protocol):
+    """The subscriber's side. Calls between two commits form one transaction."""
+
+    def temperature(self, device: str, at: float, celsius: float, *,
+                    simulated: Simulated = None) -> None:
+        """A temperature reading of ``device`` (a Pi), taken at ``at``."""
+
+    def presence(self, device: str, at: float, sightings: Sequence[Sighting], *,
+                 simulated: Simulated = None) -> None:
+        """A Pi's full presence report; the store keeps changes (arrived, left) and
+        the latest state per (Pi, person), not every report."""
+
+    def scanner(self, device: str, at: float, state: str, detail: str = "", *,
+                simulated: Simulated = None) -> None:
+        """A Pi's scanner status (``ok`` / ``error`` with a detail); kept as changes."""
+
+    def availability(self, device: str, at: float, online: bool) -> None:
+        """The broker-kept ``online``/``offline`` status of a Pi; kept as changes."""
+
+    def rejected(self, device: str | None, reason: str, at: float) -> None:
+        """A rejected message, counted per day, device (None: not a known device) and
+        reason."""
+
+    def key_updated(self, device: str, at: float) -> None:
+        """When ``device``'s key ring was last written (provisioned or rotated)."""
+
+    def commit(self) -> None:
+        """Make everything written since the last commit durable (raises StorageError)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersonNow:
+    """A known person (device name from the known-devices files) right now."""
+
+    name: str
+    home: bool
+    since: float | None  # when they arrived (home) or left (away), if known
+    seen_by: tuple[str, ...]  # the Pis whose latest report has them home
+    last_seen: float | None
+    simulated: Simulated = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PiNow:
+    """A Pi right now."""
+
+    name: str
+    online: bool | None  # None: no status received yet
+    status_since: float | None
+    temperature: float | None
+    temperature_at: float | None
+    last_reading_at: float | None  # any reading, when it was received
+    scanner_state: str | None
+    scanner_detail: str
+    simulated: Simulated = None  # the mark of its latest reading
+
+
+@dataclass(frozen=True, kw_only=True)
+class Now:
+    at: float
+    people: tuple[PersonNow, ...]
+    pis: tuple[PiNow, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bucket:
+    """Temperature over [start, end): min, max and mean of ``count`` readings."""
+
+    start: float
+    end: float
+    min: float
+    max: float
+    mean: float
+    count: int
+    simulated: Simulated = None  # set when any reading in the bucket was invented
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interval:
+    """A stretch of one state: [start, end), end None while it lasts."""
+
+    start: float
+    end: float | None
+    state: str
+    seen_by: tuple[str, ...] = ()
+    simulated: Simulated = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceReport:
+    """A Pi on the Devices page."""
+
+    name: str
+    first_seen: float | None
+    last_seen: float | None
+    key_updated_at: float | None
+    online: bool | None
+    readings: int
+    rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+
+
+class HistoryReader(Protocol):
+    """The dashboard's side: read-only."""
+
+    def now(self, at: float) -> Now: ...
+
+    def temperature(self, device: str, start: float, end: float, *,
+                    max_points: int = 400) -> list[Bucket]:
+        """At most about ``max_points`` buckets over [start, end), from the coarsest
+        resolution that still gives that many (raw, 5-minute, hourly, daily rollups)."""
+
+    def presence(self, start: float, end: float) -> Mapping[str, list[Interval]]:
+        """Per person, their home/away intervals over [start, end) (all Pis fused: home
+        while any Pi has them home)."""
+
+    def devices(self) -> list[DeviceReport]: ...
+
+    def rejections(self) -> Mapping[tuple[str | None, str], int]:
+        """Rejected messages since the history began, per (device, reason)."""
+
+    def close(self) -> None: ...
