@@ -171,6 +171,18 @@ def test_a_repeated_reading_is_kept_once(writer: SqliteHistory, db: Path) -> Non
     assert rows(db, "SELECT DISTINCT n FROM rollup") == [(1,)]
 
 
+def test_different_readings_in_one_millisecond_are_all_kept(writer: SqliteHistory,
+                                                            db: Path) -> None:
+    """Two different readings filed under the same millisecond are both kept (the
+    second a millisecond later); only an identical copy is dropped."""
+    for value in (20.0, 20.5, 20.0, 21.0):
+        writer.temperature("pi-a", T0 + 1.5, value)
+    writer.commit()
+    assert rows(db, "SELECT ts - ?, centi FROM temperature ORDER BY ts",
+                round((T0 + 1.5) * 1000)) == [(0, 2000), (1, 2050), (2, 2100)]
+    assert rows(db, "SELECT DISTINCT n FROM rollup") == [(3,)]
+
+
 def test_simulated_marks_are_kept_everywhere(writer: SqliteHistory, db: Path) -> None:
     """Demo and simulated readings keep their mark in raw points, rollups, the Pi's and
     the person's state now and their presence intervals."""

@@ -90,6 +90,7 @@ RETENTION_EVERY = 3600.0  # seconds between retention passes
 RETENTION_CATCHUP = 10.0  # ... while a backlog is worked off
 RETENTION_BATCH = 10_000  # rows per Pi and table deleted in one pass at most
 
+SAME_MS_SLOTS = 16  # different readings of one Pi filed within one millisecond
 INSERT_TEMPERATURE = ("INSERT INTO temperature (device_id, ts, centi, sim) VALUES (?, ?, ?, ?) "
                       "ON CONFLICT DO NOTHING")
 UPSERT_ROLLUP = (
@@ -193,8 +194,7 @@ class SqliteHistory:
         if not (math.isfinite(at) and math.isfinite(celsius)):
             raise ValueError(f"temperature {celsius!r} at {at!r} is not a finite number")
         dev, sim, centi = self._device(device), schema.SIM_CODES[simulated], round(celsius * 100)
-        if self._db.execute(INSERT_TEMPERATURE, (dev, round(at * 1000), centi, sim)
-                            ).rowcount != 1:
+        if not self._insert_point(dev, round(at * 1000), centi, sim):
             log.debug("history: %s's reading taken at %.3f is already recorded", device, at)
             return
         for step in schema.ROLLUP_STEPS:
@@ -208,6 +208,23 @@ class SqliteHistory:
         delta = self._touch(dev, sim)
         if delta.temp is None or at >= delta.temp[0]:
             delta.temp = (at, centi, sim)
+
+    def _insert_point(self, dev: int, ts: int, centi: int, sim: int) -> bool:
+        """Insert a raw point; False when this very reading is already there (a copy
+        delivered again after a crash). A different reading taken in the same
+        millisecond is kept too, a millisecond later (up to SAME_MS_SLOTS of them: a Pi
+        that sends more is misbehaving, and is not allowed to stop the subscriber)."""
+        for _ in range(SAME_MS_SLOTS):
+            if self._db.execute(INSERT_TEMPERATURE, (dev, ts, centi, sim)).rowcount == 1:
+                return True
+            row = self._db.execute("SELECT centi, sim FROM temperature WHERE device_id = ? "
+                                   "AND ts = ?", (dev, ts)).fetchone()
+            if row is not None and tuple(row) == (centi, sim):
+                return False
+            ts += 1
+        log.warning("history: more than %d different readings taken within one millisecond "
+                    "from one Pi (id %d): this one is not kept", SAME_MS_SLOTS, dev)
+        return False
 
     @_storage
     def presence(self, device: str, at: float, sightings: Sequence[Sighting], *,
