@@ -31,7 +31,7 @@ certs: ## make the CA and broker certificate if missing (scripts/gen-certs.sh)
 broker: ## run the broker with a local mosquitto on 127.0.0.1:$(PORT) (no Docker)
 	scripts/local-broker.sh --port $(PORT)
 
-.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert
+.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert dashboard-password
 NAME ?=
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
@@ -65,7 +65,11 @@ doctor: ## audit the running stack: certificates, permissions, anonymous, TLS, A
 offline-images: ## build the broker and Python base images and a wheelhouse with no registry
 	scripts/offline-images.sh
 
-broker-cert: ## reissue the broker certificate for more names and reload the broker: make broker-cert SAN="homeserver.lan 192.168.1.10"
+broker-cert: ## reissue the broker and dashboard certificates for more names and reload them: make broker-cert SAN="homeserver.lan 192.168.1.10"
 	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
 	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
 	$(COMPOSE) kill -s SIGHUP broker
+	$(COMPOSE) restart dashboard
+
+dashboard-password: ## a new random dashboard password in certs/dashboard/password (every session ends)
+	scripts/admin.sh homewatch dashboard password
