@@ -234,6 +234,21 @@ def test_presence_fused_across_two_pis(writer: SqliteHistory, db: Path) -> None:
         assert (now.home, now.since, now.seen_by) == (False, T0 + 500, ())
 
 
+def test_a_move_between_rooms_reported_at_one_moment_is_no_away_stretch(
+        writer: SqliteHistory, db: Path) -> None:
+    """Pi A's report that a person left and Pi B's that they arrived, both of the same
+    moment, written one after the other, leave one home stretch seen by both."""
+    writer.presence("pi-a", T0, [Sighting(name="Anna", state="home")])
+    writer.presence("pi-b", T0, [Sighting(name="Anna", state="away")])
+    writer.presence("pi-a", T0 + 60, [Sighting(name="Anna", state="away")])
+    writer.presence("pi-b", T0 + 60, [Sighting(name="Anna", state="home")])
+    writer.commit()
+    with open_reader(db) as r:
+        assert r.presence(T0, T0 + 100)["Anna"] == [
+            Interval(start=T0, end=None, state="home", seen_by=("pi-a", "pi-b"))]
+    assert rows(db, "SELECT count(*) FROM person_change") == [(1,)]
+
+
 def expected_presence(reports: list[tuple[str, float, bool]]) -> list[tuple[float, bool,
                                                                              tuple[str, ...]]]:
     """Brute force: the fused state after every report time, as (start, home, seen_by)."""

@@ -381,8 +381,12 @@ class SqliteHistory:
             self._refuse(person, at, [d for d, _ in pairs])
             return
         home_at = {d for d, pair in pairs if pair.home}
-        last = self._db.execute("SELECT ts, home, seen_by, sim FROM person_change WHERE "
-                                "person_id = ? ORDER BY ts DESC LIMIT 1", (person,)).fetchone()
+        last = self._last_stretch(person)
+        if last is not None and last[0] == at and bool(last[1]) != bool(home_at):
+            # undone at the same moment (one Pi's report of it, then another's): no stretch
+            self._db.execute("DELETE FROM person_change WHERE person_id = ? AND ts = ?",
+                             (person, at))
+            last = self._last_stretch(person)
         if last is None or bool(last[1]) != bool(home_at):
             self._db.execute("INSERT OR REPLACE INTO person_change VALUES (?, ?, ?, ?, ?)",
                              (person, at, int(bool(home_at)), encode_ids(home_at), sim))
@@ -391,6 +395,12 @@ class SqliteHistory:
                              "person_id = ? AND ts = ?",
                              (encode_ids(decode_ids(last[2]) | home_at), max(last[3], sim),
                               person, last[0]))
+
+    def _last_stretch(self, person: int) -> tuple[float, int, str, int] | None:
+        row: tuple[float, int, str, int] | None = self._db.execute(
+            "SELECT ts, home, seen_by, sim FROM person_change WHERE person_id = ? "
+            "ORDER BY ts DESC LIMIT 1", (person,)).fetchone()
+        return row
 
     def _refuse(self, person: int, at: float, devices: list[int]) -> None:
         """Recompute ``person``'s stretches from the one that holds ``at``."""
