@@ -625,6 +625,35 @@ def test_kill_9_of_a_writing_process_leaves_a_readable_database(db: Path) -> Non
             assert r.devices()[0].readings == 2 * committed
 
 
+def test_a_commit_cut_off_by_kill_9_is_rolled_back_by_the_next_writer(
+        db: Path, clock: Clock) -> None:
+    """A write killed half-way into the file leaves a hot journal: a read-only reader
+    then says, in a StorageError, that the subscriber rolls it back when it starts; the
+    next writer does, and the reader reads what was committed before."""
+    with SqliteHistory(db, clock=clock) as w:
+        w.temperature("pi-a", T0, 20.0)
+        w.commit()
+    child = python_child("""
+        import os, signal, sqlite3, sys
+        db = sqlite3.connect(sys.argv[1], isolation_level=None)
+        db.execute("PRAGMA cache_size=10")  # a big batch must spill into the file
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO temperature VALUES (1, ?, 2000, 0)",
+                       [(i,) for i in range(10**5)])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """, str(db))
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert db.with_name(db.name + "-journal").stat().st_size > 0
+    with pytest.raises(StorageError, match=rf"^history database {db}: .*interrupted.*"
+                       "subscriber rolls it back"), open_reader(db) as r:
+        r.now(T0)
+    SqliteHistory(db, clock=clock).close()
+    with open_reader(db) as r:
+        assert [b.count for b in r.temperature("pi-a", T0, T0 + 10, max_points=10)] == [1]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
 READER_CHILD = """
     import errno, json, sys, time
     from homewatch.errors import StorageError

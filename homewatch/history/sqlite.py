@@ -38,7 +38,9 @@ Concurrency and a read-only mount: rollback journal, not WAL (decided by experim
       fail whenever the subscriber is stopped or restarted.
     * Rollback journal (``journal_mode=DELETE``): a reader on the read-only mount opens
       and reads the database whether or not the writer runs, and sees each commit at
-      once (30 of 30 commits seen by a long-lived reader right after each). Readers hold
+      once (30 of 30 commits seen by a long-lived reader right after each; this
+      module's reader in the Python image with the directory mounted ``:ro``, 10 of 10,
+      and still after the writer closed). Readers hold
       a shared lock only while a query runs; the writer's commit waits for it (busy
       timeout ``WRITER_BUSY_TIMEOUT``), and a reader waits out the writer's commit
       (``READER_BUSY_TIMEOUT``). A writer killed (``kill -9``) inside a transaction
