@@ -4,10 +4,10 @@ PYTHON ?= python3
 PORT ?= 8883
 
 .DEFAULT_GOAL := help
-.PHONY: help install test bench soak lint certs broker
+.PHONY: help install test bench bench-history soak lint certs broker
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: ## install Homewatch with its test and dev tools into the current Python
 	$(PYTHON) -m pip install -e '.[ble,test,dev]'
@@ -15,8 +15,12 @@ install: ## install Homewatch with its test and dev tools into the current Pytho
 test: ## run the test suite (the README's test command; CI runs exactly this)
 	$(PYTHON) -m pytest
 
-bench: ## raw paho vs the secure pipeline side by side (a few minutes); JSON in bench/results
+bench: ## raw paho vs the secure pipeline side by side, then bench-history (several minutes); JSON in bench/results
 	$(PYTHON) -m bench.bench
+	$(PYTHON) -m bench.history
+
+bench-history: ## the history store: a year of 5 Pis loaded, bytes per reading, query p50/p95 (about 3 minutes)
+	$(PYTHON) -m bench.history
 
 soak: ## a longer soak test: SOAK_SECONDS=600 SOAK_PUBLISHERS=5 make soak
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(PYTHON) -m pytest -m soak -s

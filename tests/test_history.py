@@ -246,6 +246,21 @@ def test_presence_fused_across_two_pis(writer: SqliteHistory, db: Path) -> None:
         assert (now.home, now.since, now.seen_by) == (False, T0 + 500, ())
 
 
+def test_a_move_between_rooms_reported_at_one_moment_is_no_away_stretch(
+        writer: SqliteHistory, db: Path) -> None:
+    """Pi A's report that a person left and Pi B's that they arrived, both of the same
+    moment, written one after the other, leave one home stretch seen by both."""
+    writer.presence("pi-a", T0, [Sighting(name="Anna", state="home")])
+    writer.presence("pi-b", T0, [Sighting(name="Anna", state="away")])
+    writer.presence("pi-a", T0 + 60, [Sighting(name="Anna", state="away")])
+    writer.presence("pi-b", T0 + 60, [Sighting(name="Anna", state="home")])
+    writer.commit()
+    with open_reader(db) as r:
+        assert r.presence(T0, T0 + 100)["Anna"] == [
+            Interval(start=T0, end=None, state="home", seen_by=("pi-a", "pi-b"))]
+    assert rows(db, "SELECT count(*) FROM person_change") == [(1,)]
+
+
 def expected_presence(reports: list[tuple[str, float, bool]]) -> list[tuple[float, bool,
                                                                              tuple[str, ...]]]:
     """Brute force: the fused state after every report time, as (start, home, seen_by)."""
@@ -620,6 +635,35 @@ def test_kill_9_of_a_writing_process_leaves_a_readable_database(db: Path) -> Non
         with open_reader(db) as r:
             assert r.now(0).pis[0].temperature == 20.0 + committed % 7
             assert r.devices()[0].readings == 2 * committed
+
+
+def test_a_commit_cut_off_by_kill_9_is_rolled_back_by_the_next_writer(
+        db: Path, clock: Clock) -> None:
+    """A write killed half-way into the file leaves a hot journal: a read-only reader
+    then says, in a StorageError, that the subscriber rolls it back when it starts; the
+    next writer does, and the reader reads what was committed before."""
+    with SqliteHistory(db, clock=clock) as w:
+        w.temperature("pi-a", T0, 20.0)
+        w.commit()
+    child = python_child("""
+        import os, signal, sqlite3, sys
+        db = sqlite3.connect(sys.argv[1], isolation_level=None)
+        db.execute("PRAGMA cache_size=10")  # a big batch must spill into the file
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO temperature VALUES (1, ?, 2000, 0)",
+                       [(i,) for i in range(10**5)])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """, str(db))
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert db.with_name(db.name + "-journal").stat().st_size > 0
+    with pytest.raises(StorageError, match=rf"^history database {db}: .*interrupted.*"
+                       "subscriber rolls it back"), open_reader(db) as r:
+        r.now(T0)
+    SqliteHistory(db, clock=clock).close()
+    with open_reader(db) as r:
+        assert [b.count for b in r.temperature("pi-a", T0, T0 + 10, max_points=10)] == [1]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
 
 
 READER_CHILD = """

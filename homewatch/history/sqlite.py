@@ -38,7 +38,9 @@ Concurrency and a read-only mount: rollback journal, not WAL (decided by experim
       fail whenever the subscriber is stopped or restarted.
     * Rollback journal (``journal_mode=DELETE``): a reader on the read-only mount opens
       and reads the database whether or not the writer runs, and sees each commit at
-      once (30 of 30 commits seen by a long-lived reader right after each). Readers hold
+      once (30 of 30 commits seen by a long-lived reader right after each; this
+      module's reader in the Python image with the directory mounted ``:ro``, 10 of 10,
+      and still after the writer closed). Readers hold
       a shared lock only while a query runs; the writer's commit waits for it (busy
       timeout ``WRITER_BUSY_TIMEOUT``), and a reader waits out the writer's commit
       (``READER_BUSY_TIMEOUT``). A writer killed (``kill -9``) inside a transaction
@@ -398,8 +400,12 @@ class SqliteHistory:
             self._refuse(person, at, [d for d, _ in pairs])
             return
         home_at = {d for d, pair in pairs if pair.home}
-        last = self._db.execute("SELECT ts, home, seen_by, sim FROM person_change WHERE "
-                                "person_id = ? ORDER BY ts DESC LIMIT 1", (person,)).fetchone()
+        last = self._last_stretch(person)
+        if last is not None and last[0] == at and bool(last[1]) != bool(home_at):
+            # undone at the same moment (one Pi's report of it, then another's): no stretch
+            self._db.execute("DELETE FROM person_change WHERE person_id = ? AND ts = ?",
+                             (person, at))
+            last = self._last_stretch(person)
         if last is None or bool(last[1]) != bool(home_at):
             self._db.execute("INSERT OR REPLACE INTO person_change VALUES (?, ?, ?, ?, ?)",
                              (person, at, int(bool(home_at)), encode_ids(home_at), sim))
@@ -408,6 +414,12 @@ class SqliteHistory:
                              "person_id = ? AND ts = ?",
                              (encode_ids(decode_ids(last[2]) | home_at), max(last[3], sim),
                               person, last[0]))
+
+    def _last_stretch(self, person: int) -> tuple[float, int, str, int] | None:
+        row: tuple[float, int, str, int] | None = self._db.execute(
+            "SELECT ts, home, seen_by, sim FROM person_change WHERE person_id = ? "
+            "ORDER BY ts DESC LIMIT 1", (person,)).fetchone()
+        return row
 
     def _refuse(self, person: int, at: float, devices: list[int]) -> None:
         """Recompute ``person``'s stretches from the one that holds ``at``."""
