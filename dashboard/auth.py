@@ -1,0 +1,236 @@
+"""Who may see the dashboard: one household password, sessions, a login rate limit.
+
+- :class:`SecretFile`: a one-line secret on disk (the password, the metrics token),
+  compared in constant time and re-read when the file changes, so that editing it takes
+  effect at once; a new value starts a new generation, which ends every session.
+- :class:`Sessions`: random tokens held in memory only (a restart logs everyone out),
+  ending after an idle time, a maximum lifetime, a logout or a password change.
+- :class:`LoginLimiter`: token buckets per client address and overall; a failed login
+  takes a token from both, and without one the login is refused before the password is
+  even compared (429 with Retry-After).
+
+Nothing here logs, stores or returns a secret: files are kept as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+SESSION_COOKIE = "__Host-homewatch"  # __Host-: Secure, Path=/ and no Domain, enforced
+LOGIN_COOKIE = "__Host-homewatch-login"  # the login form's CSRF token (double submit)
+MAX_LIFETIME = 30 * 86400.0  # a session ends after this, however active
+MAX_SESSIONS = 1000
+SHORT_PASSWORD = 12
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+def same_secret(a: str, b: str) -> bool:
+    """Constant time, whatever the lengths (both are hashed first)."""
+    return hmac.compare_digest(_digest(a), _digest(b))
+
+
+class SecretFile:
+    """A one-line secret file, re-read whenever its inode, size or mtime changes.
+
+    A missing, unreadable or empty file matches nothing (fail closed) until it is back.
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self.generation = 0
+        self._key: tuple[int, int, int] | None = None
+        self._digest: bytes | None = None
+        self._problem: str | None = None
+
+    def load(self) -> None:
+        """Read the file now; at start, an error (OSError) is the caller's to report."""
+        st = self.path.stat()
+        self._read(st)
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed since the last look (one stat per call)."""
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            self._set(None, f"{self.what} {self.path}: {exc.strerror}", None)
+            return
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != self._key:
+            self._read(st)
+
+    def _read(self, st: os.stat_result) -> None:
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            value = self.path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            self._set(None, f"{self.what} {self.path}: {reason}", key)
+            return
+        if not value:
+            self._set(None, f"{self.what} {self.path} is empty", key)
+            return
+        if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+            log.warning("%s %s can be read by every user; run: chmod 600 %s", self.what,
+                        self.path, self.path)
+        self._set(_digest(value), None, key)
+        if len(value) < SHORT_PASSWORD:
+            log.warning("%s %s is shorter than %d characters", self.what, self.path,
+                        SHORT_PASSWORD)
+
+    def _set(self, digest: bytes | None, problem: str | None,
+             key: tuple[int, int, int] | None) -> None:
+        self._key = key
+        if problem is not None and problem != self._problem:
+            log.error("%s: nobody can log in until it is fixed", problem)
+        self._problem = problem
+        if digest != self._digest:
+            if self._digest is not None:
+                log.info("%s %s changed: every session has ended", self.what, self.path)
+            self._digest = digest
+            self.generation += 1
+
+    @property
+    def usable(self) -> bool:
+        return self._digest is not None
+
+    def matches(self, candidate: str) -> bool:
+        """Whether ``candidate`` is the file's secret (constant time; re-reads first)."""
+        self.refresh()
+        if self._digest is None:
+            return False
+        return hmac.compare_digest(_digest(candidate), self._digest)
+
+
+@dataclass
+class Session:
+    csrf: str  # the token its forms (logout) carry
+    created: float
+    last_used: float
+    generation: int  # of the password it logged in with
+
+
+@dataclass
+class Sessions:
+    """Sessions in memory, keyed by the SHA-256 of their token (lookups leak nothing
+    usable about a token through timing)."""
+
+    idle: float
+    lifetime: float = MAX_LIFETIME
+    clock: Clock = time.monotonic
+    _by_digest: dict[bytes, Session] = field(default_factory=dict)
+
+    def create(self, generation: int) -> str:
+        """A new session; returns its token (the cookie value)."""
+        self._prune()
+        if len(self._by_digest) >= MAX_SESSIONS:  # drop the least recently used
+            oldest = min(self._by_digest, key=lambda d: self._by_digest[d].last_used)
+            del self._by_digest[oldest]
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        self._by_digest[_digest(token)] = Session(csrf=secrets.token_urlsafe(24), created=now,
+                                                  last_used=now, generation=generation)
+        return token
+
+    def get(self, token: str | None, generation: int) -> Session | None:
+        """The live session of ``token`` (renewing its idle time), or None."""
+        if not token:
+            return None
+        d = _digest(token)
+        session = self._by_digest.get(d)
+        if session is None:
+            return None
+        now = self.clock()
+        if (session.generation != generation or now - session.last_used > self.idle
+                or now - session.created > self.lifetime):
+            del self._by_digest[d]
+            return None
+        session.last_used = now
+        return session
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._by_digest.pop(_digest(token), None)
+
+    def count(self) -> int:
+        self._prune()
+        return len(self._by_digest)
+
+    def _prune(self) -> None:
+        now = self.clock()
+        for d, s in list(self._by_digest.items()):
+            if now - s.last_used > self.idle or now - s.created > self.lifetime:
+                del self._by_digest[d]
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class LoginLimiter:
+    """Failed logins allowed: ``per_client`` at once per address, then one every
+    ``client_every`` seconds; ``overall`` at once from everyone, then one every
+    ``overall_every`` seconds."""
+
+    per_client: int = 5
+    client_every: float = 30.0
+    overall: int = 20
+    overall_every: float = 10.0
+    clock: Clock = time.monotonic
+    _clients: dict[str, _Bucket] = field(default_factory=dict)
+    _all: _Bucket | None = None
+    refused: int = 0  # attempts refused by the limit (metrics)
+    failed_total: int = 0  # wrong passwords (metrics)
+
+    def _fill(self, bucket: _Bucket, capacity: int, every: float, now: float) -> _Bucket:
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) / every)
+        bucket.at = now
+        return bucket
+
+    def _buckets(self, client: str) -> tuple[_Bucket, _Bucket]:
+        now = self.clock()
+        if self._all is None:
+            self._all = _Bucket(self.overall, now)
+        if client not in self._clients and len(self._clients) >= 10_000:
+            self._forget_full(now)
+        mine = self._clients.setdefault(client, _Bucket(self.per_client, now))
+        return (self._fill(mine, self.per_client, self.client_every, now),
+                self._fill(self._all, self.overall, self.overall_every, now))
+
+    def _forget_full(self, now: float) -> None:
+        for addr, b in list(self._clients.items()):
+            if self._fill(b, self.per_client, self.client_every, now).tokens >= self.per_client:
+                del self._clients[addr]
+
+    def retry_after(self, client: str) -> float:
+        """0 when ``client`` may try a password now, else the seconds to wait."""
+        mine, everyone = self._buckets(client)
+        wait = max((1 - mine.tokens) * self.client_every if mine.tokens < 1 else 0.0,
+                   (1 - everyone.tokens) * self.overall_every if everyone.tokens < 1 else 0.0)
+        if wait > 0:
+            self.refused += 1
+        return wait
+
+    def failed(self, client: str) -> None:
+        mine, everyone = self._buckets(client)
+        mine.tokens -= 1
+        everyone.tokens -= 1
+        self.failed_total += 1
