@@ -24,11 +24,11 @@ from homewatch.history.sqlite import open_reader
 def _secret(path: Path, what: str) -> SecretFile:
     secret = SecretFile(path, what)
     try:
-        secret.load()
+        problem = secret.load()
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror}") from None
-    if not secret.usable:
-        raise ConfigError(f"{what} {path} is empty or unreadable")
+    if problem is not None:
+        raise ConfigError(problem)
     return secret
 
 

@@ -59,10 +59,11 @@ class SecretFile:
         self._digest: bytes | None = None
         self._problem: str | None = None
 
-    def load(self) -> None:
-        """Read the file now; at start, an error (OSError) is the caller's to report."""
-        st = self.path.stat()
-        self._read(st)
+    def load(self) -> str | None:
+        """Read the file now (at start): what is wrong with it, or None. An OSError from
+        the first look is the caller's to report."""
+        self._read(self.path.stat(), report=False)
+        return self._problem
 
     def refresh(self) -> None:
         """Re-read the file if it changed since the last look (one stat per call)."""
@@ -74,29 +75,29 @@ class SecretFile:
         if (st.st_ino, st.st_size, st.st_mtime_ns) != self._key:
             self._read(st)
 
-    def _read(self, st: os.stat_result) -> None:
+    def _read(self, st: os.stat_result, *, report: bool = True) -> None:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         try:
             value = self.path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            self._set(None, f"{self.what} {self.path}: {reason}", key)
+            self._set(None, f"{self.what} {self.path}: {reason}", key, report)
             return
         if not value:
-            self._set(None, f"{self.what} {self.path} is empty", key)
+            self._set(None, f"{self.what} {self.path} is empty", key, report)
             return
         if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
             log.warning("%s %s can be read by every user; run: chmod 600 %s", self.what,
                         self.path, self.path)
-        self._set(_digest(value), None, key)
+        self._set(_digest(value), None, key, report)
         if len(value) < SHORT_PASSWORD:
             log.warning("%s %s is shorter than %d characters", self.what, self.path,
                         SHORT_PASSWORD)
 
     def _set(self, digest: bytes | None, problem: str | None,
-             key: tuple[int, int, int] | None) -> None:
+             key: tuple[int, int, int] | None, report: bool = True) -> None:
         self._key = key
-        if problem is not None and problem != self._problem:
+        if report and problem is not None and problem != self._problem:
             log.error("%s: nobody can log in until it is fixed", problem)
         self._problem = problem
         if digest != self._digest:
@@ -104,10 +105,6 @@ class SecretFile:
                 log.info("%s %s changed: every session has ended", self.what, self.path)
             self._digest = digest
             self.generation += 1
-
-    @property
-    def usable(self) -> bool:
-        return self._digest is not None
 
     def matches(self, candidate: str) -> bool:
         """Whether ``candidate`` is the file's secret (constant time; re-reads first)."""

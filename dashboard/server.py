@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -85,7 +86,8 @@ async def serve(app: web.Application, certificate: Certificate, *, bind: str, po
         try:
             await site.start()
         except OSError as exc:
-            raise ServeError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ServeError(f"cannot listen on {bind}:{port}: {reason}") from None
         host = f"[{bind}]" if ":" in bind else bind
         log.info("dashboard on https://%s:%d/", host, port)
         while not stop.is_set():

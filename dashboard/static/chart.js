@@ -70,7 +70,7 @@
       }
       return ticks;
     }
-    const months = [1, 2, 3, 6].find(function (m) { return span / (m * 30.4 * DAY) <= want; }) || 12;
+    const months = [1, 2, 3, 6].find(function (m) { return span / (m * 30.4 * DAY) <= want + 1; }) || 12;
     const first = new Date(start * 1000);
     let d = new Date(first.getFullYear(), first.getMonth(), 1);
     while (d.getTime() / 1000 <= end) {
@@ -158,14 +158,18 @@
   }
 
   function segments(buckets) {
-    // Consecutive buckets, broken where readings are missing or their mark changes.
-    const widths = buckets.map(function (b) { return b.end - b.start; }).sort(function (a, b) { return a - b; });
-    const width = widths[Math.floor(widths.length / 2)] || 0;
+    // Runs of buckets, broken where readings stop for much longer than their usual
+    // spacing (a Pi that was off) or where the simulated mark changes.
+    const gaps = [];
+    for (let i = 1; i < buckets.length; i++) gaps.push(buckets[i].start - buckets[i - 1].start);
+    gaps.sort(function (a, b) { return a - b; });
+    const usual = gaps.length ? gaps[Math.floor(gaps.length / 2)] : 0;
     const out = [];
     let current = [];
     for (const b of buckets) {
       const prev = current[current.length - 1];
-      if (prev && (b.start - prev.end > width * 1.5 || b.simulated !== prev.simulated)) {
+      if (prev && (b.start - prev.start > Math.max(usual * 2.5, prev.end - prev.start) ||
+                   b.simulated !== prev.simulated)) {
         out.push(current);
         current = [];
       }
