@@ -1,0 +1,647 @@
+"""The history store in one SQLite file: the subscriber writes it, the dashboard reads it.
+
+:class:`SqliteHistory` is the writer (:class:`~homewatch.history.HistoryWriter`), one per
+database; :class:`SqliteHistoryReader` (or :func:`open_reader`) the read-only side
+(:class:`~homewatch.history.HistoryReader`), as many as wanted. The schema and how each
+side opens the file are in :mod:`homewatch.history.schema`.
+
+Writing
+    Temperature readings go into the raw table as they come (filed under the time they
+    were taken), and into 5-minute, hourly and daily rollups (min, max, sum, count),
+    merged into the buckets once per commit; a late reading lands in its own buckets the
+    same way. A repeated reading (same Pi, same millisecond) is kept once. Presence,
+    availability and scanner status are kept as changes plus the latest state. Nothing
+    is durable before :meth:`SqliteHistory.commit`; any SQLite error (full disk,
+    read-only file, locked for longer than the busy timeout, damaged file) is a
+    :class:`~homewatch.errors.StorageError` naming the file, after which the open
+    transaction is rolled back, so the caller acknowledges nothing that was not recorded.
+
+Retention
+    Raw points and 5-minute rollups older than ``retention_days`` are deleted by
+    :meth:`SqliteHistory.commit`, at most once an hour and at most ``RETENTION_BATCH``
+    rows per Pi and table at a time (a backlog is worked off every ``RETENTION_CATCHUP``
+    seconds), so no commit stalls. Hourly and daily rollups and the change tables are
+    kept: they are a few MB a year.
+
+Concurrency and a read-only mount: rollback journal, not WAL (decided by experiment)
+    In Docker Compose the subscriber writes the database on a named volume and the
+    dashboard mounts that volume read-only (``:ro``, enforced by the kernel). Tried on
+    this project's hosts (SQLite 3.40.1 on the host and in the Python image; the reader
+    in a ``docker run -v VOLUME:/h:ro`` container and in an ``unshare -m`` read-only bind
+    mount), with the writer committing on the read-write side:
+
+    * WAL: a reader on the read-only mount works, and sees every commit, while the
+      writer has the database open (it maps the writer's ``-shm`` read-only). But a
+      writer that closes cleanly, with no reader connected, deletes ``-wal`` and
+      ``-shm``, and from then on a read-only reader cannot open the database at all
+      ("unable to open database file") until the writer runs again: the dashboard would
+      fail whenever the subscriber is stopped or restarted.
+    * Rollback journal (``journal_mode=DELETE``): a reader on the read-only mount opens
+      and reads the database whether or not the writer runs, and sees each commit at
+      once (30 of 30 commits seen by a long-lived reader right after each). Readers hold
+      a shared lock only while a query runs; the writer's commit waits for it (busy
+      timeout ``WRITER_BUSY_TIMEOUT``), and a reader waits out the writer's commit
+      (``READER_BUSY_TIMEOUT``). A writer killed (``kill -9``) inside a transaction
+      leaves a journal whose header is still zero, which readers ignore; only a kill in
+      the middle of writing a commit leaves a "hot" journal, which a read-only reader
+      cannot roll back: it then gets a StorageError saying so until the subscriber
+      starts again (its first open rolls it back).
+
+    So: rollback journal, ``synchronous=FULL``; the writer takes its write lock at the
+    first write of a batch (``BEGIN IMMEDIATE``) and keeps batches short; readers open
+    ``file:...?mode=ro`` with ``PRAGMA query_only`` and run each call in one short read
+    transaction. The file is 0600 and its directory 0700: the dashboard runs as the
+    subscriber's user. ``tests/test_history.py`` proves it with a reader on a read-only
+    bind mount while the writer commits.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from homewatch.errors import ConfigError
+from homewatch.history import (
+    DEFAULT_RETENTION_DAYS,
+    Bucket,
+    DeviceReport,
+    Interval,
+    Now,
+    PersonNow,
+    PiNow,
+    Sighting,
+    Simulated,
+    schema,
+)
+from homewatch.history.fusion import Change, decode_ids, encode_ids, sweep
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY = 3600.0  # seconds between retention passes
+RETENTION_CATCHUP = 10.0  # ... while a backlog is worked off
+RETENTION_BATCH = 10_000  # rows per Pi and table deleted in one pass at most
+
+INSERT_TEMPERATURE = ("INSERT INTO temperature (device_id, ts, centi, sim) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT DO NOTHING")
+UPSERT_ROLLUP = (
+    "INSERT INTO rollup (device_id, step, start, lo, hi, total, n, sim) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, step, start) DO UPDATE SET "
+    "lo = min(lo, excluded.lo), hi = max(hi, excluded.hi), total = total + excluded.total, "
+    "n = n + excluded.n, sim = max(sim, excluded.sim)")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+W = TypeVar("W", bound="SqliteHistory")
+
+
+def _storage(method: Callable[Concatenate[W, P], T]) -> Callable[Concatenate[W, P], T]:
+    """SQLite errors of a writer method become StorageError; the batch is rolled back."""
+
+    @functools.wraps(method)
+    def wrapper(self: W, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            self._abort()
+            raise schema.storage_error(self.path, exc) from None
+
+    return wrapper
+
+
+@dataclass
+class _Pair:
+    """A (Pi, person)'s latest report: state, since when, report time."""
+
+    home: bool
+    since: float
+    at: float
+    last_seen: float | None
+    sim: int
+
+
+@dataclass
+class _Delta:
+    """What a batch changes in a Pi's row, written once per commit."""
+
+    readings: int = 0
+    first_seen: float = math.inf
+    last_seen: float = -math.inf
+    last_sim: int = 0
+    temp: tuple[float, int, int] | None = None  # the newest by taken time: at, centi, sim
+
+
+class SqliteHistory:
+    """The writer (:class:`~homewatch.history.HistoryWriter`): one per database file.
+
+    ``clock`` gives the receive times (a Pi's first/last seen, retention). Callers pass
+    only devices they know (a key ring, a verified reading); :meth:`rejected` never
+    makes a device from a name. Use from one thread at a time."""
+
+    def __init__(self, path: Path | str, retention_days: float = DEFAULT_RETENTION_DAYS, *,
+                 clock: Callable[[], float] = time.time,
+                 busy_timeout: float = schema.WRITER_BUSY_TIMEOUT) -> None:
+        if not retention_days > 0:
+            raise ConfigError(f"history retention must be a positive number of days, "
+                              f"not {retention_days}")
+        self.path = Path(path)
+        self.retention_days = retention_days
+        self._clock = clock
+        self._db = schema.open_writer(self.path, busy_timeout=busy_timeout)
+        self._next_retention = 0.0
+        self._closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every cache (after a rollback they may name rows that are gone)."""
+        self._devices: dict[str, int] = {}
+        self._persons: dict[str, int] = {}
+        self._pairs: dict[tuple[int, int], _Pair] | None = None
+        self._dirty_pairs: set[tuple[int, int]] = set()
+        self._rollups: dict[tuple[int, int, int], list[int]] = {}
+        self._deltas: dict[int, _Delta] = {}
+
+    def _abort(self) -> None:
+        """Roll the open batch back after a failure (best effort) and drop the caches."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("history rollback after a failure also failed: %s", exc)
+        self._reset()
+
+    def __enter__(self) -> SqliteHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer's calls -------------------------------------------------------
+
+    @_storage
+    def temperature(self, device: str, at: float, celsius: float, *,
+                    simulated: Simulated = None) -> None:
+        """A temperature reading (stored to 0.01 °C) of ``device``, taken at ``at``."""
+        if not (math.isfinite(at) and math.isfinite(celsius)):
+            raise ValueError(f"temperature {celsius!r} at {at!r} is not a finite number")
+        dev, sim, centi = self._device(device), schema.SIM_CODES[simulated], round(celsius * 100)
+        if self._db.execute(INSERT_TEMPERATURE, (dev, round(at * 1000), centi, sim)
+                            ).rowcount != 1:
+            log.debug("history: %s's reading taken at %.3f is already recorded", device, at)
+            return
+        for step in schema.ROLLUP_STEPS:
+            key = (dev, step, int(at // step) * step)
+            acc = self._rollups.get(key)
+            if acc is None:
+                self._rollups[key] = [centi, centi, centi, 1, sim]
+            else:
+                acc[0], acc[1] = min(acc[0], centi), max(acc[1], centi)
+                acc[2], acc[3], acc[4] = acc[2] + centi, acc[3] + 1, max(acc[4], sim)
+        delta = self._touch(dev, sim)
+        if delta.temp is None or at >= delta.temp[0]:
+            delta.temp = (at, centi, sim)
+
+    @_storage
+    def presence(self, device: str, at: float, sightings: Sequence[Sighting], *,
+                 simulated: Simulated = None) -> None:
+        """A Pi's full presence report: a person it no longer lists is away there. A
+        report older than the last one for a (Pi, person) is superseded and ignored."""
+        dev, sim = self._device(device), schema.SIM_CODES[simulated]
+        self._touch(dev, sim)
+        reported: dict[int, tuple[bool, float | None]] = {}
+        for s in sightings:  # one person, several entries: home if any says so
+            person = self._person(s.name)
+            home, seen = reported.get(person, (False, None))
+            last = s.last_seen if seen is None else max(seen, s.last_seen or seen)
+            reported[person] = (home or s.state == "home", last)
+        pairs = self._load_pairs()
+        for (d, person), pair in list(pairs.items()):
+            if d == dev and person not in reported and pair.home:
+                reported[person] = (False, None)
+        for person, (home, last_seen) in reported.items():
+            self._report(dev, person, at, home, last_seen, sim)
+
+    @_storage
+    def scanner(self, device: str, at: float, state: str, detail: str = "", *,
+                simulated: Simulated = None) -> None:
+        """A Pi's scanner status; a change of state or detail is kept as a change."""
+        dev, sim = self._device(device), schema.SIM_CODES[simulated]
+        self._touch(dev, sim)
+        old_state, old_detail, old_at = self._db.execute(
+            "SELECT scanner_state, scanner_detail, scanner_at FROM device WHERE id = ?",
+            (dev,)).fetchone()
+        if old_at is not None and at < old_at:
+            return
+        if (state, detail) != (old_state, old_detail):
+            self._db.execute("INSERT OR REPLACE INTO scanner_change VALUES (?, ?, ?, ?, ?)",
+                             (dev, at, state, detail, sim))
+            self._db.execute("UPDATE device SET scanner_state = ?, scanner_detail = ?, "
+                             "scanner_since = ? WHERE id = ?", (state, detail, at, dev))
+        self._db.execute("UPDATE device SET scanner_at = ? WHERE id = ?", (at, dev))
+
+    @_storage
+    def availability(self, device: str, at: float, online: bool) -> None:
+        """The broker-kept online/offline status of a Pi, kept as changes."""
+        dev = self._device(device)
+        old, old_at = self._db.execute("SELECT online, status_at FROM device WHERE id = ?",
+                                       (dev,)).fetchone()
+        if old_at is not None and at < old_at:
+            return
+        if old is None or bool(old) != online:
+            self._db.execute("INSERT OR REPLACE INTO availability_change VALUES (?, ?, ?)",
+                             (dev, at, int(online)))
+            self._db.execute("UPDATE device SET online = ?, status_since = ? WHERE id = ?",
+                             (int(online), at, dev))
+        self._db.execute("UPDATE device SET status_at = ? WHERE id = ?", (at, dev))
+
+    @_storage
+    def rejected(self, device: str | None, reason: str, at: float) -> None:
+        """A rejected message, counted per UTC day, device and reason. A name the store
+        does not know (no reading, status or key recorded) counts as unknown (None)."""
+        self._begin()
+        dev = self._known_device(device) if device is not None else None
+        self._db.execute(
+            "INSERT INTO rejection VALUES (?, ?, ?, 1) ON CONFLICT DO UPDATE SET "
+            "count = count + 1",
+            (int(at // 86400), schema.UNKNOWN_DEVICE if dev is None else dev, reason[:64]))
+
+    @_storage
+    def key_updated(self, device: str, at: float) -> None:
+        """When ``device``'s key ring was last written."""
+        self._db.execute("UPDATE device SET key_updated_at = ? WHERE id = ?",
+                         (at, self._device(device)))
+
+    @_storage
+    def commit(self) -> None:
+        """Write the batch's rollups and states, delete what retention says is due, and
+        make it all durable in one commit."""
+        if self._clock() >= self._next_retention:
+            self._begin()
+            self._retention()
+        if not self._db.in_transaction:
+            return
+        self._flush()
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close (again: nothing); what was not committed is rolled back."""
+        if self._closed:
+            return
+        if self._db.in_transaction:
+            log.info("history %s: closing with an uncommitted batch; it is rolled back",
+                     self.path)
+        self._abort()
+        self._db.close()
+        self._closed = True
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def _device(self, name: str) -> int:
+        """The id of Pi ``name``, made on first sight; opens the batch's transaction."""
+        self._begin()
+        dev = self._known_device(name)
+        if dev is None:
+            cur = self._db.execute("INSERT INTO device (name) VALUES (?)", (name,))
+            dev = self._devices[name] = int(cur.lastrowid or 0)
+        return dev
+
+    def _known_device(self, name: str) -> int | None:
+        dev = self._devices.get(name)
+        if dev is None:
+            row = self._db.execute("SELECT id FROM device WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                dev = self._devices[name] = int(row[0])
+        return dev
+
+    def _person(self, name: str) -> int:
+        person = self._persons.get(name)
+        if person is None:
+            row = self._db.execute("SELECT id FROM person WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                row = (self._db.execute("INSERT INTO person (name) VALUES (?)",
+                                        (name,)).lastrowid,)
+            person = self._persons[name] = int(row[0])
+        return person
+
+    def _touch(self, dev: int, sim: int) -> _Delta:
+        """Count a reading of ``dev`` received now."""
+        delta = self._deltas.setdefault(dev, _Delta())
+        now = self._clock()
+        delta.readings += 1
+        delta.first_seen, delta.last_seen = min(delta.first_seen, now), max(delta.last_seen,
+                                                                            now)
+        delta.last_sim = sim
+        return delta
+
+    def _load_pairs(self) -> dict[tuple[int, int], _Pair]:
+        if self._pairs is None:
+            self._pairs = {(d, p): _Pair(bool(home), since, at, seen, sim)
+                           for d, p, home, since, at, seen, sim in self._db.execute(
+                               "SELECT device_id, person_id, home, since, at, last_seen, sim "
+                               "FROM presence_state")}
+        return self._pairs
+
+    def _report(self, dev: int, person: int, at: float, home: bool,
+                last_seen: float | None, sim: int) -> None:
+        """One (Pi, person) entry of a report: a change is kept and fused."""
+        pairs = self._load_pairs()
+        old = pairs.get((dev, person))
+        if old is not None and at < old.at:
+            log.debug("history: an older presence report (%.3f) than the last one ignored", at)
+            return
+        changed = old is None or old.home != home
+        since = at if old is None or changed else old.since
+        if old is not None and old.last_seen is not None:
+            last_seen = old.last_seen if last_seen is None else max(old.last_seen, last_seen)
+        pairs[(dev, person)] = _Pair(home, since, at, last_seen, sim)
+        self._dirty_pairs.add((dev, person))
+        if changed:
+            self._db.execute("INSERT OR REPLACE INTO presence_change VALUES (?, ?, ?, ?, ?)",
+                             (person, dev, at, int(home), sim))
+            self._fuse(person, at, sim)
+
+    def _fuse(self, person: int, at: float, sim: int) -> None:
+        """Keep ``person_change`` right after a change at ``at``: in order (nothing newer
+        known for the person) one row is added or extended; a late change recomputes the
+        person's stretches from the one it falls into."""
+        pairs = [(d, pair) for (d, p), pair in self._load_pairs().items() if p == person]
+        if max(pair.since for _, pair in pairs) > at:
+            self._refuse(person, at, [d for d, _ in pairs])
+            return
+        home_at = {d for d, pair in pairs if pair.home}
+        last = self._db.execute("SELECT ts, home, seen_by, sim FROM person_change WHERE "
+                                "person_id = ? ORDER BY ts DESC LIMIT 1", (person,)).fetchone()
+        if last is None or bool(last[1]) != bool(home_at):
+            self._db.execute("INSERT OR REPLACE INTO person_change VALUES (?, ?, ?, ?, ?)",
+                             (person, at, int(bool(home_at)), encode_ids(home_at), sim))
+        else:
+            self._db.execute("UPDATE person_change SET seen_by = ?, sim = ? WHERE "
+                             "person_id = ? AND ts = ?",
+                             (encode_ids(decode_ids(last[2]) | home_at), max(last[3], sim),
+                              person, last[0]))
+
+    def _refuse(self, person: int, at: float, devices: list[int]) -> None:
+        """Recompute ``person``'s stretches from the one that holds ``at``."""
+        row = self._db.execute("SELECT max(ts) FROM person_change WHERE person_id = ? AND "
+                               "ts <= ?", (person, at)).fetchone()
+        begin = at if row[0] is None else float(row[0])
+        before: dict[int, bool] = {}
+        changes: list[Change] = []
+        for dev in devices:
+            prior = self._db.execute(
+                "SELECT home FROM presence_change WHERE person_id = ? AND device_id = ? AND "
+                "ts < ? ORDER BY ts DESC LIMIT 1", (person, dev, begin)).fetchone()
+            if prior is not None:
+                before[dev] = bool(prior[0])
+            changes += [Change(ts, dev, bool(home), s) for ts, home, s in self._db.execute(
+                "SELECT ts, home, sim FROM presence_change WHERE person_id = ? AND "
+                "device_id = ? AND ts >= ?", (person, dev, begin))]
+        self._db.execute("DELETE FROM person_change WHERE person_id = ? AND ts >= ?",
+                         (person, begin))
+        self._db.executemany(
+            "INSERT INTO person_change VALUES (?, ?, ?, ?, ?)",
+            [(person, s.ts, int(s.home), encode_ids(s.seen_by), s.sim)
+             for s in sweep(before, changes)])
+
+    def _flush(self) -> None:
+        """The batch's rollups, Pi rows and (Pi, person) states, written once each."""
+        self._db.executemany(UPSERT_ROLLUP, [(*key, *acc) for key, acc in self._rollups.items()])
+        self._db.executemany(
+            "UPDATE device SET readings = readings + ?, first_seen = coalesce(first_seen, ?), "
+            "last_seen = max(coalesce(last_seen, ?), ?), last_sim = ? WHERE id = ?",
+            [(d.readings, d.first_seen, d.last_seen, d.last_seen, d.last_sim, dev)
+             for dev, d in self._deltas.items() if d.readings])
+        self._db.executemany(
+            "UPDATE device SET temp_at = ?, temp_centi = ?, temp_sim = ? WHERE id = ? AND "
+            "(temp_at IS NULL OR temp_at <= ?)",
+            [(*d.temp, dev, d.temp[0]) for dev, d in self._deltas.items() if d.temp])
+        pairs = self._load_pairs()
+        states = [(d, p, pairs[d, p]) for d, p in self._dirty_pairs]
+        self._db.executemany(
+            "INSERT OR REPLACE INTO presence_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(d, p, int(s.home), s.since, s.at, s.last_seen, s.sim) for d, p, s in states])
+        self._rollups.clear()
+        self._deltas.clear()
+        self._dirty_pairs.clear()
+
+    def _retention(self) -> None:
+        """Delete raw points and 5-minute rollups older than the retention, bounded."""
+        now = self._clock()
+        cutoff = int(now - self.retention_days * 86400)
+        full = False
+        for (dev,) in self._db.execute("SELECT id FROM device").fetchall():
+            full |= self._delete_before(
+                "temperature WHERE device_id = ? AND ts < ?", "ts", (dev, cutoff * 1000))
+            for step in schema.ROLLUP_STEPS:
+                if step < schema.ROLLUPS_KEPT_FOREVER:
+                    full |= self._delete_before(
+                        "rollup WHERE device_id = ? AND step = ? AND start < ?", "start",
+                        (dev, step, cutoff))
+        self._db.execute("INSERT INTO meta VALUES ('kept_from', ?) ON CONFLICT DO UPDATE "
+                         "SET value = max(value, excluded.value)", (cutoff,))
+        self._next_retention = now + (RETENTION_CATCHUP if full else RETENTION_EVERY)
+        if full:
+            log.info("history %s: deleting readings older than %g days, a batch at a time",
+                     self.path, self.retention_days)
+
+    def _delete_before(self, where: str, column: str, args: tuple[int, ...]) -> bool:
+        """Delete the oldest rows matching ``where`` (its last ``?`` is the cutoff), at
+        most RETENTION_BATCH; True when more are left."""
+        row = self._db.execute(f"SELECT {column} FROM {where} ORDER BY {column} "  # noqa: S608
+                               "LIMIT 1 OFFSET ?", (*args, RETENTION_BATCH)).fetchone()
+        bound = args if row is None else (*args[:-1], row[0])
+        self._db.execute(f"DELETE FROM {where}", bound)  # noqa: S608
+        return row is not None
+
+
+class SqliteHistoryReader:
+    """The read-only side (:class:`~homewatch.history.HistoryReader`). Each call is one
+    short read transaction; safe to share between threads (calls take turns)."""
+
+    def __init__(self, path: Path | str, *,
+                 busy_timeout: float = schema.READER_BUSY_TIMEOUT) -> None:
+        self.path = Path(path)
+        self._db = schema.open_reader(self.path, busy_timeout=busy_timeout)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SqliteHistoryReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction (a consistent view), SQLite errors as StorageError."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    schema.check_version(self._db, self.path)
+                    yield self._db
+                finally:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise schema.storage_error(self.path, exc) from None
+
+    def now(self, at: float) -> Now:
+        """Each person and each Pi as last recorded; ``at`` is the caller's now."""
+        with self._read() as db:
+            names = _names(db, "device")
+            pis = tuple(_pi_now(row) for row in db.execute(
+                "SELECT name, online, status_since, temp_centi, temp_at, last_seen, "
+                "scanner_state, scanner_detail, last_sim FROM device ORDER BY name"))
+            people = tuple(_person_now(db, person, name, names)
+                           for person, name in db.execute(
+                               "SELECT id, name FROM person ORDER BY name").fetchall())
+        return Now(at=at, people=people, pis=pis)
+
+    def temperature(self, device: str, start: float, end: float, *,
+                    max_points: int = 400) -> list[Bucket]:
+        """Buckets over [start, end) (see :func:`resolution`); a stored bucket or raw
+        point is in the range when it starts in it."""
+        if not end > start or max_points < 1:
+            return []
+        with self._read() as db:
+            row = db.execute("SELECT id FROM device WHERE name = ?", (device,)).fetchone()
+            if row is None:
+                return []
+            kept = db.execute("SELECT value FROM meta WHERE key = 'kept_from'").fetchone()
+            step, width = resolution(start, end, max_points,
+                                     kept_from=None if kept is None else float(kept[0]))
+            if step == 0:
+                rows = db.execute(
+                    "SELECT ts / ?1, min(centi), max(centi), sum(centi), count(*), max(sim) "
+                    "FROM temperature WHERE device_id = ?2 AND ts >= ?3 AND ts < ?4 "
+                    "GROUP BY 1 ORDER BY 1",
+                    (width * 1000, row[0], math.ceil(start * 1000), math.ceil(end * 1000)))
+            else:
+                rows = db.execute(
+                    "SELECT start / ?1, min(lo), max(hi), sum(total), sum(n), max(sim) "
+                    "FROM rollup WHERE device_id = ?2 AND step = ?3 AND start >= ?4 AND "
+                    "start < ?5 GROUP BY 1 ORDER BY 1",
+                    (width, row[0], step, math.ceil(start), math.ceil(end)))
+            return [Bucket(start=b * width, end=(b + 1) * width, min=lo / 100, max=hi / 100,
+                           mean=total / n / 100, count=n, simulated=schema.SIM_NAMES[sim])
+                    for b, lo, hi, total, n, sim in rows]
+
+    def presence(self, start: float, end: float) -> Mapping[str, list[Interval]]:
+        """Per known person, their fused stretches over [start, end), clipped to it;
+        ``end`` is None for a stretch that lasts (nothing recorded after it)."""
+        with self._read() as db:
+            names = _names(db, "device")
+            return {name: _intervals(db, person, start, end, names)
+                    for person, name in db.execute(
+                        "SELECT id, name FROM person ORDER BY name").fetchall()}
+
+    def devices(self) -> list[DeviceReport]:
+        with self._read() as db:
+            rejected: dict[int, dict[str, int]] = {}
+            for dev, reason, count in db.execute(
+                    "SELECT device_id, reason, sum(count) FROM rejection GROUP BY 1, 2"):
+                rejected.setdefault(dev, {})[reason] = count
+            return [DeviceReport(name=name, first_seen=first, last_seen=last,
+                                 key_updated_at=key, online=None if online is None
+                                 else bool(online), readings=readings,
+                                 rejected=rejected.get(dev, {}))
+                    for dev, name, first, last, key, online, readings in db.execute(
+                        "SELECT id, name, first_seen, last_seen, key_updated_at, online, "
+                        "readings FROM device ORDER BY name")]
+
+    def rejections(self) -> Mapping[tuple[str | None, str], int]:
+        """Rejected messages since the history began, per (device, reason)."""
+        with self._read() as db:
+            names: dict[int, str | None] = {**_names(db, "device"),
+                                            schema.UNKNOWN_DEVICE: None}
+            return {(names.get(dev), reason): count for dev, reason, count in db.execute(
+                "SELECT device_id, reason, sum(count) FROM rejection GROUP BY 1, 2")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_reader(path: Path | str) -> SqliteHistoryReader:
+    """The dashboard's read-only view of the history database at ``path``."""
+    return SqliteHistoryReader(path)
+
+
+def resolution(start: float, end: float, max_points: int, *,
+               kept_from: float | None = None) -> tuple[int, int]:
+    """``(step, width)`` for a chart of [start, end): ``step`` is the stored resolution
+    (0: raw points), the coarsest whose buckets number at least ``max_points / 2`` over
+    the range; ``width`` (seconds) merges whole stored buckets so that at most about
+    ``max_points`` remain. Raw points and 5-minute rollups older than ``kept_from`` are
+    gone (retention), so such a range uses hourly rollups at least."""
+    span = end - start
+    step = next((s for s in reversed(schema.ROLLUP_STEPS) if span / s >= max_points / 2), 0)
+    if kept_from is not None and start < kept_from and step < schema.ROLLUPS_KEPT_FOREVER:
+        step = schema.ROLLUPS_KEPT_FOREVER
+    if step == 0:
+        return 0, max(1, math.ceil(span / max_points))
+    return step, step * max(1, math.ceil(span / step / max_points))
+
+
+def _names(db: sqlite3.Connection, table: str) -> dict[int, str]:
+    return {i: n for i, n in db.execute(f"SELECT id, name FROM {table}")}  # noqa: S608
+
+
+def _pi_now(row: Any) -> PiNow:
+    name, online, since, centi, temp_at, last, scanner, detail, sim = row
+    return PiNow(name=name, online=None if online is None else bool(online),
+                 status_since=since, temperature=None if centi is None else centi / 100,
+                 temperature_at=temp_at, last_reading_at=last, scanner_state=scanner,
+                 scanner_detail=detail, simulated=schema.SIM_NAMES.get(sim or 0))
+
+
+def _person_now(db: sqlite3.Connection, person: int, name: str,
+                names: Mapping[int, str]) -> PersonNow:
+    rows = db.execute("SELECT device_id, home, last_seen, sim FROM presence_state WHERE "
+                      "person_id = ?", (person,)).fetchall()
+    since = db.execute("SELECT max(ts) FROM person_change WHERE person_id = ?",
+                       (person,)).fetchone()[0]
+    seen_by = tuple(sorted(names[d] for d, home, _, _ in rows if home))
+    last_seen = max((s for _, _, s, _ in rows if s is not None), default=None)
+    return PersonNow(name=name, home=bool(seen_by), since=since, seen_by=seen_by,
+                     last_seen=last_seen,
+                     simulated=schema.SIM_NAMES[max((s for *_, s in rows), default=0)])
+
+
+def _intervals(db: sqlite3.Connection, person: int, start: float, end: float,
+               names: Mapping[int, str]) -> list[Interval]:
+    """A person's stretches over [start, end): the one in force at ``start`` and those
+    that begin in the range, neighbours in the same state merged."""
+    rows = db.execute(
+        "SELECT ts, home, seen_by, sim FROM person_change WHERE person_id = ?1 AND "
+        "ts >= coalesce((SELECT max(ts) FROM person_change WHERE person_id = ?1 AND "
+        "ts <= ?2), ?2) AND ts < ?3 ORDER BY ts", (person, start, end)).fetchall()
+    after = db.execute("SELECT min(ts) FROM person_change WHERE person_id = ? AND ts >= ?",
+                       (person, end)).fetchone()[0]
+    merged: list[list[Any]] = []  # [ts, home, seen ids, sim]
+    for ts, home, seen_by, sim in rows:
+        if merged and merged[-1][1] == home:
+            merged[-1][2] |= decode_ids(seen_by)
+            merged[-1][3] = max(merged[-1][3], sim)
+        else:
+            merged.append([ts, home, decode_ids(seen_by), sim])
+    out = []
+    for i, (ts, home, seen, sim) in enumerate(merged):
+        stop = merged[i + 1][0] if i + 1 < len(merged) else after
+        out.append(Interval(start=max(ts, start), end=None if stop is None else min(stop, end),
+                            state="home" if home else "away",
+                            seen_by=tuple(sorted(names[d] for d in seen)),
+                            simulated=schema.SIM_NAMES[sim]))
+    return out
