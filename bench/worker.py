@@ -171,7 +171,8 @@ def sub(mode: str, url: str, count: int, certs: Path,
         opener = Timed(KeyStore(certs / "clients" / "subscriber" / "keys"), base="home")
         state_dir = Path(tempfile.mkdtemp())
         from subscriber.app import ReplayState
-        subscriber = Subscriber(opener, out, as_json=False,
+        from subscriber.sinks.console import ConsoleSink
+        subscriber = Subscriber(opener, [ConsoleSink(out, as_json=False)],
                                 state=ReplayState(state_dir / "r.json"))
         conn = Connection(s, on_message=subscriber.on_message,
                           on_read_batch=subscriber.end_batch,

@@ -4,6 +4,7 @@
     homewatch device list
     homewatch device remove NAME --force [--reload]
     homewatch server init [--app-gid GID] [--demo-device NAME]
+    homewatch dashboard password [--stdin]
     homewatch health FILE [--max-age SECONDS]
 
 The broker re-reads its password and ACL files on SIGHUP: ``--reload`` sends it to the
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from homewatch import pki, provision
+from homewatch import dashboard_access, pki, provision
 from homewatch.config import OneLineParser
 from homewatch.errors import ConfigError, HomewatchError
 from homewatch.health import unhealthy_reason
@@ -72,6 +73,13 @@ def _parser() -> OneLineParser:
     init.add_argument("--app-gid", type=int, metavar="GID",
                       help="group of the app containers' user (10001 in the image)")
     init.add_argument("--demo-device", metavar="NAME", help="also make this demo device")
+
+    web = sub.add_parser("dashboard", help="the dashboard's household password")
+    wsub = web.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    pw = wsub.add_parser("password", help="set a new household password (random, or one "
+                         "read from standard input); every dashboard session ends")
+    pw.add_argument("--stdin", action="store_true",
+                    help="read the new password from standard input (12+ characters)")
 
     doctor = sub.add_parser("doctor", help="audit a running deployment; exit 0 when every "
                             "check passed, 1 when one failed, 3 when none failed but some "
@@ -185,7 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "server":
             made = provision.init_server(layout, base=args.base, app_gid=args.app_gid,
                                          demo_device=args.demo_device)
+            made += dashboard_access.init_dashboard(layout, app_gid=args.app_gid)
             lines.append("made: " + ", ".join(made) if made else "all identities present")
+        elif args.command == "dashboard":
+            chosen = sys.stdin.readline() if args.stdin else None
+            path = dashboard_access.set_password(layout, chosen)
+            lines.append(f"new dashboard password in {path} (0600); every session has "
+                         "ended, log in again with it")
         elif args.action == "add":
             lines = _device_add(args, layout)
         elif args.action == "list":
@@ -224,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"homewatch: error: {exc.filename}: {exc.strerror}\n")
         return 1
+    if args.command == "device" and args.action != "list":
+        dashboard_access.write_inventory(layout)  # the Devices page's key and cert dates
     sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
 

@@ -217,6 +217,14 @@ class Opener:
             raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")
         return device
 
+    def known_device(self, topic: str) -> str | None:
+        """The device a topic names, if it is one with a key ring; else None (so that a
+        name an attacker chose is never recorded as a device)."""
+        try:
+            return self.device_of(topic)
+        except EnvelopeError:
+            return None
+
     def open(self, topic: str, payload: bytes) -> Reading:
         """Return the verified reading or raise EnvelopeError(reason)."""
         device, kind = self._split(topic)

@@ -12,18 +12,19 @@ usage() {
 usage: scripts/gen-certs.sh [--out DIR] [--san NAME|IP ...] [--days N] [--broker-gid GID]
                             [--renew-server] [--force]
 
-Makes DIR/ca.crt + DIR/ca.key (the private CA) and DIR/broker/server.{crt,key}
-(the broker certificate) in DIR (default: certs).
+Makes DIR/ca.crt + DIR/ca.key (the private CA), DIR/broker/server.{crt,key} (the broker
+certificate) and DIR/dashboard/server.{crt,key} (the dashboard's HTTPS certificate, for
+the same names) in DIR (default: certs).
 
   --out DIR         where to write (default: certs)
-  --san VALUE       extra subjectAltName for the broker certificate; repeatable.
+  --san VALUE       extra subjectAltName for the server certificates; repeatable.
                     A bare IP becomes IP:..., anything else DNS:... ("DNS:x"/"IP:y" as is).
-                    Always included: localhost, 127.0.0.1, ::1, broker, this host's name
+                    Always included: localhost, 127.0.0.1, ::1, broker (dashboard), this host's name
                     (and NAME.local) and its IP addresses.
-  --days N          broker certificate validity in days (default 825)
+  --days N          server certificates' validity in days (default 825)
   --broker-gid GID  make the broker's files group-readable by GID (1883 in the official
                     Mosquitto image), never world-readable
-  --renew-server    reissue the broker certificate with the existing CA (e.g. new SANs)
+  --renew-server    reissue the server certificates with the existing CA (e.g. new SANs)
   --force           replace an existing CA: every client must get the new ca.crt
 USAGE
 }
@@ -61,9 +62,10 @@ done
 
 command -v openssl >/dev/null || die "openssl is not installed (apt-get install openssl)"
 umask 077
-mkdir -p "$out/broker"
+mkdir -p "$out/broker" "$out/dashboard"
 ca_key="$out/ca.key"; ca_crt="$out/ca.crt"
 srv_key="$out/broker/server.key"; srv_crt="$out/broker/server.crt"
+web_key="$out/dashboard/server.key"; web_crt="$out/dashboard/server.crt"
 
 san_entry() {
     local v=$1
@@ -76,7 +78,7 @@ san_entry() {
 if [[ -e $ca_crt || -e $ca_key ]]; then
     if [[ $force -eq 1 ]]; then
         echo "gen-certs: --force: replacing the CA in $(shown "$out") (clients need the new ca.crt)"
-        rm -f "$ca_crt" "$ca_key" "$srv_crt" "$srv_key" "$out/broker/ca.crt"
+        rm -f "$ca_crt" "$ca_key" "$srv_crt" "$srv_key" "$out/broker/ca.crt" "$web_crt" "$web_key"
     else
         [[ -e $ca_crt && -e $ca_key ]] || die "$(shown "$out") has only half a CA (ca.crt/ca.key); fix it or use --force"
         echo "gen-certs: keeping the existing CA in $(shown "$out") (use --force to replace it)"
@@ -94,19 +96,25 @@ if [[ ! -e $ca_crt ]]; then
 fi
 
 if [[ $renew -eq 1 ]]; then
-    rm -f "$srv_crt" "$srv_key"
+    rm -f "$srv_crt" "$srv_key" "$web_crt" "$web_key"
 fi
 
-if [[ ! -e $srv_crt || ! -e $srv_key ]]; then
+# The server certificates (the broker's and the dashboard's) name the same host: this
+# host's name and addresses, so that Pis and browsers reach it without mDNS or DNS.
+server_sans() {  # $1: the service's name on the Compose network
+    local host_short sans s ip
     host_short=${GEN_CERTS_HOSTNAME:-$(hostname -s 2>/dev/null || hostname)}
-    sans=("DNS:localhost" "IP:127.0.0.1" "IP:::1" "DNS:broker")
+    sans=("DNS:localhost" "IP:127.0.0.1" "IP:::1" "DNS:$1")
     [[ -n $host_short && $host_short != localhost ]] && sans+=("DNS:$host_short" "DNS:$host_short.local")
-    # This host's addresses, so that Pis can reach it by IP without mDNS or DNS.
     for ip in $(hostname -I 2>/dev/null || true); do sans+=("$(san_entry "$ip")"); done
     for s in "${extra_sans[@]+"${extra_sans[@]}"}"; do sans+=("$(san_entry "$s")"); done
-    san_list=$(printf '%s\n' "${sans[@]}" | awk '!seen[$0]++' | paste -sd, -)
+    printf '%s\n' "${sans[@]}" | awk '!seen[$0]++' | paste -sd, -
+}
+
+issue_server() {  # $1 service name, $2 key, $3 certificate
+    local san_list ext csr
+    san_list=$(server_sans "$1")
     ext=$(mktemp); csr=$(mktemp)
-    trap 'rm -f "$ext" "$csr"' EXIT
     cat >"$ext" <<EXT
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
@@ -115,18 +123,26 @@ subjectAltName=$san_list
 subjectKeyIdentifier=hash
 authorityKeyIdentifier=keyid
 EXT
-    openssl ecparam -name prime256v1 -genkey -noout -out "$srv_key"
-    openssl req -new -sha256 -key "$srv_key" -subj "/O=Homewatch/CN=homewatch-broker" -out "$csr"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$2"
+    openssl req -new -sha256 -key "$2" -subj "/O=Homewatch/CN=homewatch-$1" -out "$csr"
     openssl x509 -req -sha256 -in "$csr" -CA "$ca_crt" -CAkey "$ca_key" \
         -set_serial "0x$(openssl rand -hex 16)" -days "$days" -extfile "$ext" \
-        -out "$srv_crt" 2>/dev/null
-    echo "gen-certs: made broker certificate $(shown "$srv_crt")"
+        -out "$3" 2>/dev/null
+    rm -f "$ext" "$csr"
+    echo "gen-certs: made $1 certificate $(shown "$3")"
     echo "           subjectAltNames: $san_list"
+}
+
+if [[ ! -e $srv_crt || ! -e $srv_key ]]; then
+    issue_server broker "$srv_key" "$srv_crt"
+fi
+if [[ ! -e $web_crt || ! -e $web_key ]]; then
+    issue_server dashboard "$web_key" "$web_crt"
 fi
 cp "$ca_crt" "$out/broker/ca.crt"
 
-chmod 600 "$ca_key" "$srv_key"
-chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt"
+chmod 600 "$ca_key" "$srv_key" "$web_key"
+chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt" "$web_crt"
 if [[ -n $broker_gid ]]; then
     # Shared with the broker's group (setgid: files made here later inherit the group).
     chgrp -R "$broker_gid" "$out/broker" || die "cannot give $(shown "$out")/broker to group $broker_gid (run as root, or through scripts/admin.sh)"
@@ -135,8 +151,14 @@ fi
 if [[ -g $out/broker ]]; then
     find "$out/broker" -type f ! -name '*.crt' -exec chmod 640 {} +
 fi
+# Shared with the dashboard's group by `homewatch server init --app-gid` (the password
+# in there stays 0600: only the certificate and key are touched).
+if [[ -g $out/dashboard ]]; then
+    chgrp "$(stat -c %g "$out/dashboard")" "$web_key" "$web_crt" 2>/dev/null || true
+    chmod 640 "$web_key"
+fi
 
-for c in "$ca_crt" "$srv_crt"; do
+for c in "$ca_crt" "$srv_crt" "$web_crt"; do
     echo "  $(shown "$c")"
     openssl x509 -in "$c" -noout -subject -enddate -fingerprint -sha256 | sed 's/^/    /'
 done

@@ -21,6 +21,8 @@ from homewatch.mqtt import Connection
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
 from subscriber.settings import SubscriberSettings, build
+from subscriber.sinks import Sink
+from subscriber.sinks.console import ConsoleSink
 
 log = logging.getLogger("subscriber")
 
@@ -40,7 +42,8 @@ def _run(settings: SubscriberSettings) -> int:
     state = ReplayState(settings.state_dir / f"{settings.connection.client_id}.replay.json")
     opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
                     max_late=settings.max_late, skew=settings.clock_skew, replay=state.load())
-    sub = Subscriber(opener, sys.stdout, as_json=settings.json, state=state)
+    sinks: list[Sink] = [ConsoleSink(sys.stdout, as_json=settings.json)]
+    sub = Subscriber(opener, sinks, state=state)
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,
                       on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),
@@ -69,6 +72,7 @@ def _run(settings: SubscriberSettings) -> int:
         raise StoppedError(failure, "nothing unrecorded was acknowledged; the broker "
                            "delivers it again after a restart")
     sub.save()
+    sub.close()
     log.info("stopped: %s", sub.summary())
     return 0
 

@@ -1,14 +1,16 @@
-"""The subscriber: each message is verified, decrypted, checked against replays, shown,
-recorded and acknowledged in paho's network thread as it arrives, one thread per
-connection and no queue in between: the next message is read only when this one is
-settled, so a subscriber that cannot keep up slows the broker's delivery to it
-(backpressure; the broker holds the rest) instead of filling memory. The program's own
-thread only watches the clock: health file, log summaries, replay-state snapshots.
+"""The subscriber: each message is verified, decrypted, checked against replays, handed
+to the sinks (console, history: :mod:`subscriber.sinks`), recorded and acknowledged in
+paho's network thread as it arrives, one thread per connection and no queue in between:
+the next message is read only when this one is settled, so a subscriber that cannot keep
+up slows the broker's delivery to it (backpressure; the broker holds the rest) instead of
+filling memory. The program's own thread only watches the clock: health file, log
+summaries, replay-state snapshots.
 
-Exactly-once display: a message is acknowledged to the broker only after it was shown
-and its (device, sequence number) recorded; QoS 1 redeliveries and replays are dropped by
-sequence number. The record is an append-only log (one write per message, no fsync) plus
-a periodic snapshot, so it survives a crash or ``kill -9`` of the subscriber.
+Exactly-once display: a message is acknowledged to the broker only after every sink made
+it durable (shown, kept in the history) and its (device, sequence number) was recorded;
+QoS 1 redeliveries and replays are dropped by sequence number. The record is an
+append-only log (one write per message, no fsync) plus a periodic snapshot, so it
+survives a crash or ``kill -9`` of the subscriber.
 """
 
 from __future__ import annotations
@@ -19,54 +21,19 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
 
-from homewatch.envelope import STATUS_KIND, Opener, Reading, ReplayGuard
+from homewatch.envelope import STATUS_KIND, Opener, ReplayGuard
 from homewatch.errors import EnvelopeError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.secrets import ensure_private_dir, write_private_file
+from subscriber.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 30.0
 STATUSES = {b"online": "online", b"offline": "offline"}
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def format_reading(reading: Reading, *, as_json: bool) -> str:
-    """The tutorial's ``Topic:...,Payload:...`` line; invented data ends in ``[demo]`` or
-    ``[simulated]``, a reading that arrives late in ``[late ...]`` with when it was taken.
-    ``--json`` says the same in ``simulated``, ``late`` (seconds) and ``taken_at``."""
-    if as_json:
-        return json.dumps({"topic": reading.topic, "device": reading.device,
-                           "kind": reading.kind, "seq": reading.seq,
-                           "sent_at": reading.sent_at, "taken_at": reading.taken_at,
-                           "simulated": reading.simulated,
-                           "late": None if reading.late is None else round(reading.late, 1),
-                           "data": reading.data})
-    line = f"Topic:{reading.topic},Payload:{json.dumps(reading.data)}"
-    if reading.simulated:
-        line += f" [{reading.simulated}]"
-    if reading.late is not None:
-        taken = reading.taken_at if reading.taken_at is not None else reading.sent_at
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken))
-        line += f" [late {_duration(reading.late)}: taken {when}]"
-    return line
-
-
-def format_status(topic: str, device: str, status: str, *, as_json: bool) -> str:
-    if as_json:
-        return json.dumps({"topic": topic, "device": device, "kind": STATUS_KIND,
-                           "status": status})
-    return f"Topic:{topic},Payload:{json.dumps(status)}"
 
 
 class RejectionLog:
@@ -182,12 +149,14 @@ class ReplayState:
 
 
 class Subscriber:
-    def __init__(self, opener: Opener, out: TextIO, *, as_json: bool,
+    """Verify, decrypt, check for replays; then hand over to the sinks (console,
+    history, ...), and acknowledge once every sink has made the batch durable."""
+
+    def __init__(self, opener: Opener, sinks: Sequence[Sink], *,
                  state: ReplayState | None = None,
                  ack: Callable[[int, int], None] | None = None) -> None:
         self.opener = opener
-        self.out = out
-        self.as_json = as_json
+        self.sinks = tuple(sinks)
         self.state = state
         self.ack = ack
         self.accepted = 0
@@ -207,16 +176,22 @@ class Subscriber:
         self.handle(topic, payload, mid, qos)
 
     def end_batch(self) -> None:
-        """After each batch paho read: flush what was shown, then the record of it, then
-        acknowledge (so a crash can repeat a reading, never lose one)."""
+        """After each batch paho read: the sinks make it durable, then the replay
+        record of it is written, then it is acknowledged. In that order, a crash can
+        repeat a reading (the history keeps one copy), never lose one: a reading
+        recorded as shown but missing from a sink would never come again."""
         with self._lock:
-            self._output(self.out.flush)
+            self._flush_sinks()
             if self.state is not None:
                 self.state.flush()
             if self.ack is not None:
                 for mid, qos in self._unacked:
                     self.ack(mid, qos)
             self._unacked.clear()
+
+    def _flush_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
 
     def handle(self, topic: str, payload: bytes, mid: int = 0, qos: int = 0) -> bool:
         """Show one message (or reject it); it is acknowledged with its batch."""
@@ -230,24 +205,21 @@ class Subscriber:
                 else:
                     self.rejected[exc.reason] += 1
                     self.rejection_log.rejected(topic, exc)
+                    device = self.opener.known_device(topic)
+                    for sink in self.sinks:
+                        sink.rejected(topic, device, exc.reason)
                 shown = False
             self._unacked.append((mid, qos))
             if self.count and self.accepted >= self.count:
                 self.done.set()
         return shown
 
-    @staticmethod
-    def _output(write: Callable[..., object], *args: str) -> None:
-        try:
-            write(*args)
-        except OSError as exc:
-            raise StorageError(f"writing the output failed: {exc.strerror or exc}") from None
-
     def _show(self, topic: str, payload: bytes) -> bool:
         if topic.endswith("/" + STATUS_KIND):
             return self._show_status(topic, payload)
         reading = self.opener.open(topic, payload)
-        self._output(self.out.write, format_reading(reading, as_json=self.as_json) + "\n")
+        for sink in self.sinks:
+            sink.reading(reading)
         if self.state is not None:
             self.state.record(reading.device, reading.seq, reading.sent_at)
         self.accepted += 1
@@ -269,9 +241,8 @@ class Subscriber:
         status = STATUSES.get(payload)
         if status is None:
             raise EnvelopeError("malformed", "status must be 'online' or 'offline'")
-        self._output(self.out.write,
-                     format_status(topic, device, status, as_json=self.as_json) + "\n")
-        self._output(self.out.flush)
+        for sink in self.sinks:
+            sink.status(topic, device, status)
         self.statuses += 1
         return True
 
@@ -288,9 +259,9 @@ class Subscriber:
             with self._lock:
                 self.rejection_log.tick()
                 if self.state is not None and self.state.snapshot_due():
-                    # What the snapshot records as shown must be out first: it may fall
-                    # between two messages of a batch, before end_batch flushes them.
-                    self._output(self.out.flush)
+                    # What the snapshot records as shown must be in the sinks first: it
+                    # may fall between two messages of a batch, before end_batch.
+                    self._flush_sinks()
                     self.state.snapshot(self.opener.replay)
             if self.done.wait(tick):
                 return
@@ -301,6 +272,11 @@ class Subscriber:
             self.rejection_log.flush()
             if self.state is not None:
                 self.state.snapshot(self.opener.replay)
+
+    def close(self) -> None:
+        """Close the sinks (after ``save``)."""
+        for sink in self.sinks:
+            sink.close()
 
     def summary(self) -> str:
         rejected = sum(self.rejected.values())

@@ -16,7 +16,8 @@ from homewatch.envelope import Opener, ReplayGuard, StaticKeys, seal
 from homewatch.errors import EnvelopeError
 from homewatch.fernet import KeyRing
 from homewatch.secrets import load_keyring
-from subscriber.app import ReplayState, format_reading
+from subscriber.app import ReplayState
+from subscriber.sinks.console import format_reading
 from tests.helpers import paho_client, stop_client
 from tests.test_faults import Proc, Scenario
 

@@ -1,0 +1,104 @@
+"""The admin side of the dashboard's files, under ``certs/dashboard/``:
+
+- ``password``: the household password, 0600, for people to read (``make up`` says where);
+- ``password.hash``: its scrypt hash (:mod:`homewatch.passwords`), the only form the
+  dashboard reads;
+- ``certificates.json``: public facts for the Devices page (when each certificate
+  expires, when each device key was made), so that the dashboard needs no access to the
+  identities themselves;
+- ``server.crt`` / ``server.key``: its HTTPS certificate, made by ``scripts/gen-certs.sh``.
+
+With ``app_gid`` (the containers' group) the directory is setgid to it (2750) and what the
+dashboard reads is 0640; the password itself stays 0600, the host owner's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+from pathlib import Path
+
+from homewatch import pki
+from homewatch.errors import ProvisionError
+from homewatch.passwords import hash_password, new_password
+from homewatch.provision import Layout, describe_identities, share_directory
+from homewatch.secrets import ensure_private_dir, write_private_file
+
+PASSWORD_MAX = 256
+
+
+def dashboard_dir(layout: Layout) -> Path:
+    return layout.root / "dashboard"
+
+
+def set_password(layout: Layout, password: str | None = None, *,
+                 app_gid: int | None = None) -> Path:
+    """A new household password (``None``: a random one); every session ends. Returns
+    the file that holds it."""
+    if password is not None:
+        password = password.strip("\r\n")
+        if not 12 <= len(password) <= PASSWORD_MAX:
+            raise ProvisionError(f"the dashboard password must be 12 to {PASSWORD_MAX} "
+                                 "characters long")
+    password = password or new_password()
+    directory = dashboard_dir(layout)
+    ensure_private_dir(directory)
+    write_private_file(directory / "password", password + "\n", mode=0o600)
+    write_private_file(directory / "password.hash", hash_password(password) + "\n")
+    _share(directory, app_gid)
+    return directory / "password"
+
+
+def init_dashboard(layout: Layout, *, app_gid: int | None = None) -> list[str]:
+    """Make what is missing (the password and its hash) and refresh the inventory.
+    Returns what was made."""
+    directory = dashboard_dir(layout)
+    made: list[str] = []
+    if not (directory / "password").is_file():
+        set_password(layout, app_gid=app_gid)
+        made.append("dashboard password")
+    elif not (directory / "password.hash").is_file():
+        text = (directory / "password").read_text(encoding="utf-8").strip("\r\n")
+        set_password(layout, text, app_gid=app_gid)
+        made.append("dashboard password hash")
+    write_inventory(layout, app_gid=app_gid)
+    return made
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_inventory(layout: Layout, *, app_gid: int | None = None) -> Path | None:
+    """``certificates.json``: CA, broker, dashboard and client certificate expiry and
+    device key creation times. Does nothing before the dashboard's directory exists."""
+    directory = dashboard_dir(layout)
+    if not directory.is_dir():
+        return None
+    servers = {}
+    for name, path in (("ca", layout.ca), ("broker", layout.broker_dir / "server.crt"),
+                       ("dashboard", directory / "server.crt")):
+        if path.is_file():
+            servers[name] = {"not_after": _iso(pki.load_cert(path).not_valid_after_utc)}
+    devices = {info.name: {"role": info.role, "not_after": _iso(info.cert_expires),
+                           "key_created": info.key_created}
+               for info in describe_identities(layout)}
+    doc = {"generated_at": _iso(dt.datetime.now(dt.UTC)), **servers, "devices": devices}
+    target = directory / "certificates.json"
+    write_private_file(target, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    _share(directory, app_gid)
+    return target
+
+
+def _share(directory: Path, app_gid: int | None) -> None:
+    """Shared with the dashboard's group (``app_gid``, or the group it already has):
+    2750, files 0640, but the password itself 0600, the host owner's alone."""
+    st = directory.stat()
+    if app_gid is None and st.st_mode & stat.S_ISGID:
+        app_gid = st.st_gid
+    if app_gid is not None:
+        share_directory(directory, app_gid)
+    if (directory / "password").exists():
+        os.chmod(directory / "password", 0o600)

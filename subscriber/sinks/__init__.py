@@ -1,0 +1,35 @@
+"""Where accepted readings go: one small interface, one module per output.
+
+The subscriber verifies, decrypts and checks for replays; then it hands each accepted
+reading (and each device status, each rejection) to every sink in turn, in paho's
+network thread. ``flush()`` is called once per batch, after the last message of the
+batch and BEFORE the batch is acknowledged to the broker: what a sink has not made
+durable by then is delivered again after a crash, never lost. A sink that cannot write
+raises :class:`~homewatch.errors.StorageError`; the subscriber then stops without
+acknowledging, and the broker keeps the messages for its persistent session.
+
+Sinks: :mod:`.console` (the tutorial's lines on stdout), :mod:`.history` (the history
+store the dashboard reads).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from homewatch.envelope import Reading
+
+
+class Sink(Protocol):
+    def reading(self, reading: Reading) -> None:
+        """An accepted reading (verified, decrypted, not a replay)."""
+
+    def status(self, topic: str, device: str, status: str) -> None:
+        """A known device's broker-kept status: ``online`` or ``offline``."""
+
+    def rejected(self, topic: str, device: str | None, reason: str) -> None:
+        """A rejected message; ``device`` is None unless the topic names a known one."""
+
+    def flush(self) -> None:
+        """Make what was handed over durable; raises StorageError when it cannot."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,142 @@
+"""The dashboard's files made by the admin side: certificate, household password, hash,
+inventory; modes and groups as the containers need them, the password the owner's alone."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from homewatch import dashboard_access, passwords, provision
+from homewatch.errors import ProvisionError
+from tests.helpers import gen_certs, homewatch_cli
+
+APP_GID = 10001
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> provision.Layout:
+    gen_certs(tmp_path / "certs")
+    return provision.Layout(tmp_path / "certs")
+
+
+def test_hash_verifies_only_the_password() -> None:
+    """The stored hash is salted scrypt: the password verifies, another does not."""
+    stored = passwords.hash_password("correct horse battery")
+    assert stored.startswith("scrypt$15$8$1$")
+    assert passwords.verify_password("correct horse battery", stored)
+    assert not passwords.verify_password("correct horse batterY", stored)
+    assert stored != passwords.hash_password("correct horse battery")  # salted
+
+
+@pytest.mark.parametrize("stored", ["", "plain text", "scrypt$15$8$1$AAAA",
+                                    "scrypt$40$8$1$AAAA$" + "A" * 44,
+                                    "scrypt$15$8$1$!!$" + "A" * 44])
+def test_a_broken_hash_is_an_error_not_a_wrong_password(stored: str) -> None:
+    """A damaged hash file raises ValueError (and a huge cost is refused, not computed)."""
+    with pytest.raises(ValueError):
+        passwords.verify_password("anything at all", stored)
+
+
+def test_generated_passwords_are_long_and_unambiguous() -> None:
+    """Generated passwords: 6 groups of 4 from 32 symbols (120 bits), no 0/o/1/l."""
+    pw = passwords.new_password()
+    groups = pw.split("-")
+    assert len(groups) == 6 and all(len(g) == 4 for g in groups)
+    assert not set(pw) & set("01lo")
+    assert len({passwords.new_password() for _ in range(50)}) == 50
+
+
+def test_gen_certs_makes_the_dashboard_certificate_for_the_broker_names(
+        layout: provision.Layout) -> None:
+    """certs/dashboard/server.crt is signed by the project CA for the broker's names."""
+    crt = layout.root / "dashboard" / "server.crt"
+    key = layout.root / "dashboard" / "server.key"
+    assert mode(key) == 0o600
+    subprocess.run(["openssl", "verify", "-CAfile", str(layout.ca), str(crt)], check=True,
+                   capture_output=True)
+
+    def names(path: Path) -> set[str]:
+        out = subprocess.run(["openssl", "x509", "-in", str(path), "-noout", "-ext",
+                              "subjectAltName"], capture_output=True, text=True, check=True)
+        return {n.strip() for n in out.stdout.splitlines()[1].split(",")}
+
+    broker = names(layout.broker_dir / "server.crt")
+    dashboard = names(crt)
+    assert dashboard - {"DNS:dashboard"} == broker - {"DNS:broker"}
+    assert "DNS:dashboard" in dashboard and "DNS:localhost" in dashboard
+
+
+def test_server_init_makes_the_password_once_and_shares_only_the_hash(
+        layout: provision.Layout) -> None:
+    """init makes password (0600) + hash (0640, the app group); again, it keeps them."""
+    made = dashboard_access.init_dashboard(layout, app_gid=APP_GID)
+    assert made == ["dashboard password"]
+    d = layout.root / "dashboard"
+    pw = (d / "password").read_text().strip()
+    assert mode(d / "password") == 0o600
+    assert mode(d / "password.hash") == 0o640 and (d / "password.hash").stat().st_gid == APP_GID
+    assert mode(d / "server.key") == 0o640 and (d / "server.key").stat().st_gid == APP_GID
+    assert mode(d) == 0o2750 and d.stat().st_gid == APP_GID
+    assert passwords.verify_password(pw, (d / "password.hash").read_text())
+    assert pw not in (d / "password.hash").read_text()
+    assert dashboard_access.init_dashboard(layout, app_gid=APP_GID) == []
+    assert (d / "password").read_text().strip() == pw
+
+
+def test_a_password_the_owner_wrote_gets_its_hash(layout: provision.Layout) -> None:
+    """A password file without a hash (written by hand) is hashed by the next init."""
+    d = layout.root / "dashboard"
+    (d / "password").write_text("my own household phrase\n")
+    assert dashboard_access.init_dashboard(layout) == ["dashboard password hash"]
+    assert passwords.verify_password("my own household phrase",
+                                     (d / "password.hash").read_text())
+
+
+def test_new_password_replaces_the_hash_and_keeps_the_group(layout: provision.Layout) -> None:
+    """`homewatch dashboard password` (make dashboard-password): new password and hash,
+    modes kept; a chosen one comes from stdin and must be 12+ characters."""
+    dashboard_access.init_dashboard(layout, app_gid=APP_GID)
+    d = layout.root / "dashboard"
+    old = (d / "password").read_text()
+    out = homewatch_cli(layout.root, "dashboard", "password")
+    assert "every session has ended" in out.stdout
+    new = (d / "password").read_text().strip()
+    assert new != old.strip() and new not in out.stdout
+    assert passwords.verify_password(new, (d / "password.hash").read_text())
+    assert mode(d / "password") == 0o600 and mode(d / "password.hash") == 0o640
+    assert (d / "password.hash").stat().st_gid == APP_GID
+    short = subprocess.run(["python3", "-m", "homewatch.cli", "--certs", str(layout.root),
+                            "dashboard", "password", "--stdin"], input="short\n",
+                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert short.returncode == 2
+    assert short.stderr.strip().splitlines() == [
+        "homewatch: error: the dashboard password must be 12 to 256 characters long"]
+    with pytest.raises(ProvisionError):
+        dashboard_access.set_password(layout, "x" * 300)
+
+
+def test_inventory_lists_certificate_expiry_and_keys(layout: provision.Layout) -> None:
+    """certificates.json: CA, broker, dashboard expiry and each identity, refreshed when
+    a device is added or removed."""
+    provision.init_server(layout, demo_device="demo-pi")
+    dashboard_access.init_dashboard(layout)
+    inventory = layout.root / "dashboard" / "certificates.json"
+    doc = json.loads(inventory.read_text())
+    for name in ("ca", "broker", "dashboard"):
+        assert doc[name]["not_after"].endswith("Z")
+    assert doc["devices"]["demo-pi"]["key_created"]
+    homewatch_cli(layout.root, "device", "add", "pi-kitchen")
+    doc = json.loads(inventory.read_text())
+    assert doc["devices"]["pi-kitchen"]["role"] == "device"
+    assert doc["devices"]["pi-kitchen"]["not_after"]  # the CA key is here: a client cert
+    homewatch_cli(layout.root, "device", "remove", "pi-kitchen", "--force")
+    assert "pi-kitchen" not in json.loads(inventory.read_text())["devices"]
+    assert b"password" not in inventory.read_bytes().lower()
