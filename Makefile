@@ -69,10 +69,3 @@ broker-cert: ## reissue the broker certificate for more names and reload the bro
 	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
 	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
 	$(COMPOSE) kill -s SIGHUP broker
-
-.PHONY: dashboard-password
-dashboard-password: ## a new random dashboard password in certs/dashboard/password (ends every session; no restart)
-	@f=certs/dashboard/password; \
-	if [ ! -f "$$f" ]; then echo "$$f does not exist yet: run make up first" >&2; exit 2; fi; \
-	head -c 18 /dev/urandom | base64 | tr '+/' '-_' > "$$f"; \
-	echo "new dashboard password written to $$f (read it with: cat $$f); every session has ended"
