@@ -1,17 +1,16 @@
 """``python -m dashboard`` (or ``homewatch-dashboard``): the dashboard's entry point.
 
 Exit codes: 0 stopped cleanly, 1 could not listen, 2 bad settings or a missing file
-(certificate, key, password, history database), in one line on stderr.
+(certificate, key, password hash, history database), in one line on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 
 from dashboard.app import Dashboard, History, make_app
-from dashboard.auth import LoginLimiter, SecretFile, Sessions
+from dashboard.auth import LoginLimiter, Password, Sessions, WatchedFile
 from dashboard.inventory import Inventory
 from dashboard.server import Certificate, serve
 from dashboard.settings import DashboardSettings, build, check_files
@@ -21,38 +20,37 @@ from homewatch.health import Heartbeat
 from homewatch.history.sqlite import open_reader
 
 
-def _secret(path: Path, what: str) -> SecretFile:
-    secret = SecretFile(path, what)
+def _load(watched: WatchedFile) -> None:
     try:
-        problem = secret.load()
+        problem = watched.load()
     except OSError as exc:
-        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+        raise ConfigError(f"{watched.what} {watched.path}: {exc.strerror}") from None
     if problem is not None:
         raise ConfigError(problem)
-    return secret
 
 
 async def _serve(settings: DashboardSettings) -> int:
     certificate = Certificate(settings.tls_cert, settings.tls_key)
-    password = _secret(settings.password_file, "password file")
-    token = (_secret(settings.metrics_token_file, "metrics token file")
+    password = Password(settings.password_hash)
+    token = (WatchedFile(settings.metrics_token_file, "metrics token file")
              if settings.metrics_token_file else None)
-    history = History(lambda: open_reader(settings.history))
+    for watched in (password.file, token):
+        if watched is not None:
+            _load(watched)
+    dash = Dashboard(history=History(lambda: open_reader(settings.history)),
+                     password=password, sessions=Sessions(idle=settings.session_seconds),
+                     limiter=LoginLimiter(), inventory=Inventory(settings.certificates),
+                     metrics_token=token)
     try:
-        dash = Dashboard(history=history, password=password,
-                         sessions=Sessions(idle=settings.session_seconds),
-                         limiter=LoginLimiter(), inventory=Inventory(settings.certificates),
-                         metrics_token=token)
-
-        def tick() -> None:
-            password.refresh()
-            if token is not None:
-                token.refresh()
+        def tick() -> None:  # notice a new password (and end sessions) without a request
+            for watched in (password.file, token):
+                if watched is not None:
+                    watched.current()
 
         await serve(make_app(dash), certificate, bind=settings.bind, port=settings.port,
                     heartbeat=Heartbeat(settings.health_file, every=1.0), tick=tick)
     finally:
-        history.close()
+        dash.close()
     return 0
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from dashboard.inventory import Expiry
+from dashboard.inventory import Certificates
 from homewatch.history import RANGES, Bucket, DeviceReport, Interval, Now, Simulated
 
 DEFAULT_RANGE = "24h"
@@ -68,9 +68,16 @@ def presence_view(range_name: str, start: float, end: float,
                        for name, intervals in sorted(people.items())]}
 
 
+def _latest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
 def devices_view(reports: list[DeviceReport],
-                 rejections: Mapping[tuple[str | None, str], int], expiry: Expiry,
+                 rejections: Mapping[tuple[str | None, str], int], certs: Certificates,
                  now: Now) -> JSON:
+    """Each Pi the history or the inventory knows. Its key age counts from the newer of
+    the history's record of its key ring and the inventory's key creation time."""
     marks = {p.name: p.simulated for p in now.pis}
     by_name = {r.name: r for r in reports}
     rejected_by: dict[str | None, dict[str, int]] = {}
@@ -78,19 +85,23 @@ def devices_view(reports: list[DeviceReport],
         counts = rejected_by.setdefault(device, {})
         counts[reason] = counts.get(reason, 0) + n
     devices = []
-    names = set(by_name) | set(expiry.devices) | {d for d in rejected_by if d is not None}
+    names = set(by_name) | set(certs.devices) | {d for d in rejected_by if d is not None}
     for name in sorted(names):
         r = by_name.get(name)
+        facts = certs.devices.get(name)
         devices.append({
             "name": name,
             "first_seen": r.first_seen if r else None,
             "last_seen": r.last_seen if r else None,
-            "key_updated_at": r.key_updated_at if r else None,
+            "key_updated_at": _latest(r.key_updated_at if r else None,
+                                      facts.key_created if facts else None),
             "online": r.online if r else None,
             "readings": r.readings if r else 0,
             "rejected": dict(sorted((r.rejected if r else rejected_by.get(name, {})).items())),
-            "certificate_not_after": expiry.devices.get(name),
+            "certificate_not_after": facts.not_after if facts else None,
             "simulated": marks.get(name),
         })
-    return {"at": now.at, "ca": {"not_after": expiry.ca}, "broker": {"not_after": expiry.broker},
-            "devices": devices, "rejected_unknown": dict(sorted(rejected_by.get(None, {}).items()))}
+    return {"at": now.at, "ca": {"not_after": certs.ca},
+            "broker": {"not_after": certs.broker},
+            "dashboard": {"not_after": certs.dashboard}, "devices": devices,
+            "rejected_unknown": dict(sorted(rejected_by.get(None, {}).items()))}

@@ -29,9 +29,11 @@ from dashboard.auth import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     LoginLimiter,
-    SecretFile,
+    Password,
+    PasswordUnavailable,
     Session,
     Sessions,
+    WatchedFile,
     same_secret,
 )
 from dashboard.inventory import Inventory
@@ -94,16 +96,19 @@ class Dashboard:
     """Everything the handlers share; one per application."""
 
     history: History
-    password: SecretFile
+    password: Password
     sessions: Sessions
     limiter: LoginLimiter
     inventory: Inventory
-    metrics_token: SecretFile | None = None
+    metrics_token: WatchedFile | None = None
     clock: Callable[[], float] = time.time
 
     def session(self, request: web.Request) -> Session | None:
-        self.password.refresh()
         return self.sessions.get(request.cookies.get(SESSION_COOKIE), self.password.generation)
+
+    def close(self) -> None:
+        self.history.close()
+        self.password.close()
 
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
@@ -219,7 +224,7 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _bearer_ok(request: web.Request, token: SecretFile | None) -> bool:
+def _bearer_ok(request: web.Request, token: WatchedFile | None) -> bool:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return token is not None and scheme.lower() == "bearer" and bool(value) and (
         token.matches(value.strip()))
@@ -257,7 +262,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             and same_secret(token, cookie)):
         log.warning("login from %s refused: the form did not come from this dashboard", client)
         return _login_form(request, status=403, error="The login form expired. Try again.")
-    wait = dash.limiter.retry_after(client)
+    wait = dash.limiter.attempt(client)
     if wait > 0:
         seconds = math.ceil(wait)
         log.warning("login from %s refused: too many failed attempts, next allowed in %d s",
@@ -265,11 +270,19 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _login_form(request, status=429, headers={"Retry-After": str(seconds)},
                            error=f"Too many failed attempts. Try again in {seconds} s.")
     password = form.get("password")
-    if not (isinstance(password, str) and len(password) <= MAX_PASSWORD
-            and dash.password.matches(password)):
-        dash.limiter.failed(client)
+    try:
+        right = (isinstance(password, str) and len(password) <= MAX_PASSWORD
+                 and await dash.password.check(password))
+    except PasswordUnavailable as exc:
+        dash.limiter.succeeded(client)  # not the user's failure
+        log.error("login from %s cannot be checked: %s", client, exc)
+        return _login_form(request, status=503, error="The dashboard cannot check passwords "
+                           "right now: its log says why.")
+    if not right:
+        dash.limiter.failed()
         log.warning("login from %s refused: wrong password", client)
         return _login_form(request, status=401, error="Wrong password.")
+    dash.limiter.succeeded(client)
     log.info("login from %s", client)
     response = _see_other(_next_page(str(form.get("next", "/"))))
     response.set_cookie(SESSION_COOKIE, dash.sessions.create(dash.password.generation),
@@ -310,7 +323,7 @@ async def _devices(request: web.Request) -> api.JSON:
     at = dash.clock()
     now, reports, rejections = await dash.history.call(
         lambda r: (r.now(at), r.devices(), r.rejections()))
-    return api.devices_view(reports, rejections, dash.inventory.expiry(), now)
+    return api.devices_view(reports, rejections, dash.inventory.certificates(), now)
 
 
 async def now_page(request: web.Request) -> web.StreamResponse:
@@ -364,7 +377,7 @@ async def metrics_text(request: web.Request) -> web.StreamResponse:
     at = dash.clock()
     now, reports, rejections = await dash.history.call(
         lambda r: (r.now(at), r.devices(), r.rejections()))
-    text = metrics.render(now, reports, rejections, dash.inventory.expiry(),
+    text = metrics.render(now, reports, rejections, dash.inventory.certificates(),
                           sessions=dash.sessions.count(),
                           login_failures=dash.limiter.failed_total,
                           login_refused=dash.limiter.refused)

@@ -1,19 +1,26 @@
 """Who may see the dashboard: one household password, sessions, a login rate limit.
 
-- :class:`SecretFile`: a one-line secret on disk (the password, the metrics token),
-  compared in constant time and re-read when the file changes, so that editing it takes
-  effect at once; a new value starts a new generation, which ends every session.
+- :class:`Password`: the household password's salted scrypt hash
+  (:mod:`homewatch.passwords`, ``certs/dashboard/password.hash``, written by
+  ``homewatch dashboard password``); the dashboard never sees the password itself, only
+  what a login form sends. The file is re-read when it changes, and a new hash ends
+  every session. Checks (about 0.1 s and 32 MiB each) run one at a time on a thread of
+  their own, never on the event loop.
+- :class:`WatchedFile`: a one-line file re-read when it changes (the hash, the metrics
+  token); a missing, unreadable or empty one lets nobody in (fail closed).
 - :class:`Sessions`: random tokens held in memory only (a restart logs everyone out),
   ending after an idle time, a maximum lifetime, a logout or a password change.
-- :class:`LoginLimiter`: token buckets per client address and overall; a failed login
-  takes a token from both, and without one the login is refused before the password is
-  even compared (429 with Retry-After).
+- :class:`LoginLimiter`: token buckets per client address and overall. Each attempt
+  takes a token from both before the password is checked (so a burst of parallel
+  attempts is cut off too) and a successful login gives it back; without one, the
+  attempt is refused at once (429 with Retry-After).
 
-Nothing here logs, stores or returns a secret: files are kept as SHA-256 digests.
+Nothing here logs or returns a password.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -22,8 +29,11 @@ import secrets
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from homewatch.passwords import verify_password
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +43,6 @@ SESSION_COOKIE = "__Host-homewatch"  # __Host-: Secure, Path=/ and no Domain, en
 LOGIN_COOKIE = "__Host-homewatch-login"  # the login form's CSRF token (double submit)
 MAX_LIFETIME = 30 * 86400.0  # a session ends after this, however active
 MAX_SESSIONS = 1000
-SHORT_PASSWORD = 12
 
 
 def _digest(value: str) -> bytes:
@@ -45,18 +54,16 @@ def same_secret(a: str, b: str) -> bool:
     return hmac.compare_digest(_digest(a), _digest(b))
 
 
-class SecretFile:
-    """A one-line secret file, re-read whenever its inode, size or mtime changes.
-
-    A missing, unreadable or empty file matches nothing (fail closed) until it is back.
-    """
+class WatchedFile:
+    """A one-line file, re-read whenever its inode, size or mtime changes; a change of
+    its contents starts a new :attr:`generation`."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
         self.what = what
         self.generation = 0
         self._key: tuple[int, int, int] | None = None
-        self._digest: bytes | None = None
+        self._value: str | None = None
         self._problem: str | None = None
 
     def load(self) -> str | None:
@@ -65,15 +72,17 @@ class SecretFile:
         self._read(self.path.stat(), report=False)
         return self._problem
 
-    def refresh(self) -> None:
-        """Re-read the file if it changed since the last look (one stat per call)."""
+    def current(self) -> str | None:
+        """The contents now (stripped; one stat, a read only if the file changed); None
+        while the file is missing or empty."""
         try:
             st = self.path.stat()
         except OSError as exc:
             self._set(None, f"{self.what} {self.path}: {exc.strerror}", None)
-            return
+            return None
         if (st.st_ino, st.st_size, st.st_mtime_ns) != self._key:
             self._read(st)
+        return self._value
 
     def _read(self, st: os.stat_result, *, report: bool = True) -> None:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -86,32 +95,59 @@ class SecretFile:
         if not value:
             self._set(None, f"{self.what} {self.path} is empty", key, report)
             return
-        if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-            log.warning("%s %s can be read by every user; run: chmod 600 %s", self.what,
+        if st.st_mode & stat.S_IWOTH:
+            log.warning("%s %s can be changed by every user; run: chmod o-w %s", self.what,
                         self.path, self.path)
-        self._set(_digest(value), None, key, report)
-        if len(value) < SHORT_PASSWORD:
-            log.warning("%s %s is shorter than %d characters", self.what, self.path,
-                        SHORT_PASSWORD)
+        self._set(value, None, key, report)
 
-    def _set(self, digest: bytes | None, problem: str | None,
+    def _set(self, value: str | None, problem: str | None,
              key: tuple[int, int, int] | None, report: bool = True) -> None:
         self._key = key
         if report and problem is not None and problem != self._problem:
-            log.error("%s: nobody can log in until it is fixed", problem)
+            log.error("%s: nobody can log in with it until it is fixed", problem)
         self._problem = problem
-        if digest != self._digest:
-            if self._digest is not None:
-                log.info("%s %s changed: every session has ended", self.what, self.path)
-            self._digest = digest
+        if value != self._value:
+            if self._value is not None:
+                log.info("%s %s changed", self.what, self.path)
+            self._value = value
             self.generation += 1
 
     def matches(self, candidate: str) -> bool:
-        """Whether ``candidate`` is the file's secret (constant time; re-reads first)."""
-        self.refresh()
-        if self._digest is None:
-            return False
-        return hmac.compare_digest(_digest(candidate), self._digest)
+        """Whether ``candidate`` is the file's contents (constant time)."""
+        value = self.current()
+        return value is not None and same_secret(candidate, value)
+
+
+class PasswordUnavailable(Exception):
+    """The password hash is missing or damaged: no password can be checked."""
+
+
+class Password:
+    """The household password, as the scrypt hash in ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = WatchedFile(path, "password hash file")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="password")
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the hash does: sessions of another generation are over."""
+        self.file.current()
+        return self.file.generation
+
+    async def check(self, password: str) -> bool:
+        stored = self.file.current()
+        if stored is None:
+            raise PasswordUnavailable(f"{self.file.what} {self.file.path} is missing or empty")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, verify_password, password, stored)
+        except ValueError as exc:
+            raise PasswordUnavailable(f"{self.file.what} {self.file.path} is damaged ({exc}); "
+                                      "run: make dashboard-password") from None
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
 
 @dataclass
@@ -217,17 +253,24 @@ class LoginLimiter:
             if self._fill(b, self.per_client, self.client_every, now).tokens >= self.per_client:
                 del self._clients[addr]
 
-    def retry_after(self, client: str) -> float:
-        """0 when ``client`` may try a password now, else the seconds to wait."""
+    def attempt(self, client: str) -> float:
+        """Take a token for a login attempt by ``client``: 0 when it may go ahead, else
+        the seconds to wait (and nothing is taken)."""
         mine, everyone = self._buckets(client)
         wait = max((1 - mine.tokens) * self.client_every if mine.tokens < 1 else 0.0,
                    (1 - everyone.tokens) * self.overall_every if everyone.tokens < 1 else 0.0)
         if wait > 0:
             self.refused += 1
-        return wait
-
-    def failed(self, client: str) -> None:
-        mine, everyone = self._buckets(client)
+            return wait
         mine.tokens -= 1
         everyone.tokens -= 1
+        return 0.0
+
+    def succeeded(self, client: str) -> None:
+        """A successful login gives its token back: only failures count."""
+        mine, everyone = self._buckets(client)
+        mine.tokens = min(self.per_client, mine.tokens + 1)
+        everyone.tokens = min(self.overall, everyone.tokens + 1)
+
+    def failed(self) -> None:
         self.failed_total += 1

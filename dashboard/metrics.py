@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from dashboard.inventory import Expiry
+from dashboard.inventory import Certificates
 from homewatch.history import DeviceReport, Now
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -25,12 +25,14 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> 
 
 
 def render(now: Now, reports: list[DeviceReport],
-           rejections: Mapping[tuple[str | None, str], int], expiry: Expiry, *,
+           rejections: Mapping[tuple[str | None, str], int], certs: Certificates, *,
            sessions: int, login_failures: int, login_refused: int) -> str:
     pis = now.pis
-    certs: list[Sample] = [({"kind": k, "name": k}, float(t)) for k, t in
-                           (("ca", expiry.ca), ("broker", expiry.broker)) if t is not None]
-    certs += [({"kind": "device", "name": n}, t) for n, t in sorted(expiry.devices.items())]
+    expiry: list[Sample] = [({"kind": k, "name": k}, t) for k, t in
+                            (("ca", certs.ca), ("broker", certs.broker),
+                             ("dashboard", certs.dashboard)) if t is not None]
+    expiry += [({"kind": "device", "name": n}, f.not_after)
+               for n, f in sorted(certs.devices.items()) if f.not_after is not None]
     families = [
         _family("homewatch_temperature_celsius", "gauge",
                 "Latest temperature of each Pi (simulated: demo or simulated readings).",
@@ -64,7 +66,7 @@ def render(now: Now, reports: list[DeviceReport],
                 (({"person": p.name, "simulated": p.simulated or ""}, float(p.home))
                  for p in now.people)),
         _family("homewatch_certificate_not_after_timestamp_seconds", "gauge",
-                "When each certificate expires (from certificates.json).", certs),
+                "When each certificate expires (from certificates.json).", expiry),
         _family("homewatch_dashboard_sessions", "gauge", "Dashboard sessions open.",
                 [({}, float(sessions))]),
         _family("homewatch_dashboard_login_failures_total", "counter",

@@ -1,8 +1,8 @@
 """The dashboard's settings: one frozen object, built defaults < HOMEWATCH_* env < CLI.
 
 Built with :mod:`homewatch.options`, which loads no key: the dashboard holds no MQTT
-credential and no payload key. Its own secret, the household password, is a path here;
-its value is read by :mod:`dashboard.auth` and never printed.
+credential and no payload key. It does not even hold the household password: only its
+salted hash (``password.hash``), read by :mod:`dashboard.auth`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from homewatch import options
 from homewatch.errors import ConfigError
 from homewatch.options import Option
 
-DEFAULT_CREDENTIALS = Path("certs/dashboard")
-HISTORY_FILE = "history.sqlite3"  # in the subscriber's state directory
+DEFAULT_DIR = Path("certs/dashboard")  # made by `make up` (homewatch server init)
+HISTORY_FILE = "history.db"  # in the subscriber's state directory, as it writes it
 
 DESCRIPTION = """The Homewatch dashboard: who is home and how warm it is, over HTTPS.
 
@@ -26,9 +26,10 @@ DESCRIPTION = """The Homewatch dashboard: who is home and how warm it is, over H
 
 Reads the history database the subscriber writes (read-only) and serves the Now,
 History and Devices pages and a JSON API on https://BIND:PORT/, behind one household
-password. The credentials directory holds server.crt and server.key (a certificate from
-the project CA) and password (the household password; edit or replace it to change the
-password: every session ends, no restart needed)."""
+password. Its directory (--dashboard-dir, made by `make up`) holds server.crt and
+server.key (a certificate from the project CA), password.hash (the household password's
+scrypt hash: `make dashboard-password` changes it and every session ends, no restart
+needed) and certificates.json (certificate expiry for the Devices page)."""
 
 
 def _port(text: str) -> int:
@@ -46,19 +47,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("history", "the history database (SQLite; opened read-only) "
            f"(default $XDG_STATE_HOME/homewatch/subscriber/{HISTORY_FILE})",
            convert=options.path, metavar="FILE"),
-    Option("credentials", "directory holding server.crt, server.key and password",
-           default=DEFAULT_CREDENTIALS, convert=options.path, metavar="DIR"),
-    Option("tls-cert", "the HTTPS certificate (default server.crt in --credentials)",
+    Option("dashboard-dir", "directory holding server.crt, server.key, password.hash and "
+           "certificates.json", default=DEFAULT_DIR, convert=options.path, metavar="DIR"),
+    Option("tls-cert", "the HTTPS certificate (default server.crt in --dashboard-dir)",
            convert=options.path, metavar="FILE"),
-    Option("tls-key", "its private key (default server.key in --credentials)",
+    Option("tls-key", "its private key (default server.key in --dashboard-dir)",
            convert=options.path, metavar="FILE"),
-    Option("password-file", "the household password, one line (default password in "
-           "--credentials); re-read when it changes", convert=options.path, metavar="FILE"),
+    Option("password-hash", "the household password's hash (default password.hash in "
+           "--dashboard-dir); re-read when it changes", convert=options.path,
+           metavar="FILE"),
     Option("bind", "address to listen on", default="0.0.0.0", convert=_address,  # noqa: S104
            metavar="ADDRESS"),
     Option("port", "HTTPS port", default=8443, convert=_port, metavar="PORT"),
-    Option("certificates", "certificates.json: the CA's, the broker's and each device's "
-           "certificate expiry, shown on the Devices page (optional; re-read when it "
+    Option("certificates", "certificates.json: when the CA's, the broker's, the "
+           "dashboard's and each device's certificate expire, for the Devices page "
+           "(default certificates.json in --dashboard-dir; optional; re-read when it "
            "changes)", convert=options.path, metavar="FILE"),
     Option("metrics-token-file", "a bearer token that also opens /metrics, for Prometheus "
            "(optional; /metrics always accepts a logged-in session)", convert=options.path,
@@ -76,10 +79,10 @@ class DashboardSettings:
     history: Path
     tls_cert: Path
     tls_key: Path
-    password_file: Path
+    password_hash: Path
     bind: str
     port: int
-    certificates: Path | None
+    certificates: Path
     metrics_token_file: Path | None
     session_seconds: float
     health_file: Path | None
@@ -99,15 +102,15 @@ def parser() -> argparse.ArgumentParser:
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> DashboardSettings:
     args = parser().parse_args(argv)
     v = options.resolve(OPTIONS, args, environ)
-    creds: Path = v["credentials"]
+    directory: Path = v["dashboard-dir"]
     return DashboardSettings(
         history=v["history"] or options.default_state_dir("subscriber") / HISTORY_FILE,
-        tls_cert=v["tls-cert"] or creds / "server.crt",
-        tls_key=v["tls-key"] or creds / "server.key",
-        password_file=v["password-file"] or creds / "password",
+        tls_cert=v["tls-cert"] or directory / "server.crt",
+        tls_key=v["tls-key"] or directory / "server.key",
+        password_hash=v["password-hash"] or directory / "password.hash",
         bind=v["bind"],
         port=v["port"],
-        certificates=v["certificates"],
+        certificates=v["certificates"] or directory / "certificates.json",
         metrics_token_file=v["metrics-token-file"],
         session_seconds=v["session-hours"] * 3600.0,
         health_file=v["health-file"],
@@ -122,7 +125,7 @@ def check_files(settings: DashboardSettings) -> None:
     for what, path, fix in (
         ("TLS certificate", settings.tls_cert, "run `make up` (its init makes it)"),
         ("TLS key", settings.tls_key, "run `make up` (its init makes it)"),
-        ("password file", settings.password_file, "run `make up` or "
+        ("password hash", settings.password_hash, "run `make up` or "
          "`make dashboard-password`"),
         ("history database", settings.history, "start the subscriber first (it makes "
          "the database), or set --history"),

@@ -4,12 +4,9 @@ real dashboard process over a history database written by the real history write
 
 from __future__ import annotations
 
-import json
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -51,17 +48,14 @@ def workdir(tmp_path: Path, certs: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def dashboard_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project CA, and in dashboard/ what `make up` leaves there: a server certificate
-    from that CA with the broker's subjectAltNames, and a household password (0600)."""
+    """What `make up` leaves in certs/dashboard, made by the same code: the HTTPS
+    certificate from the project CA (gen-certs.sh), the household password and its hash
+    (`homewatch dashboard password`), and the certificate inventory, which a device
+    added with `homewatch device add` (pi-garage, never seen by the history) is in."""
     out = tmp_path_factory.mktemp("dashboard-certs")
     gen_certs(out)
-    creds = out / "dashboard"
-    creds.mkdir(mode=0o700)
-    for name in ("server.crt", "server.key"):
-        shutil.copy2(out / "broker" / name, creds / name)
-    password = creds / "password"
-    password.write_text(secrets.token_urlsafe(18) + "\n")
-    password.chmod(0o600)
+    homewatch_cli(out, "dashboard", "password")
+    homewatch_cli(out, "device", "add", "pi-garage")
     return out
 
 
@@ -70,7 +64,7 @@ def history_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
     """A history database written by the real SQLite writer (tests/history_sample.py)."""
     from homewatch.history.sqlite import SqliteHistory
 
-    path = tmp_path_factory.mktemp("history") / "history.sqlite3"
+    path = tmp_path_factory.mktemp("history") / "history.db"
     writer = SqliteHistory(path)
     try:
         sample = history_sample.write(writer, time.time())
@@ -83,25 +77,13 @@ def history_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
 def dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardProcess]:
     """The real dashboard process over that database, on a free loopback port, with a
-    certificate inventory and a metrics token; it must stop cleanly (exit 0)."""
+    metrics token; it must stop cleanly (exit 0)."""
     work = tmp_path_factory.mktemp("dashboard")
-    now = history_db[1].now
-    inventory = {"ca": {"not_after": _iso(now + 3650 * 86400)},
-                 "broker": {"not_after": _iso(now + 800 * 86400)},
-                 "devices": {history_sample.KITCHEN: {"not_after": _iso(now + 20 * 86400)},
-                             "pi-garage": {"not_after": _iso(now + 400 * 86400)}}}
-    (work / "certificates.json").write_text(json.dumps(inventory))
     token = work / "metrics-token"
     token.write_text(secrets.token_urlsafe(24) + "\n")
     token.chmod(0o600)
-    process = DashboardProcess(
-        credentials=dashboard_certs / "dashboard", history=history_db[0],
-        ca=dashboard_certs / "ca.crt", workdir=work,
-        args=("--certificates", str(work / "certificates.json"),
-              "--metrics-token-file", str(token))).start()
+    process = DashboardProcess(directory=dashboard_certs / "dashboard",
+                               history=history_db[0], ca=dashboard_certs / "ca.crt",
+                               workdir=work, args=("--metrics-token-file", str(token))).start()
     yield process
     assert process.stop() == 0, process.log()
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")

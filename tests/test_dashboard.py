@@ -14,17 +14,18 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
-from dashboard.auth import SESSION_COOKIE, LoginLimiter, SecretFile, Sessions
+from dashboard.auth import SESSION_COOKIE, LoginLimiter, Password, Sessions
 from dashboard.inventory import Inventory
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
-from tests.helpers import ROOT, clean_env, free_port, python_m
+from tests.helpers import ROOT, clean_env, free_port, homewatch_cli, python_m
 from tests.history_sample import Sample
 from tests.web import DashboardProcess, Response, WebClient
 
@@ -44,7 +45,7 @@ def user(dashboard: DashboardProcess) -> WebClient:
 def app_routes(history: Path) -> list[tuple[str, str]]:
     """Every (method, path) the application's router serves, each static file included."""
     dash = Dashboard(history=History(lambda: open_reader(history)),
-                     password=SecretFile(history, "unused"), sessions=Sessions(idle=1),
+                     password=Password(history), sessions=Sessions(idle=1),
                      limiter=LoginLimiter(), inventory=Inventory(None))
     try:
         routes = []
@@ -57,7 +58,7 @@ def app_routes(history: Path) -> list[tuple[str, str]]:
                 routes.append((route.method, info.get("path") or info["formatter"]))
         return routes
     finally:
-        dash.history.close()
+        dash.close()
 
 
 def assert_no_data(r: Response) -> None:
@@ -339,29 +340,65 @@ def test_presence_api_gives_each_persons_stretches(user: WebClient,
 def test_devices_api_and_page_show_keys_certificates_and_rejections(
         dashboard: DashboardProcess, user: WebClient,
         history_db: tuple[Path, Sample]) -> None:
-    """Devices: per Pi its key age, certificate expiry (from certificates.json, also for a
-    Pi never seen), rejected messages by reason, last seen; rejections from no known
-    device listed apart."""
+    """Devices: per Pi its key age, certificate expiry (from the admin side's
+    certificates.json, also for a Pi never seen; the subscriber's identity is no Pi),
+    rejected messages by reason, last seen; rejections from no known device apart."""
     sample_now = history_db[1].now
-    inventory = json.loads((dashboard.workdir / "certificates.json").read_text())
+    inventory = json.loads((dashboard.directory / "certificates.json").read_text())
+    garage = inventory["devices"]["pi-garage"]
     data = user.get("/api/devices").json()
     devices = {d["name"]: d for d in data["devices"]}
+    assert set(devices) == {hs.KITCHEN, hs.EVIL_PI, hs.DEMO_PI, "pi-garage"}
     kitchen = devices[hs.KITCHEN]
     assert kitchen["rejected"] == {"decrypt": 3, "replay": 1}
     assert kitchen["key_updated_at"] == pytest.approx(sample_now - hs.KEY_AGE_DAYS * 86400)
-    assert kitchen["certificate_not_after"] == pytest.approx(
-        sample_now + 20 * 86400, abs=1)
+    assert kitchen["certificate_not_after"] is None
     assert kitchen["readings"] > 35000 and kitchen["online"] is True
     assert devices["pi-garage"]["last_seen"] is None
-    assert devices["pi-garage"]["certificate_not_after"] is not None
+    assert devices["pi-garage"]["certificate_not_after"] == _unix(garage["not_after"])
+    assert devices["pi-garage"]["key_updated_at"] == _unix(garage["key_created"])
     assert devices[hs.DEMO_PI]["simulated"] == "demo"
     assert data["rejected_unknown"] == {"unknown-device": 7}
-    assert data["ca"]["not_after"] is not None and inventory["ca"]
+    for server in ("ca", "broker", "dashboard"):
+        assert data[server]["not_after"] == _unix(inventory[server]["not_after"])
     page = user.get("/devices").text
     assert f"{hs.KEY_AGE_DAYS} d" in page
-    assert '<span class="expiry soon">' in page  # 20 days left: flagged
     assert '<span class="reason">decrypt</span>&nbsp;<span class="count">3</span>' in page
     assert "Rejected from no known device" in page
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_certificate_expiry_is_flagged_and_the_inventory_reread(
+        own_dashboard: DashboardProcess) -> None:
+    """A certificate that expires within 30 days is flagged, an expired one more so; a
+    rewritten inventory shows at the next request; a broken one shows "unknown" and is
+    logged once, without stopping anything."""
+    inventory = own_dashboard.directory / "certificates.json"
+    now = time.time()
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    inventory.write_text(json.dumps({
+        "ca": {"not_after": iso(now + 3000 * 86400)},
+        "broker": {"not_after": iso(now - 2 * 86400)},
+        "devices": {hs.KITCHEN: {"role": "device", "not_after": iso(now + 20 * 86400),
+                                 "key_created": iso(now - 86400)},
+                    "subscriber": {"role": "subscriber", "not_after": iso(now)}}}))
+    user = own_dashboard.client()
+    assert user.login(own_dashboard.password).status == 303
+    page = user.get("/devices").text
+    assert re.search(r'<span class="expiry soon">.*\(in 19 d\)</span>', page)
+    assert re.search(r'broker <span class="expiry expired">.*\(expired 2 d ago\)', page)
+    names = [d["name"] for d in user.get("/api/devices").json()["devices"]]
+    assert "subscriber" not in names and hs.KITCHEN in names
+    inventory.write_text("{not json")
+    assert user.get("/api/devices").json()["ca"]["not_after"] is None
+    assert user.get("/devices").status == 200
+    assert own_dashboard.log().count("certificate inventory") == 1
 
 
 def test_metrics_need_a_session_or_the_token(dashboard: DashboardProcess,
@@ -424,11 +461,12 @@ def test_health_file_is_touched_while_serving(dashboard: DashboardProcess) -> No
 @pytest.fixture
 def own_dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
                   tmp_path: Path) -> Iterator[DashboardProcess]:
-    """A dashboard of this test's own: its own password file, rate limit and sessions."""
-    creds = tmp_path / "credentials"
-    shutil.copytree(dashboard_certs / "dashboard", creds)
-    process = DashboardProcess(credentials=creds, history=history_db[0],
-                               ca=dashboard_certs / "ca.crt", workdir=tmp_path).start()
+    """A dashboard of this test's own: its own certs/dashboard (password, hash,
+    inventory), rate limit and sessions."""
+    shutil.copytree(dashboard_certs / "dashboard", tmp_path / "certs" / "dashboard")
+    process = DashboardProcess(directory=tmp_path / "certs" / "dashboard",
+                               history=history_db[0], ca=dashboard_certs / "ca.crt",
+                               workdir=tmp_path / "run").start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -457,36 +495,36 @@ def test_login_attempts_are_rate_limited_per_address_and_overall(
     assert "wrong-password" not in log and d.password not in log
 
 
-def test_changing_the_password_file_ends_every_session_without_restart(
+def test_a_new_password_ends_every_session_without_restart(
         own_dashboard: DashboardProcess) -> None:
-    """`make dashboard-password` writes a new password in place (mode kept): the running
-    dashboard ends every session at once, refuses the old password, takes the new one."""
+    """`homewatch dashboard password` (what `make dashboard-password` runs) while the
+    dashboard runs: every session ends at once, the old password is refused and the new
+    one works, without a restart."""
     d = own_dashboard
     user = d.client()
     assert user.login(d.password).status == 303
     old = d.password
-    password_file = d.credentials / "password"
-    r = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "dashboard-password"],
-                       cwd=_make_root(d),
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
+    homewatch_cli(d.directory.parent, "dashboard", "password")
     new = d.password
-    assert new != old and len(new) >= 20 and new not in r.stdout
-    assert password_file.stat().st_mode & 0o777 == 0o600
+    assert new != old
     assert user.get("/api/now").status == 401
     assert d.client().login(old).status == 401
     assert d.client().login(new).status == 303
-    assert "every session has ended" in d.log()
+    assert "password hash file" in d.log() and "changed" in d.log()
 
 
-def _make_root(d: DashboardProcess) -> Path:
-    """A directory whose certs/dashboard is this dashboard's credentials directory."""
-    root = d.workdir / "repo"
-    (root / "certs").mkdir(parents=True, exist_ok=True)
-    link = root / "certs" / "dashboard"
-    if not link.exists():
-        link.symlink_to(d.credentials)
-    return root
+def test_a_damaged_password_hash_lets_nobody_in_and_says_why(
+        own_dashboard: DashboardProcess) -> None:
+    """A damaged hash file ends every session and refuses every login with 503 (not a
+    wrong password: the user is not to blame), and the log names the file and the fix."""
+    d = own_dashboard
+    user = d.client()
+    assert user.login(d.password).status == 303
+    (d.directory / "password.hash").write_text("scrypt$15$8$1$garbage\n")
+    assert user.get("/api/now").status == 401
+    r = d.client().login(d.password)
+    assert r.status == 503 and "cannot check passwords" in r.text
+    assert "password.hash is damaged" in d.log() and "make dashboard-password" in d.log()
 
 
 # -- start-up errors ---------------------------------------------------------------------
@@ -498,33 +536,34 @@ def _start(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_missing_or_bad_files_stop_it_with_one_clear_line(
         dashboard_certs: Path, history_db: tuple[Path, Sample], tmp_path: Path) -> None:
-    """A missing certificate, key, password or database, an empty password file or a key
-    that does not fit: exit 2 and one line on stderr naming the file and the fix."""
+    """A missing certificate, key, password hash or database, an empty hash file or a
+    key that does not fit: exit 2 and one line on stderr naming the file and the fix."""
     good = dashboard_certs / "dashboard"
     base = ["--history", str(history_db[0]), "--port", str(free_port()), "--bind",
             "127.0.0.1"]
-    for missing in ("server.crt", "server.key", "password"):
-        creds = tmp_path / f"without-{missing}"
-        shutil.copytree(good, creds)
-        (creds / missing).unlink()
-        r = _start(["--credentials", str(creds), *base], tmp_path)
+    for missing in ("server.crt", "server.key", "password.hash"):
+        directory = tmp_path / f"without-{missing}"
+        shutil.copytree(good, directory)
+        (directory / missing).unlink()
+        r = _start(["--dashboard-dir", str(directory), *base], tmp_path)
         assert r.returncode == 2, r.stderr
-        assert r.stderr.count("\n") == 1 and str(creds / missing) in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and str(directory / missing) in r.stderr, r.stderr
         assert "make up" in r.stderr
-    r = _start(["--credentials", str(good), *base, "--history", str(tmp_path / "no.db")],
+    r = _start(["--dashboard-dir", str(good), *base, "--history", str(tmp_path / "no.db")],
                tmp_path)
     assert r.returncode == 2 and r.stderr == (
         f"dashboard: error: history database not found: {tmp_path / 'no.db'} (start the "
         "subscriber first (it makes the database), or set --history)\n")
     empty = tmp_path / "empty"
     shutil.copytree(good, empty)
-    (empty / "password").write_text("\n")
-    r = _start(["--credentials", str(empty), *base], tmp_path)
-    assert r.returncode == 2 and "password file" in r.stderr and r.stderr.count("\n") == 1
+    (empty / "password.hash").write_text("\n")
+    r = _start(["--dashboard-dir", str(empty), *base], tmp_path)
+    assert r.returncode == 2 and r.stderr == (
+        f"dashboard: error: password hash file {empty / 'password.hash'} is empty\n")
     mismatched = tmp_path / "mismatched"
     shutil.copytree(good, mismatched)
     shutil.copy(dashboard_certs / "ca.key", mismatched / "server.key")
-    r = _start(["--credentials", str(mismatched), *base], tmp_path)
+    r = _start(["--dashboard-dir", str(mismatched), *base], tmp_path)
     assert r.returncode == 2 and "TLS certificate" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
 
@@ -532,7 +571,7 @@ def test_missing_or_bad_files_stop_it_with_one_clear_line(
 def test_a_taken_port_is_exit_1_with_one_line(dashboard: DashboardProcess,
                                               tmp_path: Path) -> None:
     """Another program on the port: exit 1, one line naming the address."""
-    r = _start(["--credentials", str(dashboard.credentials), "--history",
+    r = _start(["--dashboard-dir", str(dashboard.directory), "--history",
                 str(dashboard.history), "--bind", dashboard.bind, "--port",
                 str(dashboard.port)], tmp_path)
     assert r.returncode == 1
@@ -542,16 +581,16 @@ def test_a_taken_port_is_exit_1_with_one_line(dashboard: DashboardProcess,
 
 def test_settings_come_from_defaults_env_and_cli_and_hold_no_secret(
         dashboard_certs: Path, tmp_path: Path) -> None:
-    """--show-settings: defaults (0.0.0.0:8443, certs/dashboard), HOMEWATCH_* env over
-    them, options over env; paths only, never the password."""
+    """--show-settings: defaults (0.0.0.0:8443, certs/dashboard, the subscriber's
+    history.db), HOMEWATCH_* env over them, options over env; paths only."""
     env = clean_env({"HOMEWATCH_PORT": "9443", "HOMEWATCH_BIND": "127.0.0.1",
-                     "HOMEWATCH_CREDENTIALS": str(dashboard_certs / "dashboard")})
+                     "HOMEWATCH_DASHBOARD_DIR": str(dashboard_certs / "dashboard")})
     r = subprocess.run(python_m("dashboard", "--show-settings", "--port", "10443"),
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     settings = dict(line.split("=", 1) for line in r.stdout.splitlines())
     assert settings["port"] == "10443" and settings["bind"] == "127.0.0.1"
-    assert settings["password_file"] == str(dashboard_certs / "dashboard" / "password")
+    assert settings["password_hash"] == str(dashboard_certs / "dashboard" / "password.hash")
     password = (dashboard_certs / "dashboard" / "password").read_text().strip()
     assert password not in r.stdout
     r = subprocess.run(python_m("dashboard", "--show-settings"), cwd=tmp_path,
@@ -559,6 +598,7 @@ def test_settings_come_from_defaults_env_and_cli_and_hold_no_secret(
     defaults = dict(line.split("=", 1) for line in r.stdout.splitlines())
     assert (defaults["bind"], defaults["port"]) == ("0.0.0.0", "8443")
     assert defaults["tls_cert"] == "certs/dashboard/server.crt"
+    assert defaults["history"].endswith("/homewatch/subscriber/history.db")
     r = subprocess.run(python_m("dashboard", "--port", "http"), cwd=tmp_path,
                        env=clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("dashboard: error: --port:")

@@ -125,7 +125,7 @@ class WebClient:
 class DashboardProcess:
     """``python -m dashboard`` on a free loopback port, its log in ``workdir``."""
 
-    credentials: Path  # server.crt, server.key, password
+    directory: Path  # --dashboard-dir: server.crt, server.key, password.hash, (password)
     history: Path
     ca: Path
     workdir: Path
@@ -140,14 +140,15 @@ class DashboardProcess:
 
     @property
     def password(self) -> str:
-        return (self.credentials / "password").read_text().strip()
+        """The household password, from the file the admin side writes for people."""
+        return (self.directory / "password").read_text().strip()
 
     @property
     def health_file(self) -> Path:
         return self.workdir / "health"
 
     def command(self) -> list[str]:
-        return python_m("dashboard", "--credentials", str(self.credentials), "--history",
+        return python_m("dashboard", "--dashboard-dir", str(self.directory), "--history",
                         str(self.history), "--bind", self.bind, "--port", str(self.port),
                         "--health-file", str(self.health_file), *self.args)
 
