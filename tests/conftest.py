@@ -1,14 +1,20 @@
 """Fixtures: certificates made by the project's own script, identities made by the
-project's own CLI, and a real mosquitto process running the project's broker config."""
+project's own CLI, a real mosquitto process running the project's broker config, and the
+real dashboard process over a history database written by the real history writer."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import history_sample
 from tests.helpers import Broker, gen_certs, homewatch_cli
+from tests.history_sample import Sample
+from tests.web import DashboardProcess
 
 DEVICES = ("pi-kitchen", "pi-garage")
 
@@ -36,3 +42,48 @@ def workdir(tmp_path: Path, certs: Path) -> Path:
     """A directory laid out like the repository root: ./certs is the test certificates."""
     (tmp_path / "certs").symlink_to(certs)
     return tmp_path
+
+
+# -- the dashboard ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def dashboard_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `make up` leaves in certs/dashboard, made by the same code: the HTTPS
+    certificate from the project CA (gen-certs.sh), the household password and its hash
+    (`homewatch dashboard password`), and the certificate inventory, which a device
+    added with `homewatch device add` (pi-garage, never seen by the history) is in."""
+    out = tmp_path_factory.mktemp("dashboard-certs")
+    gen_certs(out)
+    homewatch_cli(out, "dashboard", "password")
+    homewatch_cli(out, "device", "add", "pi-garage")
+    return out
+
+
+@pytest.fixture(scope="session")
+def history_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
+    """A history database written by the real SQLite writer (tests/history_sample.py)."""
+    from homewatch.history.sqlite import SqliteHistory
+
+    path = tmp_path_factory.mktemp("history") / "history.db"
+    writer = SqliteHistory(path)
+    try:
+        sample = history_sample.write(writer, time.time())
+    finally:
+        writer.close()
+    return path, sample
+
+
+@pytest.fixture(scope="session")
+def dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardProcess]:
+    """The real dashboard process over that database, on a free loopback port, with a
+    metrics token; it must stop cleanly (exit 0)."""
+    work = tmp_path_factory.mktemp("dashboard")
+    token = work / "metrics-token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
+    process = DashboardProcess(directory=dashboard_certs / "dashboard",
+                               history=history_db[0], ca=dashboard_certs / "ca.crt",
+                               workdir=work, args=("--metrics-token-file", str(token))).start()
+    yield process
+    assert process.stop() == 0, process.log()

@@ -1,0 +1,276 @@
+"""Who may see the dashboard: one household password, sessions, a login rate limit.
+
+- :class:`Password`: the household password's salted scrypt hash
+  (:mod:`homewatch.passwords`, ``certs/dashboard/password.hash``, written by
+  ``homewatch dashboard password``); the dashboard never sees the password itself, only
+  what a login form sends. The file is re-read when it changes, and a new hash ends
+  every session. Checks (about 0.1 s and 32 MiB each) run one at a time on a thread of
+  their own, never on the event loop.
+- :class:`WatchedFile`: a one-line file re-read when it changes (the hash, the metrics
+  token); a missing, unreadable or empty one lets nobody in (fail closed).
+- :class:`Sessions`: random tokens held in memory only (a restart logs everyone out),
+  ending after an idle time, a maximum lifetime, a logout or a password change.
+- :class:`LoginLimiter`: token buckets per client address and overall. Each attempt
+  takes a token from both before the password is checked (so a burst of parallel
+  attempts is cut off too) and a successful login gives it back; without one, the
+  attempt is refused at once (429 with Retry-After).
+
+Nothing here logs or returns a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from homewatch.passwords import verify_password
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+SESSION_COOKIE = "__Host-homewatch"  # __Host-: Secure, Path=/ and no Domain, enforced
+LOGIN_COOKIE = "__Host-homewatch-login"  # the login form's CSRF token (double submit)
+MAX_LIFETIME = 30 * 86400.0  # a session ends after this, however active
+MAX_SESSIONS = 1000
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+def same_secret(a: str, b: str) -> bool:
+    """Constant time, whatever the lengths (both are hashed first)."""
+    return hmac.compare_digest(_digest(a), _digest(b))
+
+
+class WatchedFile:
+    """A one-line file, re-read whenever its inode, size or mtime changes; a change of
+    its contents starts a new :attr:`generation`."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self.generation = 0
+        self._key: tuple[int, int, int] | None = None
+        self._value: str | None = None
+        self._problem: str | None = None
+
+    def load(self) -> str | None:
+        """Read the file now (at start): what is wrong with it, or None. An OSError from
+        the first look is the caller's to report."""
+        self._read(self.path.stat(), report=False)
+        return self._problem
+
+    def current(self) -> str | None:
+        """The contents now (stripped; one stat, a read only if the file changed); None
+        while the file is missing or empty."""
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            self._set(None, f"{self.what} {self.path}: {exc.strerror}", None)
+            return None
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != self._key:
+            self._read(st)
+        return self._value
+
+    def _read(self, st: os.stat_result, *, report: bool = True) -> None:
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            value = self.path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            self._set(None, f"{self.what} {self.path}: {reason}", key, report)
+            return
+        if not value:
+            self._set(None, f"{self.what} {self.path} is empty", key, report)
+            return
+        if st.st_mode & stat.S_IWOTH:
+            log.warning("%s %s can be changed by every user; run: chmod o-w %s", self.what,
+                        self.path, self.path)
+        self._set(value, None, key, report)
+
+    def _set(self, value: str | None, problem: str | None,
+             key: tuple[int, int, int] | None, report: bool = True) -> None:
+        self._key = key
+        if report and problem is not None and problem != self._problem:
+            log.error("%s: nobody can log in with it until it is fixed", problem)
+        self._problem = problem
+        if value != self._value:
+            if self._value is not None:
+                log.info("%s %s changed", self.what, self.path)
+            self._value = value
+            self.generation += 1
+
+    def matches(self, candidate: str) -> bool:
+        """Whether ``candidate`` is the file's contents (constant time)."""
+        value = self.current()
+        return value is not None and same_secret(candidate, value)
+
+
+class PasswordUnavailable(Exception):
+    """The password hash is missing or damaged: no password can be checked."""
+
+
+class Password:
+    """The household password, as the scrypt hash in ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = WatchedFile(path, "password hash file")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="password")
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the hash does: sessions of another generation are over."""
+        self.file.current()
+        return self.file.generation
+
+    async def check(self, password: str) -> bool:
+        stored = self.file.current()
+        if stored is None:
+            raise PasswordUnavailable(f"{self.file.what} {self.file.path} is missing or empty")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, verify_password, password, stored)
+        except ValueError as exc:
+            raise PasswordUnavailable(f"{self.file.what} {self.file.path} is damaged ({exc}); "
+                                      "run: make dashboard-password") from None
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+@dataclass
+class Session:
+    csrf: str  # the token its forms (logout) carry
+    created: float
+    last_used: float
+    generation: int  # of the password it logged in with
+
+
+@dataclass
+class Sessions:
+    """Sessions in memory, keyed by the SHA-256 of their token (lookups leak nothing
+    usable about a token through timing)."""
+
+    idle: float
+    lifetime: float = MAX_LIFETIME
+    clock: Clock = time.monotonic
+    _by_digest: dict[bytes, Session] = field(default_factory=dict)
+
+    def create(self, generation: int) -> str:
+        """A new session; returns its token (the cookie value)."""
+        self._prune()
+        if len(self._by_digest) >= MAX_SESSIONS:  # drop the least recently used
+            oldest = min(self._by_digest, key=lambda d: self._by_digest[d].last_used)
+            del self._by_digest[oldest]
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        self._by_digest[_digest(token)] = Session(csrf=secrets.token_urlsafe(24), created=now,
+                                                  last_used=now, generation=generation)
+        return token
+
+    def get(self, token: str | None, generation: int) -> Session | None:
+        """The live session of ``token`` (renewing its idle time), or None."""
+        if not token:
+            return None
+        d = _digest(token)
+        session = self._by_digest.get(d)
+        if session is None:
+            return None
+        now = self.clock()
+        if (session.generation != generation or now - session.last_used > self.idle
+                or now - session.created > self.lifetime):
+            del self._by_digest[d]
+            return None
+        session.last_used = now
+        return session
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._by_digest.pop(_digest(token), None)
+
+    def count(self) -> int:
+        self._prune()
+        return len(self._by_digest)
+
+    def _prune(self) -> None:
+        now = self.clock()
+        for d, s in list(self._by_digest.items()):
+            if now - s.last_used > self.idle or now - s.created > self.lifetime:
+                del self._by_digest[d]
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class LoginLimiter:
+    """Failed logins allowed: ``per_client`` at once per address, then one every
+    ``client_every`` seconds; ``overall`` at once from everyone, then one every
+    ``overall_every`` seconds."""
+
+    per_client: int = 5
+    client_every: float = 30.0
+    overall: int = 20
+    overall_every: float = 10.0
+    clock: Clock = time.monotonic
+    _clients: dict[str, _Bucket] = field(default_factory=dict)
+    _all: _Bucket | None = None
+    refused: int = 0  # attempts refused by the limit (metrics)
+    failed_total: int = 0  # wrong passwords (metrics)
+
+    def _fill(self, bucket: _Bucket, capacity: int, every: float, now: float) -> _Bucket:
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) / every)
+        bucket.at = now
+        return bucket
+
+    def _buckets(self, client: str) -> tuple[_Bucket, _Bucket]:
+        now = self.clock()
+        if self._all is None:
+            self._all = _Bucket(self.overall, now)
+        if client not in self._clients and len(self._clients) >= 10_000:
+            self._forget_full(now)
+        mine = self._clients.setdefault(client, _Bucket(self.per_client, now))
+        return (self._fill(mine, self.per_client, self.client_every, now),
+                self._fill(self._all, self.overall, self.overall_every, now))
+
+    def _forget_full(self, now: float) -> None:
+        for addr, b in list(self._clients.items()):
+            if self._fill(b, self.per_client, self.client_every, now).tokens >= self.per_client:
+                del self._clients[addr]
+
+    def attempt(self, client: str) -> float:
+        """Take a token for a login attempt by ``client``: 0 when it may go ahead, else
+        the seconds to wait (and nothing is taken)."""
+        mine, everyone = self._buckets(client)
+        wait = max((1 - mine.tokens) * self.client_every if mine.tokens < 1 else 0.0,
+                   (1 - everyone.tokens) * self.overall_every if everyone.tokens < 1 else 0.0)
+        if wait > 0:
+            self.refused += 1
+            return wait
+        mine.tokens -= 1
+        everyone.tokens -= 1
+        return 0.0
+
+    def succeeded(self, client: str) -> None:
+        """A successful login gives its token back: only failures count."""
+        mine, everyone = self._buckets(client)
+        mine.tokens = min(self.per_client, mine.tokens + 1)
+        everyone.tokens = min(self.overall, everyone.tokens + 1)
+
+    def failed(self) -> None:
+        self.failed_total += 1

@@ -1,0 +1,102 @@
+"""Serving the application: its own HTTPS listener (TLS 1.2 or later), a heartbeat for
+the container's health check, a clean stop on SIGTERM/SIGINT.
+
+A renewed certificate (the same files, new contents) is picked up for new connections
+within seconds, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from homewatch.errors import ConfigError, HomewatchError
+from homewatch.health import Heartbeat
+
+log = logging.getLogger(__name__)
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+HOUSEKEEPING_EVERY = 5.0
+
+
+class ServeError(HomewatchError):
+    """The dashboard could not listen (address in use, not allowed). Exit code 1."""
+
+
+class Certificate:
+    """The server's TLS context and the files it was loaded from."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp = self._files()
+        self._load()
+
+    def _files(self) -> tuple[int, ...]:
+        try:
+            return tuple(s for p in (self.cert, self.key)
+                         for s in (p.stat().st_ino, p.stat().st_mtime_ns))
+        except OSError:
+            return ()
+
+    def _load(self) -> None:
+        try:
+            self.context.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"TLS certificate {self.cert} or key {self.key} unusable: "
+                              f"{exc.reason or exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"TLS certificate {self.cert} or key {self.key}: "
+                              f"{exc.strerror}") from None
+
+    def reload_if_changed(self) -> None:
+        stamp = self._files()
+        if not stamp or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self._load()
+        except ConfigError as exc:
+            log.error("%s; still serving the previous certificate", exc)
+        else:
+            log.info("TLS certificate %s reloaded", self.cert)
+
+
+async def serve(app: web.Application, certificate: Certificate, *, bind: str, port: int,
+                heartbeat: Heartbeat, tick: Callable[[], None] = lambda: None) -> None:
+    """Serve until SIGTERM or SIGINT, then close every connection. Every few seconds:
+    ``tick()``, a certificate reload when its files changed, a heartbeat."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, access_log_format=ACCESS_LOG_FORMAT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, bind, port, ssl_context=certificate.context)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ServeError(f"cannot listen on {bind}:{port}: {reason}") from None
+        host = f"[{bind}]" if ":" in bind else bind
+        log.info("dashboard on https://%s:%d/", host, port)
+        while not stop.is_set():
+            tick()
+            certificate.reload_if_changed()
+            heartbeat.beat(True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOUSEKEEPING_EVERY)
+        log.info("stopping")
+    finally:
+        heartbeat.clear()
+        await runner.cleanup()

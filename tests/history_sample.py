@@ -1,0 +1,72 @@
+"""A history that exercises every part of the dashboard, written through the real
+history writer: a year of one Pi's temperatures, a Pi whose name is markup, a demo Pi,
+people whose names are markup and quotes, comings and goings, scanner and availability
+changes, rejected messages and a rotated key."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from homewatch.history import HistoryWriter, Sighting
+
+DAY = 86400.0
+KITCHEN = "pi-kitchen"
+EVIL_PI = "<script>alert(1)</script>"
+DEMO_PI = "demo-pi"
+ANNA = "Anna \"Annie\" <b>O'Brien</b>"
+EVIL_PERSON = "<img src=x onerror=alert(2)>"
+FRANK = "Franks Phone"
+KITCHEN_NOW = 21.5  # the kitchen's latest temperature
+SCANNER_ERROR = "<i>no adapter</i> & \"hci0\""
+KEY_AGE_DAYS = 41
+REJECTED = {(KITCHEN, "decrypt"): 3, (KITCHEN, "replay"): 1, (None, "unknown-device"): 7}
+
+
+@dataclass(frozen=True)
+class Sample:
+    now: float  # the sample's present: its latest readings are just before it
+
+    def kitchen(self, t: float) -> float:
+        """A daily and a yearly swing, in °C."""
+        return round(20 + 2 * math.sin(t / DAY * 2 * math.pi)
+                     + 4 * math.sin(t / (365 * DAY) * 2 * math.pi), 2)
+
+
+def write(writer: HistoryWriter, now: float) -> Sample:
+    """Write the sample ending at ``now``; commits once per simulated day."""
+    sample = Sample(now)
+    start = now - 366 * DAY
+    t = start
+    while t < now - 120:  # the kitchen: every 15 minutes for a year
+        writer.temperature(KITCHEN, t, sample.kitchen(t))
+        if t >= now - 8 * DAY:
+            writer.temperature(DEMO_PI, t, 24.0 + math.cos(t / DAY * 2 * math.pi),
+                               simulated="demo")
+        if t >= now - 2 * DAY:
+            writer.temperature(EVIL_PI, t, 17.0)
+        if int((t - start) // 900) % 96 == 95:
+            writer.commit()
+        t += 900
+    writer.temperature(KITCHEN, now - 30, KITCHEN_NOW)
+    writer.key_updated(KITCHEN, now - KEY_AGE_DAYS * DAY)
+    writer.availability(KITCHEN, now - 3 * DAY, True)
+    writer.availability(DEMO_PI, now - 8 * DAY, True)
+    writer.availability(EVIL_PI, now - 2 * DAY, True)
+    writer.availability(EVIL_PI, now - 3600, False)
+    writer.scanner(KITCHEN, now - 3 * DAY, "ok")
+    writer.scanner(EVIL_PI, now - 2 * DAY, "error", SCANNER_ERROR)
+    for hours, home in ((72, True), (60, False), (48, True), (36, False), (2, True)):
+        at = now - hours * 3600
+        writer.presence(KITCHEN, at, [Sighting(name=ANNA, state="home" if home else "away",
+                                               last_seen=at if home else at - 180)])
+    writer.presence(EVIL_PI, now - DAY, [Sighting(name=EVIL_PERSON, state="home",
+                                                  last_seen=now - DAY)])
+    writer.presence(DEMO_PI, now - 3 * 3600, [Sighting(name=FRANK, state="away",
+                                                       last_seen=now - 3 * 3600 - 180)],
+                    simulated="demo")
+    for (device, reason), n in REJECTED.items():
+        for _ in range(n):
+            writer.rejected(device, reason, now - 600)
+    writer.commit()
+    return sample

@@ -1,0 +1,604 @@
+"""The dashboard as a LAN sees it: the real process over a real history database, driven
+over HTTPS by a client that verifies its certificate against the project CA."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
+from dashboard.auth import SESSION_COOKIE, LoginLimiter, Password, Sessions
+from dashboard.inventory import Inventory
+from homewatch.history import RANGES
+from homewatch.history.sqlite import open_reader
+from tests import history_sample as hs
+from tests.helpers import ROOT, clean_env, free_port, homewatch_cli, python_m
+from tests.history_sample import Sample
+from tests.web import DashboardProcess, Response, WebClient
+
+PAGES = ("/", "/history", "/history?range=1y", "/devices")
+APIS = ("/api/now", f"/api/temperature?device={hs.KITCHEN}&range=24h",
+        "/api/presence?range=7d", "/api/devices")
+
+
+@pytest.fixture
+def user(dashboard: DashboardProcess) -> WebClient:
+    """A logged-in client."""
+    client = dashboard.client()
+    assert client.login(dashboard.password).status == 303
+    return client
+
+
+def app_routes(history: Path) -> list[tuple[str, str]]:
+    """Every (method, path) the application's router serves, each static file included."""
+    dash = Dashboard(history=History(lambda: open_reader(history)),
+                     password=Password(history), sessions=Sessions(idle=1),
+                     limiter=LoginLimiter(), inventory=Inventory(None))
+    try:
+        routes = []
+        for route in make_app(dash).router.routes():
+            info = route.resource.get_info() if route.resource else {}
+            if "prefix" in info:  # the static directory: each of its files
+                routes += [(route.method, f"{info['prefix']}/{f.name}")
+                           for f in sorted(STATIC.iterdir())]
+            else:
+                routes.append((route.method, info.get("path") or info["formatter"]))
+        return routes
+    finally:
+        dash.close()
+
+
+def assert_no_data(r: Response) -> None:
+    for secret in (hs.KITCHEN, "21.5", hs.FRANK, "demo-pi", "Annie"):
+        assert secret not in r.text, (secret, r.text[:300])
+
+
+# -- login required ----------------------------------------------------------------------
+
+def test_every_route_is_refused_without_login(dashboard: DashboardProcess,
+                                              history_db: tuple[Path, Sample]) -> None:
+    """Every route in the app's router (so a new one cannot be forgotten), every static
+    file included, is refused without a session: pages redirect to the login page, the
+    rest answer 401; only the login form and its own two assets are served, without
+    data."""
+    routes = app_routes(history_db[0])
+    assert ("GET", "/api/now") in routes and ("GET", "/static/chart.js") in routes
+    anonymous = dashboard.client()
+    for method, path in routes:
+        form = {"csrf": "x"} if method == "POST" else None
+        r = anonymous.request(method, path, form=form)
+        if (method, path) in PUBLIC:  # the login form (a post without its token: 403)
+            assert r.status == (403 if method == "POST" else 200), (method, path)
+        elif method in ("GET", "HEAD") and path in ("/", "/history", "/devices"):
+            assert r.status == 303 and r.headers["Location"].startswith("/login"), (method,
+                                                                                   path)
+        else:
+            assert r.status == 401, (method, path, r.status)
+        if method != "POST":
+            assert_no_data(r)
+    assert sorted(p for m, p in PUBLIC if m == "GET") == sorted(["/login", *LOGIN_ASSETS])
+
+
+def test_unknown_paths_methods_and_forged_cookies_are_refused_too(
+        dashboard: DashboardProcess) -> None:
+    """No route list to probe: an unknown path or method answers 401 like any other
+    without login, and a made-up or stale session cookie is no session."""
+    anonymous = dashboard.client()
+    for method, path in (("GET", "/nope"), ("GET", "/api/nope"), ("PUT", "/"),
+                         ("DELETE", "/api/now"), ("GET", "/static/../app.py"),
+                         ("GET", "/static/nope.js")):
+        assert anonymous.request(method, path).status == 401, (method, path)
+    forged = dashboard.client()
+    forged.cookies[SESSION_COOKIE] = "x" * 43
+    assert forged.get("/api/now").status == 401
+
+
+def test_wrong_password_is_refused_and_never_logged(dashboard: DashboardProcess) -> None:
+    """A wrong password gets the form again with 401 and no session; the log says who
+    was refused, and neither the attempt nor the password is anywhere in it."""
+    client = dashboard.client()
+    wrong = "not-the-password-" + "x" * 8
+    r = client.login(wrong)
+    assert r.status == 401 and "Wrong password" in r.text
+    assert r.cookie(SESSION_COOKIE) is None and SESSION_COOKIE not in client.cookies
+    assert client.get("/api/now").status == 401
+    assert client.login(dashboard.password).status == 303
+    assert client.get("/api/now").status == 200
+    log = dashboard.log()
+    assert "login from 127.0.0.1 refused: wrong password" in log
+    assert wrong not in log and dashboard.password not in log
+
+
+def test_session_cookie_is_secure_httponly_strict_and_ends_at_logout(
+        dashboard: DashboardProcess) -> None:
+    """The session cookie is Secure, HttpOnly, SameSite=Strict, Path=/ (a __Host- name:
+    the browser enforces all that), a random token; logout ends it on the server."""
+    client = dashboard.client()
+    r = client.login(dashboard.password)
+    assert r.status == 303 and r.headers["Location"] == "/"
+    line = r.cookie(SESSION_COOKIE)
+    assert line is not None
+    flags = {f.strip().lower() for f in line.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= flags
+    assert not any(f.startswith("domain") for f in flags)
+    token = client.cookies[SESSION_COOKIE]
+    assert len(token) >= 40 and dashboard.password not in token
+    assert client.get("/").status == 200
+    assert client.logout().headers["Location"] == "/login"
+    replay = dashboard.client()
+    replay.cookies[SESSION_COOKIE] = token
+    assert replay.get("/api/now").status == 401
+    assert replay.get("/").status == 303
+
+
+def test_posts_need_the_forms_token_and_our_origin(dashboard: DashboardProcess,
+                                                   user: WebClient) -> None:
+    """Login and logout are refused (403) without the form's token, with a wrong one,
+    from another origin, or marked cross-site by the browser."""
+    anonymous = dashboard.client()
+    page = anonymous.get("/login")
+    good = {"csrf": page.csrf, "password": dashboard.password}
+    assert anonymous.post("/login", {"password": dashboard.password}).status == 403
+    assert anonymous.post("/login", {**good, "csrf": "forged"}).status == 403
+    assert anonymous.post("/login", good, headers={"Origin": "https://evil.example"}
+                          ).status == 403
+    assert anonymous.post("/login", good, headers={"Sec-Fetch-Site": "cross-site"}
+                          ).status == 403
+    no_cookie = dashboard.client()
+    assert no_cookie.post("/login", good).status == 403
+    assert SESSION_COOKIE not in anonymous.cookies
+    logout = user.get("/").csrf
+    assert user.post("/logout", {}).status == 403
+    assert user.post("/logout", {"csrf": "forged"}).status == 403
+    assert user.post("/logout", {"csrf": logout}, headers={"Origin": "https://evil.example"}
+                     ).status == 403
+    assert user.get("/api/now").status == 200  # still logged in
+    fresh = anonymous.get("/login").csrf  # each refusal gave the form a new token
+    assert anonymous.post("/login", {**good, "csrf": fresh}, headers={
+        "Origin": "null", "Sec-Fetch-Site": "same-origin"}).status == 303
+
+
+def test_login_returns_only_to_the_dashboards_own_pages(dashboard: DashboardProcess) -> None:
+    """After login the user lands on the page they asked for, and never on another site."""
+    client = dashboard.client()
+    assert client.login(dashboard.password, next_page="/devices").headers["Location"] == (
+        "/devices")
+    for target in ("https://evil.example/", "//evil.example", "/\\evil.example"):
+        other = dashboard.client()
+        assert other.login(dashboard.password, next_page=target).headers["Location"] == "/"
+
+
+# -- headers, TLS -----------------------------------------------------------------------
+
+def test_security_headers_on_every_response(dashboard: DashboardProcess,
+                                            user: WebClient) -> None:
+    """Pages, API, metrics, static files, the login page, redirects and errors all carry
+    the CSP, nosniff, no-referrer and HSTS; pages and API are never cached."""
+    anonymous = dashboard.client()
+    responses = [user.get(p) for p in (*PAGES, *APIS, "/metrics", "/static/chart.js",
+                                       "/nope", "/api/temperature?range=2h&device=x")]
+    responses += [anonymous.get(p) for p in ("/login", "/", "/api/now",
+                                             "/static/base.css")]
+    assert {r.status for r in responses} == {200, 303, 401, 404, 400}
+    for r in responses:
+        h = r.headers
+        assert h["Content-Security-Policy"] == CSP
+        assert h["X-Content-Type-Options"] == "nosniff"
+        assert h["Referrer-Policy"] == "no-referrer"
+        assert h["Strict-Transport-Security"].startswith("max-age=")
+        assert h["X-Frame-Options"] == "DENY"
+        assert "aiohttp" not in h.get("Server", "")
+    for r in responses[: len(PAGES) + len(APIS) + 1]:
+        assert r.headers["Cache-Control"] == "no-store"
+    assert CSP == ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                   "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+                   "base-uri 'none'")
+
+
+def test_https_only_tls_1_2_or_later(dashboard: DashboardProcess) -> None:
+    """Plain HTTP gets no page; a client offering at most TLS 1.1 is refused; a verifying
+    client gets TLS 1.3 from the certificate the project CA signed."""
+    with socket.create_connection((dashboard.bind, dashboard.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        try:
+            answer = s.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"HTTP/")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(dashboard.ca)
+    with warnings.catch_warnings():  # an outdated client, on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with (pytest.raises(ssl.SSLError), socket.create_connection(
+            (dashboard.bind, dashboard.port), timeout=5) as s,
+          old.wrap_socket(s, server_hostname=dashboard.bind)):
+        pass
+    good = ssl.create_default_context(cafile=str(dashboard.ca))
+    with (socket.create_connection((dashboard.bind, dashboard.port), timeout=5) as s,
+          good.wrap_socket(s, server_hostname=dashboard.bind) as tls):
+        assert tls.version() == "TLSv1.3"
+    good.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (socket.create_connection((dashboard.bind, dashboard.port), timeout=5) as s,
+          good.wrap_socket(s, server_hostname=dashboard.bind) as tls):
+        assert tls.version() == "TLSv1.2"
+    foreign = ssl.create_default_context()  # the system's CAs only
+    with (pytest.raises(ssl.SSLCertVerificationError), socket.create_connection(
+            (dashboard.bind, dashboard.port), timeout=5) as s,
+          foreign.wrap_socket(s, server_hostname=dashboard.bind)):
+        pass
+
+
+# -- what the pages and the API show ----------------------------------------------------
+
+def test_names_from_pis_are_escaped_everywhere(user: WebClient) -> None:
+    """A Pi named <script>..., people named with quotes and markup, a scanner detail with
+    markup: every page shows them as text (escaped), never as markup."""
+    raw = (hs.EVIL_PI, hs.EVIL_PERSON, hs.ANNA, "<i>no adapter</i>")
+    for path in PAGES:
+        text = user.get(path).text
+        for value in raw:
+            assert value not in text, (path, value)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text, path
+    now = user.get("/").text
+    assert "Anna &#34;Annie&#34; &lt;b&gt;O&#39;Brien&lt;/b&gt;" in now
+    assert "&lt;img src=x onerror=alert(2)&gt;" in now
+    assert "&lt;i&gt;no adapter&lt;/i&gt; &amp; &#34;hci0&#34;" in now
+    history = user.get("/history").text
+    assert 'data-device="&lt;script&gt;alert(1)&lt;/script&gt;"' in history
+    assert "<script>" not in re.sub(r'<script src="/static/[a-z]+\.js" defer></script>', "",
+                                    history)
+
+
+def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
+                                                 user: WebClient,
+                                                 history_db: tuple[Path, Sample]) -> None:
+    """Now: each person home or away since when and seen by which Pi; each Pi's
+    temperature, online state, scanner state; the demo Pi and its person marked demo."""
+    now = user.get("/api/now").json()
+    sample_now = history_db[1].now
+    people = {p["name"]: p for p in now["people"]}
+    assert people[hs.ANNA]["home"] is True and people[hs.ANNA]["seen_by"] == [hs.KITCHEN]
+    assert people[hs.ANNA]["since"] == pytest.approx(sample_now - 2 * 3600, abs=1)
+    assert people[hs.FRANK]["home"] is False and people[hs.FRANK]["simulated"] == "demo"
+    assert people[hs.EVIL_PERSON]["seen_by"] == [hs.EVIL_PI]
+    pis = {p["name"]: p for p in now["pis"]}
+    kitchen = pis[hs.KITCHEN]
+    assert kitchen["temperature"] == hs.KITCHEN_NOW and kitchen["online"] is True
+    assert kitchen["scanner_state"] == "ok" and kitchen["simulated"] is None
+    assert pis[hs.EVIL_PI]["online"] is False
+    assert pis[hs.EVIL_PI]["scanner_detail"] == hs.SCANNER_ERROR
+    assert pis[hs.DEMO_PI]["simulated"] == "demo"
+    assert now["invented"] == [hs.DEMO_PI] and now["simulated"] == "demo"
+    page = user.get("/").text
+    assert '<span class="value">21.5</span>' in page
+    assert "Demo data." in page and '<span class="sim"' in page
+
+
+def test_temperature_api_for_every_range(user: WebClient,
+                                         history_db: tuple[Path, Sample]) -> None:
+    """24 hours, 7 and 30 days and a year: at most about 400 buckets inside the range,
+    min <= mean <= max, in °C, the demo Pi's marked demo; wrong input is a clear 400."""
+    sample = history_db[1]
+    for range_name, seconds in RANGES.items():
+        data = user.get(f"/api/temperature?device={hs.KITCHEN}&range={range_name}").json()
+        assert data["unit"] == "°C" and data["range"] == range_name
+        assert data["end"] - data["start"] == pytest.approx(seconds)
+        buckets = data["buckets"]
+        assert 50 <= len(buckets) <= 410, (range_name, len(buckets))
+        for b in buckets:
+            assert data["start"] - (b["end"] - b["start"]) <= b["start"] < data["end"]
+            assert b["min"] <= b["mean"] <= b["max"] and b["count"] > 0
+            assert b["simulated"] is None
+        assert min(b["min"] for b in buckets) > 13 and max(b["max"] for b in buckets) < 27
+        last = buckets[-1]  # holds the latest reading, taken 30 s before the sample's end
+        assert last["start"] <= sample.now - 30 < last["end"]
+        assert last["min"] <= hs.KITCHEN_NOW <= last["max"]
+        demo = user.get(f"/api/temperature?device={hs.DEMO_PI}&range={range_name}").json()
+        assert demo["simulated"] == "demo"
+        assert demo["buckets"] and all(b["simulated"] == "demo" for b in demo["buckets"])
+    escaped = user.get("/api/temperature?device=%3Cscript%3Ealert(1)%3C%2Fscript%3E"
+                       "&range=24h").json()
+    assert escaped["device"] == hs.EVIL_PI and escaped["buckets"]
+    assert user.get("/api/temperature?device=nobody&range=24h").json()["buckets"] == []
+    for query in ("device=x&range=2h", "range=24h"):
+        r = user.get(f"/api/temperature?{query}")
+        assert r.status == 400 and r.json()["error"]
+
+
+def test_presence_api_gives_each_persons_stretches(user: WebClient,
+                                                   history_db: tuple[Path, Sample]) -> None:
+    """The timeline's data: Anna's arrivals and departures over the last 7 days, the
+    current stretch open-ended, seen-by Pis named; the demo person marked demo."""
+    sample_now = history_db[1].now
+    data = user.get("/api/presence?range=7d").json()
+    people = {p["name"]: p for p in data["people"]}
+    anna = people[hs.ANNA]["intervals"]
+    homes = [(round((sample_now - i["start"]) / 3600), i["end"] is None)
+             for i in anna if i["state"] == "home"]
+    assert homes == [(72, False), (48, False), (2, True)]
+    assert all(i["seen_by"] == [hs.KITCHEN] for i in anna if i["state"] == "home")
+    assert people[hs.FRANK]["simulated"] == "demo"
+    assert user.get("/api/presence?range=forever").status == 400
+
+
+def test_devices_api_and_page_show_keys_certificates_and_rejections(
+        dashboard: DashboardProcess, user: WebClient,
+        history_db: tuple[Path, Sample]) -> None:
+    """Devices: per Pi its key age, certificate expiry (from the admin side's
+    certificates.json, also for a Pi never seen; the subscriber's identity is no Pi),
+    rejected messages by reason, last seen; rejections from no known device apart."""
+    sample_now = history_db[1].now
+    inventory = json.loads((dashboard.directory / "certificates.json").read_text())
+    garage = inventory["devices"]["pi-garage"]
+    data = user.get("/api/devices").json()
+    devices = {d["name"]: d for d in data["devices"]}
+    assert set(devices) == {hs.KITCHEN, hs.EVIL_PI, hs.DEMO_PI, "pi-garage"}
+    kitchen = devices[hs.KITCHEN]
+    assert kitchen["rejected"] == {"decrypt": 3, "replay": 1}
+    assert kitchen["key_updated_at"] == pytest.approx(sample_now - hs.KEY_AGE_DAYS * 86400)
+    assert kitchen["certificate_not_after"] is None
+    assert kitchen["readings"] > 35000 and kitchen["online"] is True
+    assert devices["pi-garage"]["last_seen"] is None
+    assert devices["pi-garage"]["certificate_not_after"] == _unix(garage["not_after"])
+    assert devices["pi-garage"]["key_updated_at"] == _unix(garage["key_created"])
+    assert devices[hs.DEMO_PI]["simulated"] == "demo"
+    assert data["rejected_unknown"] == {"unknown-device": 7}
+    for server in ("ca", "broker", "dashboard"):
+        assert data[server]["not_after"] == _unix(inventory[server]["not_after"])
+    page = user.get("/devices").text
+    assert f"{hs.KEY_AGE_DAYS} d" in page
+    assert '<span class="reason">decrypt</span>&nbsp;<span class="count">3</span>' in page
+    assert "Rejected from no known device" in page
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_certificate_expiry_is_flagged_and_the_inventory_reread(
+        own_dashboard: DashboardProcess) -> None:
+    """A certificate that expires within 30 days is flagged, an expired one more so; a
+    rewritten inventory shows at the next request; a broken one shows "unknown" and is
+    logged once, without stopping anything."""
+    inventory = own_dashboard.directory / "certificates.json"
+    now = time.time()
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    inventory.write_text(json.dumps({
+        "ca": {"not_after": iso(now + 3000 * 86400)},
+        "broker": {"not_after": iso(now - 2 * 86400)},
+        "devices": {hs.KITCHEN: {"role": "device", "not_after": iso(now + 20 * 86400),
+                                 "key_created": iso(now - 86400)},
+                    "subscriber": {"role": "subscriber", "not_after": iso(now)}}}))
+    user = own_dashboard.client()
+    assert user.login(own_dashboard.password).status == 303
+    page = user.get("/devices").text
+    assert re.search(r'<span class="expiry soon">.*\(in 19 d\)</span>', page)
+    assert re.search(r'broker <span class="expiry expired">.*\(expired 2 d ago\)', page)
+    names = [d["name"] for d in user.get("/api/devices").json()["devices"]]
+    assert "subscriber" not in names and hs.KITCHEN in names
+    inventory.write_text("{not json")
+    assert user.get("/api/devices").json()["ca"]["not_after"] is None
+    assert user.get("/devices").status == 200
+    assert own_dashboard.log().count("certificate inventory") == 1
+
+
+def test_metrics_need_a_session_or_the_token(dashboard: DashboardProcess,
+                                             user: WebClient) -> None:
+    """/metrics: 401 (Bearer challenge) without login or with a wrong token; the token
+    file's token or a session opens it; label values from Pis are escaped for Prometheus."""
+    anonymous = dashboard.client()
+    r = anonymous.get("/metrics")
+    assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert anonymous.get("/metrics", headers={"Authorization": "Bearer wrong"}).status == 401
+    token = (dashboard.workdir / "metrics-token").read_text().strip()
+    assert anonymous.get("/api/now", headers={"Authorization": f"Bearer {token}"}
+                         ).status == 401  # the token opens /metrics only
+    r = anonymous.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = r.text
+    assert f'homewatch_temperature_celsius{{device="{hs.KITCHEN}",simulated=""}} 21.5' in text
+    assert 'homewatch_temperature_celsius{device="demo-pi",simulated="demo"}' in text
+    assert ('homewatch_person_home{person="Anna \\"Annie\\" <b>O\'Brien</b>",simulated=""} '
+            "1.0") in text
+    assert ('homewatch_rejected_messages_total{device="",reason="unknown-device"} 7.0'
+            in text)
+    assert 'homewatch_device_online{device="<script>alert(1)</script>"} 0.0' in text
+    assert "homewatch_dashboard_login_failures_total" in text
+    assert user.get("/metrics").status == 200
+
+
+def test_the_database_is_only_read(dashboard: DashboardProcess, user: WebClient,
+                                   history_db: tuple[Path, Sample]) -> None:
+    """A whole session (every page, every API range, metrics) leaves the database file
+    and its directory exactly as they were."""
+    path = history_db[0]
+
+    def state() -> tuple[str, list[str], int]:
+        return (hashlib.sha256(path.read_bytes()).hexdigest(),
+                sorted(os.listdir(path.parent)), path.stat().st_mtime_ns)
+
+    before = state()
+    for p in (*PAGES, *APIS, "/metrics"):
+        assert user.get(p).status == 200, p
+    for range_name in RANGES:
+        for device in (hs.KITCHEN, hs.DEMO_PI):
+            assert user.get(f"/api/temperature?device={device}&range={range_name}"
+                            ).status == 200
+        assert user.get(f"/api/presence?range={range_name}").status == 200
+    user.logout()
+    assert state() == before
+
+
+def test_health_file_is_touched_while_serving(dashboard: DashboardProcess) -> None:
+    """The container's health check (`homewatch health FILE`) passes while it serves."""
+    assert time.time() - dashboard.health_file.stat().st_mtime < 10
+    r = subprocess.run(python_m("homewatch.cli", "health", str(dashboard.health_file)),
+                       cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- the rate limit and password changes: each on a dashboard of its own ---------------
+
+@pytest.fixture
+def own_dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
+                  tmp_path: Path) -> Iterator[DashboardProcess]:
+    """A dashboard of this test's own: its own certs/dashboard (password, hash,
+    inventory), rate limit and sessions."""
+    shutil.copytree(dashboard_certs / "dashboard", tmp_path / "certs" / "dashboard")
+    process = DashboardProcess(directory=tmp_path / "certs" / "dashboard",
+                               history=history_db[0], ca=dashboard_certs / "ca.crt",
+                               workdir=tmp_path / "run").start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def test_login_attempts_are_rate_limited_per_address_and_overall(
+        own_dashboard: DashboardProcess) -> None:
+    """After 5 wrong passwords from one address, that address gets 429 with Retry-After,
+    even with the right password, and the log says so without the password; other
+    addresses still may try, until 20 failures overall close the door for everyone."""
+    d = own_dashboard
+    first = d.client(source="127.0.0.1")
+    for _ in range(5):
+        assert first.login("wrong-password-1").status == 401
+    r = first.login(d.password)
+    assert r.status == 429 and 0 < int(r.headers["Retry-After"]) <= 30
+    assert "Too many failed attempts" in r.text and SESSION_COOKIE not in first.cookies
+    assert "login from 127.0.0.1 refused: too many failed attempts" in d.log()
+    for n in (2, 3, 4):  # 15 more failures from three other addresses: 20 overall
+        other = d.client(source=f"127.0.0.{n}")
+        for _ in range(5):
+            assert other.login("wrong-password-2").status == 401
+    fresh = d.client(source="127.0.0.5")
+    r = fresh.login(d.password)
+    assert r.status == 429 and int(r.headers["Retry-After"]) > 0
+    log = d.log()
+    assert "wrong-password" not in log and d.password not in log
+
+
+def test_a_new_password_ends_every_session_without_restart(
+        own_dashboard: DashboardProcess) -> None:
+    """`homewatch dashboard password` (what `make dashboard-password` runs) while the
+    dashboard runs: every session ends at once, the old password is refused and the new
+    one works, without a restart."""
+    d = own_dashboard
+    user = d.client()
+    assert user.login(d.password).status == 303
+    old = d.password
+    homewatch_cli(d.directory.parent, "dashboard", "password")
+    new = d.password
+    assert new != old
+    assert user.get("/api/now").status == 401
+    assert d.client().login(old).status == 401
+    assert d.client().login(new).status == 303
+    assert "password hash file" in d.log() and "changed" in d.log()
+
+
+def test_a_damaged_password_hash_lets_nobody_in_and_says_why(
+        own_dashboard: DashboardProcess) -> None:
+    """A damaged hash file ends every session and refuses every login with 503 (not a
+    wrong password: the user is not to blame), and the log names the file and the fix."""
+    d = own_dashboard
+    user = d.client()
+    assert user.login(d.password).status == 303
+    (d.directory / "password.hash").write_text("scrypt$15$8$1$garbage\n")
+    assert user.get("/api/now").status == 401
+    r = d.client().login(d.password)
+    assert r.status == 503 and "cannot check passwords" in r.text
+    assert "password.hash is damaged" in d.log() and "make dashboard-password" in d.log()
+
+
+# -- start-up errors ---------------------------------------------------------------------
+
+def _start(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(python_m("dashboard", *args), cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_missing_or_bad_files_stop_it_with_one_clear_line(
+        dashboard_certs: Path, history_db: tuple[Path, Sample], tmp_path: Path) -> None:
+    """A missing certificate, key, password hash or database, an empty hash file or a
+    key that does not fit: exit 2 and one line on stderr naming the file and the fix."""
+    good = dashboard_certs / "dashboard"
+    base = ["--history", str(history_db[0]), "--port", str(free_port()), "--bind",
+            "127.0.0.1"]
+    for missing in ("server.crt", "server.key", "password.hash"):
+        directory = tmp_path / f"without-{missing}"
+        shutil.copytree(good, directory)
+        (directory / missing).unlink()
+        r = _start(["--dashboard-dir", str(directory), *base], tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and str(directory / missing) in r.stderr, r.stderr
+        assert "make up" in r.stderr
+    r = _start(["--dashboard-dir", str(good), *base, "--history", str(tmp_path / "no.db")],
+               tmp_path)
+    assert r.returncode == 2 and r.stderr == (
+        f"dashboard: error: history database not found: {tmp_path / 'no.db'} (start the "
+        "subscriber first (it makes the database), or set --history)\n")
+    empty = tmp_path / "empty"
+    shutil.copytree(good, empty)
+    (empty / "password.hash").write_text("\n")
+    r = _start(["--dashboard-dir", str(empty), *base], tmp_path)
+    assert r.returncode == 2 and r.stderr == (
+        f"dashboard: error: password hash file {empty / 'password.hash'} is empty\n")
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(good, mismatched)
+    shutil.copy(dashboard_certs / "ca.key", mismatched / "server.key")
+    r = _start(["--dashboard-dir", str(mismatched), *base], tmp_path)
+    assert r.returncode == 2 and "TLS certificate" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_a_taken_port_is_exit_1_with_one_line(dashboard: DashboardProcess,
+                                              tmp_path: Path) -> None:
+    """Another program on the port: exit 1, one line naming the address."""
+    r = _start(["--dashboard-dir", str(dashboard.directory), "--history",
+                str(dashboard.history), "--bind", dashboard.bind, "--port",
+                str(dashboard.port)], tmp_path)
+    assert r.returncode == 1
+    assert r.stderr == (f"dashboard: error: cannot listen on {dashboard.bind}:"
+                        f"{dashboard.port}: Address already in use\n"), r.stderr
+
+
+def test_settings_come_from_defaults_env_and_cli_and_hold_no_secret(
+        dashboard_certs: Path, tmp_path: Path) -> None:
+    """--show-settings: defaults (0.0.0.0:8443, certs/dashboard, the subscriber's
+    history.db), HOMEWATCH_* env over them, options over env; paths only."""
+    env = clean_env({"HOMEWATCH_PORT": "9443", "HOMEWATCH_BIND": "127.0.0.1",
+                     "HOMEWATCH_DASHBOARD_DIR": str(dashboard_certs / "dashboard")})
+    r = subprocess.run(python_m("dashboard", "--show-settings", "--port", "10443"),
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    settings = dict(line.split("=", 1) for line in r.stdout.splitlines())
+    assert settings["port"] == "10443" and settings["bind"] == "127.0.0.1"
+    assert settings["password_hash"] == str(dashboard_certs / "dashboard" / "password.hash")
+    password = (dashboard_certs / "dashboard" / "password").read_text().strip()
+    assert password not in r.stdout
+    r = subprocess.run(python_m("dashboard", "--show-settings"), cwd=tmp_path,
+                       env=clean_env(), capture_output=True, text=True, timeout=60)
+    defaults = dict(line.split("=", 1) for line in r.stdout.splitlines())
+    assert (defaults["bind"], defaults["port"]) == ("0.0.0.0", "8443")
+    assert defaults["tls_cert"] == "certs/dashboard/server.crt"
+    assert defaults["history"].endswith("/homewatch/subscriber/history.db")
+    r = subprocess.run(python_m("dashboard", "--port", "http"), cwd=tmp_path,
+                       env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("dashboard: error: --port:")

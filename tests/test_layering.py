@@ -1,0 +1,38 @@
+"""Trust boundaries in the import graph: the LAN-facing dashboard never loads what holds
+keys or talks MQTT, not even through a shared module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.helpers import ROOT, clean_env
+
+# What the key holder (subscriber), the Pis and the admin side need, the web server not.
+FORBIDDEN = (
+    "homewatch.secrets", "homewatch.fernet", "homewatch.envelope", "homewatch.mqtt",
+    "homewatch.provision", "homewatch.pki", "homewatch.doctor", "homewatch.dockerctl",
+    "homewatch.cli", "homewatch.config", "homewatch.admin", "paho", "cryptography.fernet",
+    "docker", "publisher", "subscriber",
+)
+
+IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+import dashboard
+for info in pkgutil.walk_packages(dashboard.__path__, "dashboard."):
+    importlib.import_module(info.name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_dashboard_imports_no_key_or_mqtt_module() -> None:
+    """Importing every module of the dashboard package in a fresh interpreter loads none
+    of the modules that load keys, talk MQTT or administer the server."""
+    r = subprocess.run([sys.executable, "-c", IMPORT_ALL], cwd=ROOT, env=clean_env(),
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    modules = json.loads(r.stdout)
+    assert "dashboard.app" in modules and "homewatch.history" in modules
+    loaded = [m for m in modules for f in FORBIDDEN if m == f or m.startswith(f + ".")]
+    assert loaded == [], f"the dashboard loads {loaded}"
