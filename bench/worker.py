@@ -1,15 +1,17 @@
 """One side of a benchmark run, as its own process so its CPU and memory are its own.
 
-    python -m bench.worker sub raw|hw URL COUNT CERTS
-    python -m bench.worker pub raw|hw URL COUNT CERTS DEVICE RATE
-    python -m bench.worker fanin raw|hw URL COUNT CERTS DEVICES
-    python -m bench.worker prime raw|hw URL 0 CERTS CLIENT_ID
-    python -m bench.worker sub raw|hw URL COUNT CERTS CLIENT_ID
+    python -m bench.worker sub raw|hw|hwh URL COUNT CERTS
+    python -m bench.worker pub raw|hw|hwh URL COUNT CERTS DEVICE RATE
+    python -m bench.worker fanin raw|hw|hwh URL COUNT CERTS DEVICES
+    python -m bench.worker prime raw|hw|hwh URL 0 CERTS CLIENT_ID
+    python -m bench.worker sub raw|hw|hwh URL COUNT CERTS CLIENT_ID
 
 Prints one JSON line: what it did, the CPU seconds it spent on the measured part (start-up
 and connecting excluded) and its peak RSS. ``fanin`` is many devices in one process, one
 connection each, flooding readings made beforehand (sealed envelopes for hw, plain JSON
 for raw): the same cheap source for both modes, so the subscriber is what is measured.
+``hwh`` is ``hw`` with the history on: the subscriber also writes every reading to a
+fresh SQLite history database, as it does in the Compose stack.
 """
 
 from __future__ import annotations
@@ -170,10 +172,15 @@ def sub(mode: str, url: str, count: int, certs: Path,
 
         opener = Timed(KeyStore(certs / "clients" / "subscriber" / "keys"), base="home")
         state_dir = Path(tempfile.mkdtemp())
+        from homewatch.history.sqlite import SqliteHistory
         from subscriber.app import ReplayState
+        from subscriber.sinks import Sink
         from subscriber.sinks.console import ConsoleSink
-        subscriber = Subscriber(opener, [ConsoleSink(out, as_json=False)],
-                                state=ReplayState(state_dir / "r.json"))
+        from subscriber.sinks.history import HistorySink
+        sinks: list[Sink] = [ConsoleSink(out, as_json=False)]
+        if mode == "hwh":  # history on: every reading also into a fresh history db
+            sinks.append(HistorySink(SqliteHistory(state_dir / "history.db")))
+        subscriber = Subscriber(opener, sinks, state=ReplayState(state_dir / "r.json"))
         conn = Connection(s, on_message=subscriber.on_message,
                           on_read_batch=subscriber.end_batch,
                           subscriptions=(("home/#", 1),), manual_ack=True)
@@ -184,6 +191,8 @@ def sub(mode: str, url: str, count: int, certs: Path,
         print("READY", flush=True)
         subscriber.run(stop, count=count)
         conn.stop()
+        subscriber.save()
+        subscriber.close()
         received = subscriber.accepted
         spent = usage(cpu_start)
         forget_session(url, certs, s.client_id)
@@ -266,7 +275,7 @@ def fanin(mode: str, url: str, count: int, certs: Path, devices: int) -> dict[st
         bodies = [{"temperature": 21.5, "timestamp": now, "t": now, "n": i, "pad": PAYLOAD_PAD}
                   for i in range(count)]
         payloads[name] = ([seal(ring, topic=topic, device=name, seq=base_seq + i, data=b)
-                           for i, b in enumerate(bodies)] if mode == "hw"
+                           for i, b in enumerate(bodies)] if mode != "raw"
                           else [json.dumps(b).encode() for b in bodies])
     clients = []
     for name in names:

@@ -16,18 +16,23 @@ from tests.helpers import ROOT, clean_env
 @pytest.mark.broker
 def test_bench_quick_prints_the_side_by_side_table_and_writes_json(tmp_path: Path) -> None:
     """`python -m bench.bench --quick` prints each scenario, the Pi view and the final
-    `secure ingest ratio:` line, and writes its figures as JSON."""
+    `secure ingest ratio:` lines (history off, then on), and writes its figures as JSON."""
     r = subprocess.run([sys.executable, "-m", "bench.bench", "--quick", "--out", str(tmp_path)],
                        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    for heading in ("flood:", "steady:", "fan-in:", "Pi view", "raw paho", "homewatch"):
+    for heading in ("flood:", "steady:", "fan-in:", "fan-in with the history on", "Pi view",
+                    "raw paho", "homewatch"):
         assert heading in r.stdout
-    last = r.stdout.strip().splitlines()[-1]
-    assert last.startswith("secure ingest ratio: ")
+    ratio, with_history = r.stdout.strip().splitlines()[-2:]
+    assert ratio.startswith("secure ingest ratio: ")
+    assert with_history.startswith("secure ingest ratio with history on: ")
     (result,) = tmp_path.glob("bench-*.json")
     data = json.loads(result.read_text())
-    assert data["secure_ingest_ratio"] == pytest.approx(float(last.split(": ")[1]), abs=0.01)
+    assert data["secure_ingest_ratio"] == pytest.approx(float(ratio.split(": ")[1]), abs=0.01)
+    assert data["secure_ingest_ratio_with_history"] == pytest.approx(
+        float(with_history.split(": ")[1].split()[0]), abs=0.01)
     assert data["fan-in"]["hw"]["count"] == data["fan-in"]["raw"]["count"]
+    assert data["fan-in"]["hwh"]["count"] == data["fan-in"]["raw"]["count"]
 
 
 def test_history_bench_at_a_tiny_scale_prints_its_figures_and_writes_json(
