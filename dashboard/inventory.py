@@ -3,7 +3,7 @@
 ``homewatch server init`` and every ``homewatch device ...`` command rewrite it (no key
 and no secret in it, only dates)::
 
-    {"generated_at": "...", "ca": {"not_after": "2035-01-01T00:00:00Z"},
+    {"ca": {"not_after": "2035-01-01T00:00:00Z"},
      "broker": {"not_after": "..."}, "dashboard": {"not_after": "..."},
      "devices": {"pi-kitchen": {"role": "device", "not_after": "...",
                                 "key_created": "2026-10-15T16:04:01Z"},

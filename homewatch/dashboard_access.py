@@ -85,9 +85,14 @@ def write_inventory(layout: Layout, *, app_gid: int | None = None) -> Path | Non
     devices = {info.name: {"role": info.role, "not_after": _iso(info.cert_expires),
                            "key_created": info.key_created}
                for info in describe_identities(layout)}
-    doc = {"generated_at": _iso(dt.datetime.now(dt.UTC)), **servers, "devices": devices}
+    text = json.dumps({**servers, "devices": devices}, indent=1, sort_keys=True) + "\n"
     target = directory / "certificates.json"
-    write_private_file(target, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    try:
+        unchanged = target.read_text(encoding="utf-8") == text
+    except OSError:
+        unchanged = False
+    if not unchanged:  # `make up` again changes nothing under certs/
+        write_private_file(target, text)
     _share(directory, app_gid)
     return target
 
