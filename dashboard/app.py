@@ -37,6 +37,7 @@ from dashboard.auth import (
     same_secret,
 )
 from dashboard.inventory import Inventory
+from homewatch.errors import StorageError
 from homewatch.history import RANGES, HistoryReader
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,19 @@ MAX_PASSWORD = 1024
 T = TypeVar("T")
 
 
+class HistoryUnavailable(Exception):
+    """The history database cannot be read right now (503, with the reason)."""
+
+
 class History:
     """The history reader on a thread of its own: SQLite connections stay in the thread
-    that opened them, and the event loop never waits for a query."""
+    that opened them, and the event loop never waits for a query. A read that fails
+    (a damaged file, a write interrupted mid-commit) is logged once, with its reason,
+    until reads work again."""
 
     def __init__(self, open_reader: Callable[[], HistoryReader]) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self._problem: str | None = None
         try:
             self._reader = self._pool.submit(open_reader).result()
         except BaseException:
@@ -83,8 +91,18 @@ class History:
             raise
 
     async def call(self, query: Callable[[HistoryReader], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, query,
-                                                                self._reader)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, query,
+                                                                      self._reader)
+        except StorageError as exc:
+            if str(exc) != self._problem:
+                log.error("%s", exc)
+            self._problem = str(exc)
+            raise HistoryUnavailable(str(exc)) from None
+        if self._problem is not None:
+            log.info("the history database can be read again")
+            self._problem = None
+        return result
 
     def close(self) -> None:
         self._pool.submit(self._reader.close).result()
@@ -213,6 +231,21 @@ async def require_login(request: web.Request,
                                     "reload the page.")
     request[SESSION] = session
     response = await handler(request)
+    return response
+
+
+@web.middleware
+async def history_unavailable(request: web.Request,
+                              handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """A history that cannot be read is a 503 saying why, not a crash or a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except HistoryUnavailable as exc:
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            raise web.HTTPServiceUnavailable(text=_error(f"history unavailable: {exc}"),
+                                             content_type="application/json") from None
+        raise web.HTTPServiceUnavailable(text=f"The history cannot be read right now: {exc}"
+                                         ) from None
     return response
 
 
@@ -388,7 +421,8 @@ async def metrics_text(request: web.Request) -> web.StreamResponse:
 # -- the application -------------------------------------------------------------------
 
 def make_app(dash: Dashboard) -> web.Application:
-    app = web.Application(middlewares=[require_login], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[require_login, history_unavailable],
+                          client_max_size=MAX_BODY)
     app[DASHBOARD] = dash
     app[TEMPLATE_ENV] = templates()
     app.on_response_prepare.append(security_headers)
