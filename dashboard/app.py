@@ -1,7 +1,7 @@
 """The web application: routes, login, security headers, pages and the JSON API.
 
-Every route needs a logged-in session except the login form itself and the one
-stylesheet it uses (:data:`PUBLIC`); ``/metrics`` also accepts a bearer token. Every
+Every route needs a logged-in session except the login form itself and its own two
+assets (:data:`PUBLIC`); ``/metrics`` also accepts a bearer token. Every
 response carries the security headers (:func:`security_headers`), errors included.
 Templates autoescape everything; scripts and styles are files served from here.
 """
@@ -38,7 +38,7 @@ from dashboard.auth import (
 )
 from dashboard.inventory import Inventory
 from homewatch.errors import StorageError
-from homewatch.history import RANGES, HistoryReader
+from homewatch.history import RANGES, DeviceReport, HistoryReader, Now
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +351,16 @@ async def _now(request: web.Request) -> api.JSON:
     return api.now_view(await dash.history.call(lambda r: r.now(at)))
 
 
+async def _fleet(dash: Dashboard) -> tuple[Now, list[DeviceReport],
+                                           Mapping[tuple[str | None, str], int]]:
+    """Now, the device reports and the rejections, read in one go."""
+    at = dash.clock()
+    return await dash.history.call(lambda r: (r.now(at), r.devices(), r.rejections()))
+
+
 async def _devices(request: web.Request) -> api.JSON:
     dash = request.app[DASHBOARD]
-    at = dash.clock()
-    now, reports, rejections = await dash.history.call(
-        lambda r: (r.now(at), r.devices(), r.rejections()))
+    now, reports, rejections = await _fleet(dash)
     return api.devices_view(reports, rejections, dash.inventory.certificates(), now)
 
 
@@ -407,9 +412,7 @@ async def api_devices(request: web.Request) -> web.StreamResponse:
 
 async def metrics_text(request: web.Request) -> web.StreamResponse:
     dash = request.app[DASHBOARD]
-    at = dash.clock()
-    now, reports, rejections = await dash.history.call(
-        lambda r: (r.now(at), r.devices(), r.rejections()))
+    now, reports, rejections = await _fleet(dash)
     text = metrics.render(now, reports, rejections, dash.inventory.certificates(),
                           sessions=dash.sessions.count(),
                           login_failures=dash.limiter.failed_total,
