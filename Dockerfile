@@ -1,4 +1,4 @@
-# The Homewatch app image: the subscriber, the publisher and the admin CLI.
+# The Homewatch app image: the subscriber, the publisher, the dashboard and the admin CLI.
 # One image for both app services. The base is overridable: PYTHON_IMAGE (any image
 # with python3 and the venv module; scripts/offline-images.sh makes one without a
 # registry). Installs from .wheelhouse/ when it holds wheels (offline), else from PyPI.
@@ -19,19 +19,20 @@ RUN apt-get update \
  && groupadd --system --gid 10001 homewatch \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin homewatch \
- && mkdir -p /state \
- && chown 10001:10001 /state
+ && mkdir -p /state /history \
+ && chown 10001:10001 /state /history
 
 COPY .wheelhouse/ /tmp/wheels/
 COPY pyproject.toml README.md /src/
 COPY homewatch /src/homewatch
 COPY publisher /src/publisher
 COPY subscriber /src/subscriber
+COPY dashboard /src/dashboard
 RUN python3 -m venv /opt/homewatch \
  && if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
-        /opt/homewatch/bin/pip install --no-index --find-links /tmp/wheels '/src[ble,server]'; \
+        /opt/homewatch/bin/pip install --no-index --find-links /tmp/wheels '/src[ble,server,dashboard]'; \
     else \
-        /opt/homewatch/bin/pip install '/src[ble,server]'; \
+        /opt/homewatch/bin/pip install '/src[ble,server,dashboard]'; \
     fi \
  && rm -rf /tmp/wheels /src
 

@@ -4,10 +4,10 @@ PYTHON ?= python3
 PORT ?= 8883
 
 .DEFAULT_GOAL := help
-.PHONY: help install test bench soak lint certs broker
+.PHONY: help install test bench bench-history soak lint certs broker
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: ## install Homewatch with its test and dev tools into the current Python
 	$(PYTHON) -m pip install -e '.[ble,test,dev]'
@@ -15,8 +15,12 @@ install: ## install Homewatch with its test and dev tools into the current Pytho
 test: ## run the test suite (the README's test command; CI runs exactly this)
 	$(PYTHON) -m pytest
 
-bench: ## raw paho vs the secure pipeline side by side (a few minutes); JSON in bench/results
+bench: ## raw paho vs the secure pipeline side by side, then bench-history (several minutes); JSON in bench/results
 	$(PYTHON) -m bench.bench
+	$(PYTHON) -m bench.history
+
+bench-history: ## the history store: a year of 5 Pis loaded, bytes per reading, query p50/p95 (about 3 minutes)
+	$(PYTHON) -m bench.history
 
 soak: ## a longer soak test: SOAK_SECONDS=600 SOAK_PUBLISHERS=5 make soak
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(PYTHON) -m pytest -m soak -s
@@ -31,7 +35,7 @@ certs: ## make the CA and broker certificate if missing (scripts/gen-certs.sh)
 broker: ## run the broker with a local mosquitto on 127.0.0.1:$(PORT) (no Docker)
 	scripts/local-broker.sh --port $(PORT)
 
-.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert
+.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert dashboard-password
 NAME ?=
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
@@ -65,7 +69,11 @@ doctor: ## audit the running stack: certificates, permissions, anonymous, TLS, A
 offline-images: ## build the broker and Python base images and a wheelhouse with no registry
 	scripts/offline-images.sh
 
-broker-cert: ## reissue the broker certificate for more names and reload the broker: make broker-cert SAN="homeserver.lan 192.168.1.10"
+broker-cert: ## reissue the broker and dashboard certificates for more names and reload them: make broker-cert SAN="homeserver.lan 192.168.1.10"
 	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
 	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
 	$(COMPOSE) kill -s SIGHUP broker
+	$(COMPOSE) restart dashboard
+
+dashboard-password: ## a new random dashboard password in certs/dashboard/password (every session ends)
+	scripts/admin.sh homewatch dashboard password

@@ -70,7 +70,8 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None  # set when there is something to pump
         self._wake_pending = False
-        self._taken: list[tuple[str, Any, str | None]] = []  # readings not committed yet
+        # readings not committed yet: kind, data, simulated mark, when taken
+        self._taken: list[tuple[str, Any, str | None, float | None]] = []
         self.conn: Connection | None = None
         self.stats = Stats()
 
@@ -100,7 +101,7 @@ class Publisher:
         """Hand a reading over; the pump commits it to the outbox (readings that come
         together share one transaction) before anything is sent. ``simulated`` ("simulated"
         or "demo") marks invented data: the envelope says so, and so does the subscriber."""
-        self._taken.append((kind, data, simulated))
+        self._taken.append((kind, data, simulated, time.time()))
         if self._wake is not None:
             self._wake.set()
 
@@ -109,7 +110,7 @@ class Publisher:
         if not self._taken:
             return
         taken, self._taken = self._taken, []
-        for (kind, _, _), seq in zip(taken, self.outbox.add_many(taken), strict=True):
+        for (kind, *_), seq in zip(taken, self.outbox.add_many(taken), strict=True):
             log.debug("stored %s seq %d", kind, seq)
 
     @property

@@ -28,7 +28,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -122,14 +122,18 @@ class Outbox:
         """The newest sequence number handed out (below any stored one when none was)."""
         return self._next - 1
 
-    def add(self, kind: str, data: Any, sim: str | None = None) -> int:
+    def add(self, kind: str, data: Any, sim: str | None = None,
+            taken_at: float | None = None) -> int:
         """Commit one reading; returns its sequence number."""
-        return self.add_many([(kind, data, sim)])[0]
+        return self.add_many([(kind, data, sim, taken_at)])[0]
 
     @_storage
-    def add_many(self, readings: list[tuple[str, Any, str | None]]) -> list[int]:
-        """Commit readings ``(kind, data, sim)`` in one transaction (one disk sync for
-        all); returns their sequence numbers, in order."""
+    def add_many(self, readings: Sequence[tuple[str, Any, str | None, float | None]]
+                 ) -> list[int]:
+        """Commit readings ``(kind, data, sim, taken_at)`` in one transaction (one disk
+        sync for all); returns their sequence numbers, in order. ``taken_at`` None: now.
+        Each keeps its own time: readings that wait for one commit are not merged in
+        time (the history files them by it)."""
         if not readings:
             return []
         first = self._next
@@ -138,8 +142,8 @@ class Outbox:
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO outbox (seq, kind, data, taken_at, sim) VALUES (?,?,?,?,?)",
-                [(seq, kind, json.dumps(data), now, sim)
-                 for seq, (kind, data, sim) in zip(seqs, readings, strict=True)])
+                [(seq, kind, json.dumps(data), now if taken is None else taken, sim)
+                 for seq, (kind, data, sim, taken) in zip(seqs, readings, strict=True)])
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
                              (first + len(readings),))
             self._count += len(readings)

@@ -75,22 +75,26 @@ fi
 img_py=$(docker run --rm "$python" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 host_py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 mkdir -p .wheelhouse
-if [[ $rebuild -eq 1 ]] || ! ls .wheelhouse/*.whl >/dev/null 2>&1; then
+reqs=$(python3 - <<'PY'
+import tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = p["optional-dependencies"]
+deps = p["dependencies"] + extras["ble"] + extras["server"] + extras["dashboard"]
+print("\n".join(deps + ["setuptools>=68", "wheel"]))
+PY
+)
+# Downloaded again when pyproject.toml's requirements changed (a new dependency).
+if [[ $rebuild -eq 1 ]] || ! ls .wheelhouse/*.whl >/dev/null 2>&1 ||
+   [[ "$(cat .wheelhouse/requirements.txt 2>/dev/null)" != "$reqs" ]]; then
     say "downloading wheels for Python $img_py into .wheelhouse/"
     pyargs=()
     if [[ $img_py != "$host_py" ]]; then
         pyargs=(--python-version "$img_py" --only-binary=:all:
                 --platform "manylinux_2_34_$(uname -m)" --platform "manylinux2014_$(uname -m)")
     fi
-    reqs=$(python3 - <<'PY'
-import tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = p["dependencies"] + p["optional-dependencies"]["ble"] + p["optional-dependencies"]["server"]
-print("\n".join(deps + ["setuptools>=68", "wheel"]))
-PY
-)
     # shellcheck disable=SC2086
     python3 -m pip download -q -d .wheelhouse "${pyargs[@]+"${pyargs[@]}"}" $(printf "%s\n" "$reqs" | sed "s/.*/'&'/" | xargs)
+    printf '%s\n' "$reqs" > .wheelhouse/requirements.txt
 fi
 
 touch .env

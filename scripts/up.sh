@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make up`: build the image, start the stack (its init service makes what is missing:
-# CA, broker certificate, identities), wait until every service is healthy, and say
-# where things are. Running it again keeps the existing CA and credentials.
+# CA, broker and dashboard certificates, identities, the dashboard password), wait until
+# every service is healthy, and say where things are. Running it again keeps the existing CA and credentials.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +30,7 @@ if ! "${COMPOSE[@]}" up -d --remove-orphans; then
 fi
 init_log | sed -e '/^init: certs\/ ready/d' -e 's/^init: /homewatch: /'
 
-services=(broker subscriber)
+services=(broker subscriber dashboard)
 if [[ $DEMO_VALUE != 0 ]]; then services+=(publisher); fi
 say "waiting until every service is healthy (${services[*]})"
 deadline=$((SECONDS + ${UP_TIMEOUT:-180}))
@@ -52,6 +52,9 @@ host=$(broker_host)
 cat <<INFO
 
 Homewatch is up.
+  Dashboard:       https://$(dashboard_host):$DASHBOARD_PORT_VALUE/  (listening on $DASHBOARD_BIND_VALUE:$DASHBOARD_PORT_VALUE)
+    password:      certs/dashboard/password  (new one: make dashboard-password)
+    trust:         import certs/ca.crt into your browser or phone, or accept its warning once
   Broker:          mqtts://$host:$MQTT_PORT_VALUE/$BASE_TOPIC  (TLS, listening on $MQTT_BIND_VALUE:$MQTT_PORT_VALUE)
   CA certificate:  certs/ca.crt
   Follow readings: make logs        (or: ${COMPOSE[*]} logs -f subscriber)

@@ -17,12 +17,14 @@ from homewatch import config
 from homewatch.envelope import Opener
 from homewatch.errors import StoppedError, StorageError
 from homewatch.health import Heartbeat
+from homewatch.history.sqlite import SqliteHistory
 from homewatch.mqtt import Connection
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
 from subscriber.settings import SubscriberSettings, build
 from subscriber.sinks import Sink
 from subscriber.sinks.console import ConsoleSink
+from subscriber.sinks.history import HistorySink
 
 log = logging.getLogger("subscriber")
 
@@ -43,6 +45,12 @@ def _run(settings: SubscriberSettings) -> int:
     opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
                     max_late=settings.max_late, skew=settings.clock_skew, replay=state.load())
     sinks: list[Sink] = [ConsoleSink(sys.stdout, as_json=settings.json)]
+    if settings.history is not None:
+        history = SqliteHistory(settings.history,
+                                retention_days=settings.history_retention_days)
+        sinks.append(HistorySink(history, keys_dir=settings.keys_dir))
+        log.info("keeping the history in %s (raw readings for %g days)", settings.history,
+                 settings.history_retention_days)
     sub = Subscriber(opener, sinks, state=state)
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,

@@ -11,6 +11,7 @@ from homewatch import config
 from homewatch.config import Option
 from homewatch.envelope import MAX_LATE
 from homewatch.errors import ConfigError, ProvisionError
+from homewatch.history import DEFAULT_RETENTION_DAYS
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import SUBSCRIBER, validate_name
 
@@ -18,7 +19,8 @@ DESCRIPTION = """Subscribe to every device's readings, verify and decrypt them, 
 
   python -m subscriber mqtts://HOST:8883/home
 
-Prints `Topic:<topic>,Payload:<json>` per reading (--json: JSON lines). Rejected messages
+Prints `Topic:<topic>,Payload:<json>` per reading (--json: JSON lines) and keeps every
+reading in a history database (--history) for the dashboard. Rejected messages
 are logged (one line each) and counted; the program keeps running. The password comes
 from --password-file (or HOMEWATCH_PASSWORD); device key rings from --keys-dir."""
 
@@ -50,6 +52,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("state-dir", "where replay protection state is kept "
            "(default $XDG_STATE_HOME/homewatch/subscriber)", convert=config.path,
            metavar="DIR"),
+    Option("history", "the history database the dashboard reads (default "
+           "<state-dir>/history.db)", convert=config.path, metavar="FILE"),
+    Option("no-history", "keep no history (the console lines only)", default=False,
+           flag=True),
+    Option("history-retention", "keep each raw reading this many days (rollups: as long)",
+           default=DEFAULT_RETENTION_DAYS, convert=config.positive_float, metavar="DAYS"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),
     *config.COMMON_OPTIONS,
@@ -65,6 +73,8 @@ class SubscriberSettings:
     clock_skew: float
     json: bool
     state_dir: Path
+    history: Path | None  # None: --no-history
+    history_retention_days: float
     count: int
     health_file: Path | None
     show_settings: bool
@@ -104,6 +114,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         client_key=client_key,
         clean_session=False,
     )
+    state_dir = v["state-dir"] or config.default_state_dir("subscriber")
     return SubscriberSettings(
         connection=connection,
         keys_dir=keys_dir,
@@ -111,7 +122,9 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         max_late=v["max-late"],
         clock_skew=v["clock-skew"],
         json=v["json"],
-        state_dir=v["state-dir"] or config.default_state_dir("subscriber"),
+        state_dir=state_dir,
+        history=None if v["no-history"] else v["history"] or state_dir / "history.db",
+        history_retention_days=v["history-retention"],
         count=v["count"],
         health_file=v["health-file"],
         show_settings=v["show-settings"],

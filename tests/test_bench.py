@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,8 @@ import pytest
 
 from tests.helpers import ROOT, clean_env
 
-pytestmark = pytest.mark.broker
 
-
+@pytest.mark.broker
 def test_bench_quick_prints_the_side_by_side_table_and_writes_json(tmp_path: Path) -> None:
     """`python -m bench.bench --quick` prints each scenario, the Pi view and the final
     `secure ingest ratio:` line, and writes its figures as JSON."""
@@ -28,3 +28,25 @@ def test_bench_quick_prints_the_side_by_side_table_and_writes_json(tmp_path: Pat
     data = json.loads(result.read_text())
     assert data["secure_ingest_ratio"] == pytest.approx(float(last.split(": ")[1]), abs=0.01)
     assert data["fan-in"]["hw"]["count"] == data["fan-in"]["raw"]["count"]
+
+
+def test_history_bench_at_a_tiny_scale_prints_its_figures_and_writes_json(
+        tmp_path: Path) -> None:
+    """`python -m bench.history` with two days of two Pis prints how it loaded, the size
+    per reading, p50/p95 of now() and of each range, and ends with `history query p95:`
+    equal to the slowest range in its JSON."""
+    r = subprocess.run([sys.executable, "-m", "bench.history", "--days", "2", "--pis", "2",
+                        "--queries", "20", "--out", str(tmp_path)],
+                       cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "through SqliteHistory itself" in r.stdout
+    assert "bytes per temperature reading" in r.stdout
+    for name in ("now", "temperature 24h", "temperature 7d", "temperature 30d",
+                 "temperature 1y", "presence 24h", "presence 1y", "commit of 1"):
+        assert re.search(rf"^  {name} +p50 +[0-9.]+ ms +p95 +[0-9.]+ ms", r.stdout, re.M), name
+    last = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"history query p95: [0-9.]+ ms", last)
+    (result,) = tmp_path.glob("history-*.json")
+    data = json.loads(result.read_text())
+    assert data["load"]["temperature_readings"] == 2 * 2 * 8640
+    assert data["query_p95_ms"] == pytest.approx(float(last.split()[-2]), abs=0.01)

@@ -171,6 +171,18 @@ def test_a_repeated_reading_is_kept_once(writer: SqliteHistory, db: Path) -> Non
     assert rows(db, "SELECT DISTINCT n FROM rollup") == [(1,)]
 
 
+def test_different_readings_in_one_millisecond_are_all_kept(writer: SqliteHistory,
+                                                            db: Path) -> None:
+    """Two different readings filed under the same millisecond are both kept (the
+    second a millisecond later); only an identical copy is dropped."""
+    for value in (20.0, 20.5, 20.0, 21.0):
+        writer.temperature("pi-a", T0 + 1.5, value)
+    writer.commit()
+    assert rows(db, "SELECT ts - ?, centi FROM temperature ORDER BY ts",
+                round((T0 + 1.5) * 1000)) == [(0, 2000), (1, 2050), (2, 2100)]
+    assert rows(db, "SELECT DISTINCT n FROM rollup") == [(3,)]
+
+
 def test_simulated_marks_are_kept_everywhere(writer: SqliteHistory, db: Path) -> None:
     """Demo and simulated readings keep their mark in raw points, rollups, the Pi's and
     the person's state now and their presence intervals."""
@@ -232,6 +244,21 @@ def test_presence_fused_across_two_pis(writer: SqliteHistory, db: Path) -> None:
             Interval(start=T0 + 150, end=T0 + 400, state="home", seen_by=("pi-a", "pi-b"))]
         now = r.now(T0 + 600).people[0]
         assert (now.home, now.since, now.seen_by) == (False, T0 + 500, ())
+
+
+def test_a_move_between_rooms_reported_at_one_moment_is_no_away_stretch(
+        writer: SqliteHistory, db: Path) -> None:
+    """Pi A's report that a person left and Pi B's that they arrived, both of the same
+    moment, written one after the other, leave one home stretch seen by both."""
+    writer.presence("pi-a", T0, [Sighting(name="Anna", state="home")])
+    writer.presence("pi-b", T0, [Sighting(name="Anna", state="away")])
+    writer.presence("pi-a", T0 + 60, [Sighting(name="Anna", state="away")])
+    writer.presence("pi-b", T0 + 60, [Sighting(name="Anna", state="home")])
+    writer.commit()
+    with open_reader(db) as r:
+        assert r.presence(T0, T0 + 100)["Anna"] == [
+            Interval(start=T0, end=None, state="home", seen_by=("pi-a", "pi-b"))]
+    assert rows(db, "SELECT count(*) FROM person_change") == [(1,)]
 
 
 def expected_presence(reports: list[tuple[str, float, bool]]) -> list[tuple[float, bool,
@@ -608,6 +635,35 @@ def test_kill_9_of_a_writing_process_leaves_a_readable_database(db: Path) -> Non
         with open_reader(db) as r:
             assert r.now(0).pis[0].temperature == 20.0 + committed % 7
             assert r.devices()[0].readings == 2 * committed
+
+
+def test_a_commit_cut_off_by_kill_9_is_rolled_back_by_the_next_writer(
+        db: Path, clock: Clock) -> None:
+    """A write killed half-way into the file leaves a hot journal: a read-only reader
+    then says, in a StorageError, that the subscriber rolls it back when it starts; the
+    next writer does, and the reader reads what was committed before."""
+    with SqliteHistory(db, clock=clock) as w:
+        w.temperature("pi-a", T0, 20.0)
+        w.commit()
+    child = python_child("""
+        import os, signal, sqlite3, sys
+        db = sqlite3.connect(sys.argv[1], isolation_level=None)
+        db.execute("PRAGMA cache_size=10")  # a big batch must spill into the file
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO temperature VALUES (1, ?, 2000, 0)",
+                       [(i,) for i in range(10**5)])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """, str(db))
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert db.with_name(db.name + "-journal").stat().st_size > 0
+    with pytest.raises(StorageError, match=rf"^history database {db}: .*interrupted.*"
+                       "subscriber rolls it back"), open_reader(db) as r:
+        r.now(T0)
+    SqliteHistory(db, clock=clock).close()
+    with open_reader(db) as r:
+        assert [b.count for b in r.temperature("pi-a", T0, T0 + 10, max_points=10)] == [1]
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
 
 
 READER_CHILD = """

@@ -9,7 +9,7 @@ One small interface with two sides, so that another database can follow SQLite l
   raises :class:`~homewatch.errors.StorageError`; nothing is dropped silently.
 - :class:`HistoryReader`: the dashboard opens the same database read-only and asks for
   what its pages show. It needs no key, no MQTT credential: this package imports
-  neither (``tests/test_layering.py`` checks it).
+  neither (``tests/test_history.py`` checks it).
 
 Times are Unix seconds (float, UTC). A reading is filed under when it was *taken*
 (``Reading.taken_at``, else when it was sent), so readings that arrive late after an
@@ -18,7 +18,8 @@ outage land where they belong. Invented readings keep their mark (``"simulated"`
 
 Device (Pi) and person names come from Pis: whoever displays them escapes them.
 
-Implementations: :mod:`homewatch.history.sqlite` (the default, embedded).
+Implementations: :mod:`homewatch.history.sqlite` (the default, embedded):
+``SqliteHistory(path)`` writes, ``open_reader(path)`` reads.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class Sighting:
 
 
 class HistoryWriter(Protocol):
-    """The subscriber's side. Calls between two commits form one transaction."""
+    """The subscriber's side. Calls between two commits form one transaction: a
+    StorageError from any call (or from commit) rolls back everything since the last
+    commit, so acknowledge none of it."""
 
     def temperature(self, device: str, at: float, celsius: float, *,
                     simulated: Simulated = None) -> None:

@@ -35,6 +35,8 @@ MQTT_PORT_VALUE=$(env_value MQTT_PORT 8883)
 MQTT_BIND_VALUE=$(env_value MQTT_BIND 0.0.0.0)
 BASE_TOPIC=$(env_value HOMEWATCH_BASE home)
 DEMO_VALUE=$(env_value DEMO 1)
+DASHBOARD_PORT_VALUE=$(env_value DASHBOARD_PORT 8443)
+DASHBOARD_BIND_VALUE=$(env_value DASHBOARD_BIND 0.0.0.0)
 
 # This server's LAN address, as Pis reach it: the address of the interface the default
 # route leaves by (`ip route get` sends nothing); else the first non-loopback address;
@@ -61,4 +63,14 @@ broker_host() {
 docker info >/dev/null 2>&1 || {
     echo "homewatch: error: cannot talk to the Docker daemon (is it running? are you in the docker group?)" >&2
     exit 2
+}
+
+# The host in the dashboard's URL: its one address, loopback's (a browser on this
+# server), else this server's LAN address.
+dashboard_host() {
+    case $DASHBOARD_BIND_VALUE in
+        0.0.0.0|::|'') lan_address ;;
+        *:*) printf '[%s]' "$DASHBOARD_BIND_VALUE" ;;
+        *) printf '%s' "$DASHBOARD_BIND_VALUE" ;;
+    esac
 }
