@@ -1,7 +1,7 @@
 """The web application: routes, login, security headers, pages and the JSON API.
 
-Every route needs a logged-in session except the login form itself and the one
-stylesheet it uses (:data:`PUBLIC`); ``/metrics`` also accepts a bearer token. Every
+Every route needs a logged-in session except the login form itself and its own two
+assets (:data:`PUBLIC`); ``/metrics`` also accepts a bearer token. Every
 response carries the security headers (:func:`security_headers`), errors included.
 Templates autoescape everything; scripts and styles are files served from here.
 """
@@ -37,7 +37,8 @@ from dashboard.auth import (
     same_secret,
 )
 from dashboard.inventory import Inventory
-from homewatch.history import RANGES, HistoryReader
+from homewatch.errors import StorageError
+from homewatch.history import RANGES, DeviceReport, HistoryReader, Now
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,19 @@ MAX_PASSWORD = 1024
 T = TypeVar("T")
 
 
+class HistoryUnavailable(Exception):
+    """The history database cannot be read right now (503, with the reason)."""
+
+
 class History:
     """The history reader on a thread of its own: SQLite connections stay in the thread
-    that opened them, and the event loop never waits for a query."""
+    that opened them, and the event loop never waits for a query. A read that fails
+    (a damaged file, a write interrupted mid-commit) is logged once, with its reason,
+    until reads work again."""
 
     def __init__(self, open_reader: Callable[[], HistoryReader]) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self._problem: str | None = None
         try:
             self._reader = self._pool.submit(open_reader).result()
         except BaseException:
@@ -83,8 +91,18 @@ class History:
             raise
 
     async def call(self, query: Callable[[HistoryReader], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, query,
-                                                                self._reader)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, query,
+                                                                      self._reader)
+        except StorageError as exc:
+            if str(exc) != self._problem:
+                log.error("%s", exc)
+            self._problem = str(exc)
+            raise HistoryUnavailable(str(exc)) from None
+        if self._problem is not None:
+            log.info("the history database can be read again")
+            self._problem = None
+        return result
 
     def close(self) -> None:
         self._pool.submit(self._reader.close).result()
@@ -216,6 +234,21 @@ async def require_login(request: web.Request,
     return response
 
 
+@web.middleware
+async def history_unavailable(request: web.Request,
+                              handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """A history that cannot be read is a 503 saying why, not a crash or a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except HistoryUnavailable as exc:
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            raise web.HTTPServiceUnavailable(text=_error(f"history unavailable: {exc}"),
+                                             content_type="application/json") from None
+        raise web.HTTPServiceUnavailable(text=f"The history cannot be read right now: {exc}"
+                                         ) from None
+    return response
+
+
 def _error(message: str) -> str:
     return json.dumps({"error": message})
 
@@ -318,11 +351,16 @@ async def _now(request: web.Request) -> api.JSON:
     return api.now_view(await dash.history.call(lambda r: r.now(at)))
 
 
+async def _fleet(dash: Dashboard) -> tuple[Now, list[DeviceReport],
+                                           Mapping[tuple[str | None, str], int]]:
+    """Now, the device reports and the rejections, read in one go."""
+    at = dash.clock()
+    return await dash.history.call(lambda r: (r.now(at), r.devices(), r.rejections()))
+
+
 async def _devices(request: web.Request) -> api.JSON:
     dash = request.app[DASHBOARD]
-    at = dash.clock()
-    now, reports, rejections = await dash.history.call(
-        lambda r: (r.now(at), r.devices(), r.rejections()))
+    now, reports, rejections = await _fleet(dash)
     return api.devices_view(reports, rejections, dash.inventory.certificates(), now)
 
 
@@ -374,9 +412,7 @@ async def api_devices(request: web.Request) -> web.StreamResponse:
 
 async def metrics_text(request: web.Request) -> web.StreamResponse:
     dash = request.app[DASHBOARD]
-    at = dash.clock()
-    now, reports, rejections = await dash.history.call(
-        lambda r: (r.now(at), r.devices(), r.rejections()))
+    now, reports, rejections = await _fleet(dash)
     text = metrics.render(now, reports, rejections, dash.inventory.certificates(),
                           sessions=dash.sessions.count(),
                           login_failures=dash.limiter.failed_total,
@@ -388,7 +424,8 @@ async def metrics_text(request: web.Request) -> web.StreamResponse:
 # -- the application -------------------------------------------------------------------
 
 def make_app(dash: Dashboard) -> web.Application:
-    app = web.Application(middlewares=[require_login], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[require_login, history_unavailable],
+                          client_max_size=MAX_BODY)
     app[DASHBOARD] = dash
     app[TEMPLATE_ENV] = templates()
     app.on_response_prepare.append(security_headers)

@@ -155,45 +155,39 @@ class Session:
     csrf: str  # the token its forms (logout) carry
     created: float
     last_used: float
-    generation: int  # of the password it logged in with
 
 
 @dataclass
 class Sessions:
     """Sessions in memory, keyed by the SHA-256 of their token (lookups leak nothing
-    usable about a token through timing)."""
+    usable about a token through timing). All of them end when the password's
+    generation changes."""
 
     idle: float
     lifetime: float = MAX_LIFETIME
     clock: Clock = time.monotonic
     _by_digest: dict[bytes, Session] = field(default_factory=dict)
+    _generation: int | None = None
 
     def create(self, generation: int) -> str:
-        """A new session; returns its token (the cookie value)."""
-        self._prune()
+        """A new session under the password of ``generation``; returns its token."""
+        self._sync(generation)
         if len(self._by_digest) >= MAX_SESSIONS:  # drop the least recently used
             oldest = min(self._by_digest, key=lambda d: self._by_digest[d].last_used)
             del self._by_digest[oldest]
         token = secrets.token_urlsafe(32)
         now = self.clock()
         self._by_digest[_digest(token)] = Session(csrf=secrets.token_urlsafe(24), created=now,
-                                                  last_used=now, generation=generation)
+                                                  last_used=now)
         return token
 
     def get(self, token: str | None, generation: int) -> Session | None:
         """The live session of ``token`` (renewing its idle time), or None."""
-        if not token:
-            return None
-        d = _digest(token)
-        session = self._by_digest.get(d)
+        self._sync(generation)
+        session = self._by_digest.get(_digest(token)) if token else None
         if session is None:
             return None
-        now = self.clock()
-        if (session.generation != generation or now - session.last_used > self.idle
-                or now - session.created > self.lifetime):
-            del self._by_digest[d]
-            return None
-        session.last_used = now
+        session.last_used = self.clock()
         return session
 
     def end(self, token: str | None) -> None:
@@ -201,10 +195,13 @@ class Sessions:
             self._by_digest.pop(_digest(token), None)
 
     def count(self) -> int:
-        self._prune()
         return len(self._by_digest)
 
-    def _prune(self) -> None:
+    def _sync(self, generation: int) -> None:
+        """Forget every session of another password and every expired one."""
+        if generation != self._generation:
+            self._by_digest.clear()
+            self._generation = generation
         now = self.clock()
         for d, s in list(self._by_digest.items()):
             if now - s.last_used > self.idle or now - s.created > self.lifetime:

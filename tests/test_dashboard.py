@@ -462,11 +462,13 @@ def test_health_file_is_touched_while_serving(dashboard: DashboardProcess) -> No
 def own_dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
                   tmp_path: Path) -> Iterator[DashboardProcess]:
     """A dashboard of this test's own: its own certs/dashboard (password, hash,
-    inventory), rate limit and sessions."""
+    inventory), its own copy of the history, rate limit and sessions."""
     shutil.copytree(dashboard_certs / "dashboard", tmp_path / "certs" / "dashboard")
+    (tmp_path / "history").mkdir()
+    shutil.copy2(history_db[0], tmp_path / "history" / "history.db")
     process = DashboardProcess(directory=tmp_path / "certs" / "dashboard",
-                               history=history_db[0], ca=dashboard_certs / "ca.crt",
-                               workdir=tmp_path / "run").start()
+                               history=tmp_path / "history" / "history.db",
+                               ca=dashboard_certs / "ca.crt", workdir=tmp_path / "run").start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -525,6 +527,29 @@ def test_a_damaged_password_hash_lets_nobody_in_and_says_why(
     r = d.client().login(d.password)
     assert r.status == 503 and "cannot check passwords" in r.text
     assert "password.hash is damaged" in d.log() and "make dashboard-password" in d.log()
+
+
+def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
+        own_dashboard: DashboardProcess) -> None:
+    """A history file damaged under the running dashboard: pages and API answer 503 with
+    SQLite's reason (one log line, no traceback), login still works, and once the file
+    is whole again everything answers as before, without a restart."""
+    user = own_dashboard.client()
+    assert user.login(own_dashboard.password).status == 303
+    intact = own_dashboard.history.read_bytes()
+    with open(own_dashboard.history, "r+b") as f:  # the same file, its header destroyed
+        f.write(b"\0" * 100)
+    r = user.get("/api/now")
+    assert r.status == 503 and "file is not a database" in r.json()["error"]
+    page = user.get("/devices")
+    assert page.status == 503 and "The history cannot be read right now" in page.text
+    assert user.get("/metrics").status == 503
+    assert own_dashboard.client().login(own_dashboard.password).status == 303
+    log = own_dashboard.log()
+    assert log.count("file is not a database") == 1 and "Traceback" not in log
+    own_dashboard.history.write_bytes(intact)
+    assert user.get("/api/now").json()["pis"]
+    assert "the history database can be read again" in own_dashboard.log()
 
 
 # -- start-up errors ---------------------------------------------------------------------
