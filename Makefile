@@ -69,11 +69,10 @@ doctor: ## audit the running stack: certificates, permissions, anonymous, TLS, A
 offline-images: ## build the broker and Python base images and a wheelhouse with no registry
 	scripts/offline-images.sh
 
-broker-cert: ## reissue the broker and dashboard certificates for more names and reload them: make broker-cert SAN="homeserver.lan 192.168.1.10"
+broker-cert: ## reissue the broker and dashboard certificates for more names; both reload them: make broker-cert SAN="homeserver.lan 192.168.1.10"
 	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
 	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
 	$(COMPOSE) kill -s SIGHUP broker
-	$(COMPOSE) restart dashboard
 
 dashboard-password: ## a new random dashboard password in certs/dashboard/password (every session ends)
 	scripts/admin.sh homewatch dashboard password

@@ -36,7 +36,7 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.compose
 
-SERVICES = {"broker", "subscriber", "publisher"}
+SERVICES = {"broker", "subscriber", "dashboard", "publisher"}
 
 
 class Stack:
@@ -46,6 +46,7 @@ class Stack:
         self.dir = directory
         self.project = project
         self.port = port
+        self.dashboard_port = free_port()
         self.host = "127.0.0.1"
         self.certs = directory / "certs"
         self.sdk = docker.from_env()
@@ -105,6 +106,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
                   f"MQTT_PORT={port}\nDEMO_INTERVAL=1\nDEMO_LOG_LEVEL=debug\n"
                   "SUBSCRIBER_LOG_LEVEL=debug\n")
     s = Stack(directory, project, port)
+    with open(directory / ".env", "a") as env:
+        env.write(f"DASHBOARD_BIND=127.0.0.1\nDASHBOARD_PORT={s.dashboard_port}\n")
     s.up_output = s.make("up").stdout  # type: ignore[attr-defined]
     return s
 
@@ -140,8 +143,9 @@ def running(stack: Stack, docker_services: Any) -> Iterator[Stack]:
     yield stack
 
 
-def test_make_up_starts_three_healthy_services(running: Stack) -> None:
-    """`make up` on a fresh copy ends with broker, subscriber and publisher healthy."""
+def test_make_up_starts_every_service_healthy(running: Stack) -> None:
+    """`make up` on a fresh copy ends with broker, subscriber, dashboard and publisher
+    healthy."""
     out = running.up_output  # type: ignore[attr-defined]
     assert "Homewatch is up." in out and f":{running.port}/home" in out
     containers = running.containers()
@@ -162,14 +166,17 @@ def test_demo_reading_appears_decrypted_in_the_subscriber_log(running: Stack) ->
 
 
 def test_only_the_tls_port_is_published_on_the_chosen_address(running: Stack) -> None:
-    """Only the broker publishes a port: 8883/tcp on MQTT_BIND:MQTT_PORT."""
+    """Only the broker and the dashboard publish a port: 8883/tcp on MQTT_BIND:MQTT_PORT,
+    8443/tcp (HTTPS) on DASHBOARD_BIND:DASHBOARD_PORT."""
     published = {}
     for c in running.containers():
         for port, bindings in (c.attrs["NetworkSettings"]["Ports"] or {}).items():
             if bindings:
                 published[(c.labels["com.docker.compose.service"], port)] = bindings
     assert published == {("broker", "8883/tcp"): [{"HostIp": "127.0.0.1",
-                                                    "HostPort": str(running.port)}]}
+                                                    "HostPort": str(running.port)}],
+                         ("dashboard", "8443/tcp"): [{"HostIp": "127.0.0.1",
+                                                      "HostPort": str(running.dashboard_port)}]}
 
 
 def test_anonymous_and_wrong_password_are_refused_from_the_host(running: Stack) -> None:
@@ -214,7 +221,7 @@ def test_every_container_log_is_capped(running: Stack) -> None:
 
 
 def test_app_containers_are_hardened(running: Stack) -> None:
-    """Subscriber and publisher: non-root, read-only root, no capabilities,
+    """Subscriber, dashboard and publisher: non-root, read-only root, no capabilities,
     no-new-privileges; every service has a health check and a restart policy."""
     for c in running.containers():
         host = c.attrs["HostConfig"]
@@ -250,6 +257,8 @@ def secrets_of(certs: Path) -> list[str]:
     found = [p.read_text().strip() for p in certs.glob("clients/*/password")]
     found += [p.read_text().strip() for p in certs.glob("clients/*/fernet.key")]
     found += [(certs / "ca.key").read_text().strip(), (certs / "broker/server.key").read_text()]
+    found += [(certs / "dashboard/password").read_text().strip(),
+              (certs / "dashboard/server.key").read_text().strip()]
     return [s for s in found if s]
 
 
@@ -546,6 +555,102 @@ def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack
     assert rc is None
 
 
+# -- the dashboard, as `make up` started it ------------------------------------------
+
+
+def dashboard_url(stack: Stack) -> str:
+    return f"https://127.0.0.1:{stack.dashboard_port}"
+
+
+def test_make_up_prints_the_dashboard_url_and_its_password_file(running: Stack) -> None:
+    """`make up` names the dashboard's HTTPS URL and where its password is (0600, never
+    printed itself)."""
+    out = running.up_output  # type: ignore[attr-defined]
+    assert f"Dashboard:       https://127.0.0.1:{running.dashboard_port}/" in out
+    assert "password:      certs/dashboard/password" in out
+    pw = running.certs / "dashboard" / "password"
+    assert pw.stat().st_mode & 0o777 == 0o600 and pw.stat().st_uid == os.getuid()
+    assert pw.read_text().strip() not in out
+
+
+def test_the_dashboard_holds_no_mqtt_identity_and_reads_the_history_read_only(
+        running: Stack) -> None:
+    """The dashboard container mounts only its own directory (certificate, key, password
+    hash, inventory) and the history volume, both read-only: no MQTT credential, no
+    device key, no CA key, no replay state; the password itself is unreadable to it."""
+    c = running.container("dashboard")
+    mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
+    assert set(mounts) == {"/run/homewatch/dashboard", "/history"}
+    assert all(m["RW"] is False for m in mounts.values())
+    assert mounts["/run/homewatch/dashboard"]["Source"].endswith("/certs/dashboard")
+    listing = c.exec_run("ls -A /run/homewatch/dashboard").output.decode().split()
+    assert sorted(listing) == ["certificates.json", "password", "password.hash",
+                               "server.crt", "server.key"]
+    assert c.exec_run("cat /run/homewatch/dashboard/password").exit_code != 0
+    assert c.exec_run("touch /history/x").exit_code != 0
+    env = " ".join(c.attrs["Config"]["Env"])
+    assert "HOMEWATCH_USERNAME" not in env and "HOMEWATCH_URL" not in env
+
+
+def test_the_dashboard_refuses_every_route_without_login_and_a_wrong_password(
+        running: Stack, tmp_path: Path) -> None:
+    """Through the published port, with the project CA: every route of the app but the
+    login form is refused without a session, and a wrong password is refused."""
+    from homewatch.history.sqlite import SqliteHistory
+    from tests.test_dashboard import PUBLIC, app_routes
+    from tests.web import WebClient
+
+    SqliteHistory(tmp_path / "empty.db").close()  # the router's routes need no data
+    client = WebClient(dashboard_url(running), running.certs / "ca.crt")
+    for method, path in app_routes(tmp_path / "empty.db"):
+        if (method, path) in PUBLIC:
+            continue
+        r = client.request(method, path, form={"csrf": "x"} if method == "POST" else None)
+        assert r.status in (303, 401, 403), (method, path, r.status)
+        assert b"demo-pi" not in r.body
+    assert client.login("not the household password").status == 401
+    assert client.get("/api/now").status == 401
+
+
+def test_the_dashboard_shows_the_demo_pi_in_a_real_browser(running: Stack) -> None:
+    """Debian's Chromium logs in with certs/dashboard/password and sees the demo Pi's
+    temperature and its known devices (marked demo) on Now, every History range drawn
+    with real data, the Devices page; nothing is requested from another host and the
+    console stays clean. Screenshots of each page are kept (tests/artifacts/)."""
+    from tests.browser import PHONE, chromium, visit
+
+    base = dashboard_url(running)
+    password = (running.certs / "dashboard" / "password").read_text().strip()
+    deadline = time.monotonic() + 90  # the demo's first readings, then a few more
+    with chromium(running.certs / "dashboard" / "server.crt") as browser:
+        with visit(browser, base) as v:
+            v.login(password)
+            while "°C" not in v.page.inner_text("main") and time.monotonic() < deadline:
+                time.sleep(2)
+                v.goto("/")
+            text = v.page.inner_text("main")
+            assert "demo-pi" in text and "°C" in text, text
+            assert "Annas Watch" in text and "Franks Phone" in text, text
+            assert "demo" in text.lower()
+            v.screenshot("compose-now")
+            for period in ("24h", "7d", "30d", "1y"):
+                v.goto(f"/history?range={period}")
+                states = v.wait_for_charts()
+                assert states.get("demo-pi") == "drawn", (period, states)
+                assert states.get("presence") == "drawn", (period, states)
+                v.screenshot(f"compose-history-{period}")
+            v.goto("/devices")
+            text = v.page.inner_text("main")
+            assert "demo-pi" in text
+            v.screenshot("compose-devices")
+            v.assert_clean()
+        with visit(browser, base, viewport=PHONE, has_touch=True) as phone:
+            phone.login(password)
+            assert phone.horizontal_overflow() <= 0
+            phone.screenshot("compose-now-phone")
+            phone.assert_clean()
+
+
 def test_make_down_leaves_no_container_or_network_and_purge_removes_volumes(
         running: Stack) -> None:
     """`make down` removes containers and network, keeps data volumes;
@@ -555,6 +660,7 @@ def test_make_down_leaves_no_container_or_network_and_purge_removes_volumes(
     running.make("down")
     assert running.containers(all=True) == []
     assert running.sdk.networks.list(filters=label) == []
-    assert len(running.sdk.volumes.list(filters=label)) == 3
+    assert len(running.sdk.volumes.list(filters=label)) == 4  # broker, subscriber,
+    # publisher state and the history
     running.make("purge", "FORCE=1")
     assert running.sdk.volumes.list(filters=label) == []

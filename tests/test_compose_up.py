@@ -66,7 +66,7 @@ def wait_for_reading(sdk: docker.DockerClient, project: str, timeout: float = 90
 def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
         tmp_path: Path, compose: str, gen_certs_first: bool, demo: bool) -> None:
     """`docker compose up -d` on a fresh clone (after `scripts/gen-certs.sh`, or without
-    it): init exits 0, broker, subscriber and demo publisher are healthy, a decrypted
+    it): init exits 0, broker, subscriber, dashboard and demo publisher are healthy, a decrypted
     reading marked [demo] shows; the CA gen-certs made is kept; with DEMO=0 there is no
     demo publisher and no demo identity; `down` removes it all."""
     version = compose_version(compose)
@@ -78,6 +78,7 @@ def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
     with open(directory / ".env", "a") as env:
         env.write(f"\nCOMPOSE_PROJECT_NAME={project}\nMQTT_BIND=127.0.0.1\n"
                   f"MQTT_PORT={free_port()}\nDEMO_INTERVAL=1\nDEMO={int(demo)}\n"
+                  f"DASHBOARD_BIND=127.0.0.1\nDASHBOARD_PORT={free_port()}\n"
                   # an image of its own, as on a machine that never built one: Compose
                   # builds it from this tree (from the layer cache, mostly)
                   f"HOMEWATCH_IMAGE=homewatch:{project}\n")
@@ -93,15 +94,15 @@ def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
         r = subprocess.run([*compose.split(), "up", "-d"], cwd=directory, env=env,
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_healthy(sdk, project, {"broker", "subscriber", "publisher"} if demo
-                     else {"broker", "subscriber"})
+        wait_healthy(sdk, project, {"broker", "subscriber", "dashboard", "publisher"} if demo
+                     else {"broker", "subscriber", "dashboard"})
         (init,) = sdk.containers.list(all=True, filters={"label": [
             f"com.docker.compose.project={project}", "com.docker.compose.service=init"]})
         assert init.attrs["State"]["ExitCode"] == 0
         services = {c.labels["com.docker.compose.service"] for c in sdk.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={project}"})}
-        assert services == ({"init", "broker", "subscriber", "publisher"} if demo
-                            else {"init", "broker", "subscriber"})
+        assert services == ({"init", "broker", "subscriber", "dashboard", "publisher"}
+                            if demo else {"init", "broker", "subscriber", "dashboard"})
         assert (directory / "certs" / "clients" / "demo-pi").exists() == demo
         if demo:
             line = wait_for_reading(sdk, project)
