@@ -546,8 +546,9 @@ class SqliteHistoryReader:
                     "FROM rollup WHERE device_id = ?2 AND step = ?3 AND start >= ?4 AND "
                     "start < ?5 GROUP BY 1 ORDER BY 1",
                     (width, row[0], step, math.ceil(start), math.ceil(end)))
-            return [Bucket(start=b * width, end=(b + 1) * width, min=lo / 100, max=hi / 100,
-                           mean=total / n / 100, count=n, simulated=schema.SIM_NAMES[sim])
+            return [Bucket(start=float(b * width), end=float((b + 1) * width), min=lo / 100,
+                           max=hi / 100, mean=total / n / 100, count=n,
+                           simulated=schema.SIM_NAMES[sim])
                     for b, lo, hi, total, n, sim in rows]
 
     def presence(self, start: float, end: float) -> Mapping[str, list[Interval]]:
