@@ -750,8 +750,8 @@ def test_the_history_package_holds_no_key() -> None:
     forbidden = ("homewatch.secrets", "homewatch.fernet", "homewatch.envelope",
                  "homewatch.mqtt", "homewatch.provision", "homewatch.pki", "paho",
                  "cryptography")
-    code = ("import sys, json, homewatch.history.sqlite, homewatch.history.schema, "
-            "homewatch.history.fusion; print(json.dumps(sorted(sys.modules)))")
+    code = ("import sys, json, homewatch.history.sqlite, homewatch.history.sqlite_reader; "
+            "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(),
                          capture_output=True, text=True, check=True).stdout
     loaded: list[str] = json.loads(out)
