@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -107,17 +108,17 @@ def status_events(w: SqliteHistory, day_start: float, names: list[str],
     for name in names:
         if rng.random() < 1 / 30:
             t = day_start + rng.uniform(0, DAY - 600)
-            yield t, lambda n=name, t=t: w.availability(n, t, False)
-            yield t + 120, lambda n=name, t=t: w.availability(n, t + 120, True)
+            yield t, functools.partial(w.availability, name, t, False)
+            yield t + 120, functools.partial(w.availability, name, t + 120, True)
         if rng.random() < 1 / 30:
             t = day_start + rng.uniform(0, DAY - 600)
-            yield t, lambda n=name, t=t: w.scanner(n, t, "error", "adapter gone")
-            yield t + 600, lambda n=name, t=t: w.scanner(n, t + 600, "ok")
+            yield t, functools.partial(w.scanner, name, t, "error", "adapter gone")
+            yield t + 600, functools.partial(w.scanner, name, t + 600, "ok")
         for _ in range(rng.randrange(3)):
             t = day_start + rng.uniform(0, DAY)
             reason = rng.choice(REASONS)
-            yield t, lambda n=name, t=t, r=reason: w.rejected(
-                None if r == "unknown-device" else n, r, t)
+            device = None if reason == "unknown-device" else name
+            yield t, functools.partial(w.rejected, device, reason, t)
 
 
 def load(path: Path, *, days: int, pis: int, interval: float, end: float,
@@ -139,7 +140,7 @@ def load(path: Path, *, days: int, pis: int, interval: float, end: float,
     for day in range(days):
         day_start = start + day * DAY
         events: list[tuple[float, Callable[[], None]]] = [
-            (t, lambda t=t, pi=pi, s=s: w.presence(names[pi], t, s))
+            (t, functools.partial(w.presence, names[pi], t, s))
             for t, pi, s in presence_reports(day_start, pis, state, rng)]
         presence += len(events)
         events += status_events(w, day_start, names, rng)
@@ -211,7 +212,10 @@ def queries(r: SqliteHistoryReader, info: dict[str, Any], n: int, seed: int = 2
 
         out[f"temperature {label}"] = {**timed(chart, n),
                                        "buckets_mean": statistics.mean(points)}
-        out[f"presence {label}"] = timed(lambda window=window: r.presence(*window()), n)
+        def timeline(window: Callable[[], tuple[float, float]] = window) -> None:
+            r.presence(*window())
+
+        out[f"presence {label}"] = timed(timeline, n)
     return out
 
 
