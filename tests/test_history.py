@@ -9,6 +9,7 @@ namespace (``unshare -m``, as root) with a read-only bind mount or a tiny tmpfs.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -73,8 +74,9 @@ def python_child(code: str, *args: str, mount: str | None = None,
     """``code`` in a child Python; with ``mount`` (a shell command) first run in a mount
     namespace of its own, so the mount is the child's alone."""
     cmd = [sys.executable, "-c", textwrap.dedent(code), *args]
-    if mount is not None:
-        cmd = ["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", *cmd]
+    if mount is not None:  # as root a mount namespace; otherwise one of a user namespace
+        ns = ["-m"] if os.geteuid() == 0 else ["-r", "-m"]
+        cmd = ["unshare", *ns, "sh", "-c", f'{mount} && exec "$@"', "sh", *cmd]
     return subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), text=True,  # type: ignore[call-overload, no-any-return]
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **kw)
@@ -760,8 +762,8 @@ def test_the_history_package_holds_no_key() -> None:
     forbidden = ("homewatch.secrets", "homewatch.fernet", "homewatch.envelope",
                  "homewatch.mqtt", "homewatch.provision", "homewatch.pki", "paho",
                  "cryptography")
-    code = ("import sys, json, homewatch.history.sqlite, homewatch.history.schema, "
-            "homewatch.history.fusion; print(json.dumps(sorted(sys.modules)))")
+    code = ("import sys, json, homewatch.history.sqlite, homewatch.history.sqlite_reader; "
+            "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(),
                          capture_output=True, text=True, check=True).stdout
     loaded: list[str] = json.loads(out)

@@ -106,7 +106,7 @@ def _hint(exc: sqlite3.Error) -> str:
     if name.startswith("SQLITE_READONLY"):
         return "; the file or its directory is read-only"
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return "; another program holds it locked (a second subscriber?)"
+        return "; it stayed locked longer than the busy timeout (a second subscriber?)"
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return "; the file is damaged: move it away to start a new history"
     return ""
