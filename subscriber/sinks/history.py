@@ -67,6 +67,7 @@ class HistorySink:
         self.unrecorded: Counter[str] = Counter()  # kind -> readings of an unexpected shape
         self._key_times: dict[str, float] = {}
         self._keys_checked = -math.inf
+        self._check_keys()  # every device with a key ring is known before its first message
 
     def reading(self, reading: Reading) -> None:
         at = reading.taken_at if reading.taken_at is not None else float(reading.sent_at)
