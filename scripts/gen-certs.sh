@@ -12,9 +12,10 @@ usage() {
 usage: scripts/gen-certs.sh [--out DIR] [--san NAME|IP ...] [--days N] [--broker-gid GID]
                             [--renew-server] [--force]
 
-Makes DIR/ca.crt + DIR/ca.key (the private CA), DIR/broker/server.{crt,key} (the broker
-certificate) and DIR/dashboard/server.{crt,key} (the dashboard's HTTPS certificate, for
-the same names) in DIR (default: certs).
+Makes DIR/ca.crt + DIR/ca.key (the private CA that Pis trust), DIR/broker/server.{crt,key}
+(the broker certificate), DIR/dashboard-ca.{crt,key} (a CA for browsers only) and
+DIR/dashboard/server.{crt,key} (the dashboard's HTTPS certificate, for the same names as
+the broker's, signed by the dashboard's CA) in DIR (default: certs).
 
   --out DIR         where to write (default: certs)
   --san VALUE       extra subjectAltName for the server certificates; repeatable.
@@ -25,7 +26,8 @@ the same names) in DIR (default: certs).
   --broker-gid GID  make the broker's files group-readable by GID (1883 in the official
                     Mosquitto image), never world-readable
   --renew-server    reissue the server certificates with the existing CA (e.g. new SANs)
-  --force           replace an existing CA: every client must get the new ca.crt
+  --force           replace the existing CAs: every client must get the new ca.crt,
+                    every browser the new dashboard-ca.crt
 USAGE
 }
 
@@ -66,6 +68,9 @@ mkdir -p "$out/broker" "$out/dashboard"
 ca_key="$out/ca.key"; ca_crt="$out/ca.crt"
 srv_key="$out/broker/server.key"; srv_crt="$out/broker/server.crt"
 web_key="$out/dashboard/server.key"; web_crt="$out/dashboard/server.crt"
+# The dashboard's certificate comes from a CA of its own: browsers trust it, Pis never do,
+# so the LAN-facing dashboard's key cannot pose as the broker to a Pi.
+wca_key="$out/dashboard-ca.key"; wca_crt="$out/dashboard-ca.crt"
 
 san_entry() {
     local v=$1
@@ -78,21 +83,33 @@ san_entry() {
 if [[ -e $ca_crt || -e $ca_key ]]; then
     if [[ $force -eq 1 ]]; then
         echo "gen-certs: --force: replacing the CA in $(shown "$out") (clients need the new ca.crt)"
-        rm -f "$ca_crt" "$ca_key" "$srv_crt" "$srv_key" "$out/broker/ca.crt" "$web_crt" "$web_key"
+        rm -f "$ca_crt" "$ca_key" "$srv_crt" "$srv_key" "$out/broker/ca.crt" "$web_crt" "$web_key" \
+              "$wca_crt" "$wca_key"
     else
         [[ -e $ca_crt && -e $ca_key ]] || die "$(shown "$out") has only half a CA (ca.crt/ca.key); fix it or use --force"
         echo "gen-certs: keeping the existing CA in $(shown "$out") (use --force to replace it)"
     fi
 fi
 
-if [[ ! -e $ca_crt ]]; then
-    openssl ecparam -name prime256v1 -genkey -noout -out "$ca_key"
-    openssl req -x509 -new -sha256 -key "$ca_key" -days 3650 -out "$ca_crt" \
-        -subj "/O=Homewatch/CN=Homewatch private CA $(date -u +%Y-%m-%d)" \
+make_ca() {  # $1 key, $2 certificate, $3 common name
+    openssl ecparam -name prime256v1 -genkey -noout -out "$1"
+    openssl req -x509 -new -sha256 -key "$1" -days 3650 -out "$2" \
+        -subj "/O=Homewatch/CN=$3 $(date -u +%Y-%m-%d)" \
         -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" \
         -addext "subjectKeyIdentifier=hash" 2>/dev/null
+}
+
+if [[ ! -e $ca_crt ]]; then
+    make_ca "$ca_key" "$ca_crt" "Homewatch private CA"
     echo "gen-certs: made CA $(shown "$ca_crt")"
+fi
+if [[ ! -e $wca_crt || ! -e $wca_key ]]; then
+    make_ca "$wca_key" "$wca_crt" "Homewatch dashboard CA"
+    rm -f "$web_crt" "$web_key"  # whatever signed them, it is not this new CA
+    echo "gen-certs: made the dashboard's CA $(shown "$wca_crt") (for browsers only)"
+elif [[ -e $web_crt ]] && ! openssl verify -CAfile "$wca_crt" "$web_crt" >/dev/null 2>&1; then
+    rm -f "$web_crt" "$web_key"  # signed by another CA (the project's, before): reissue
 fi
 
 if [[ $renew -eq 1 ]]; then
@@ -111,7 +128,7 @@ server_sans() {  # $1: the service's name on the Compose network
     printf '%s\n' "${sans[@]}" | awk '!seen[$0]++' | paste -sd, -
 }
 
-issue_server() {  # $1 service name, $2 key, $3 certificate
+issue_server() {  # $1 service name, $2 key, $3 certificate, $4 CA certificate, $5 CA key
     local san_list ext csr
     san_list=$(server_sans "$1")
     ext=$(mktemp); csr=$(mktemp)
@@ -125,7 +142,7 @@ authorityKeyIdentifier=keyid
 EXT
     openssl ecparam -name prime256v1 -genkey -noout -out "$2"
     openssl req -new -sha256 -key "$2" -subj "/O=Homewatch/CN=homewatch-$1" -out "$csr"
-    openssl x509 -req -sha256 -in "$csr" -CA "$ca_crt" -CAkey "$ca_key" \
+    openssl x509 -req -sha256 -in "$csr" -CA "$4" -CAkey "$5" \
         -set_serial "0x$(openssl rand -hex 16)" -days "$days" -extfile "$ext" \
         -out "$3" 2>/dev/null
     rm -f "$ext" "$csr"
@@ -134,15 +151,15 @@ EXT
 }
 
 if [[ ! -e $srv_crt || ! -e $srv_key ]]; then
-    issue_server broker "$srv_key" "$srv_crt"
+    issue_server broker "$srv_key" "$srv_crt" "$ca_crt" "$ca_key"
 fi
 if [[ ! -e $web_crt || ! -e $web_key ]]; then
-    issue_server dashboard "$web_key" "$web_crt"
+    issue_server dashboard "$web_key" "$web_crt" "$wca_crt" "$wca_key"
 fi
 cp "$ca_crt" "$out/broker/ca.crt"
 
-chmod 600 "$ca_key" "$srv_key" "$web_key"
-chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt" "$web_crt"
+chmod 600 "$ca_key" "$srv_key" "$web_key" "$wca_key"
+chmod 644 "$ca_crt" "$srv_crt" "$out/broker/ca.crt" "$web_crt" "$wca_crt"
 if [[ -n $broker_gid ]]; then
     # Shared with the broker's group (setgid: files made here later inherit the group).
     chgrp -R "$broker_gid" "$out/broker" || die "cannot give $(shown "$out")/broker to group $broker_gid (run as root, or through scripts/admin.sh)"
@@ -158,7 +175,7 @@ if [[ -g $out/dashboard ]]; then
     chmod 640 "$web_key"
 fi
 
-for c in "$ca_crt" "$srv_crt" "$web_crt"; do
+for c in "$ca_crt" "$srv_crt" "$wca_crt" "$web_crt"; do
     echo "  $(shown "$c")"
     openssl x509 -in "$c" -noout -subject -enddate -fingerprint -sha256 | sed 's/^/    /'
 done

@@ -54,7 +54,7 @@ cat <<INFO
 Homewatch is up.
   Dashboard:       https://$(dashboard_host):$DASHBOARD_PORT_VALUE/  (listening on $DASHBOARD_BIND_VALUE:$DASHBOARD_PORT_VALUE)
     password:      certs/dashboard/password  (new one: make dashboard-password)
-    trust:         import certs/ca.crt into your browser or phone, or accept its warning once
+    trust:         import certs/dashboard-ca.crt into your browser or phone (see the README)
   Broker:          mqtts://$host:$MQTT_PORT_VALUE/$BASE_TOPIC  (TLS, listening on $MQTT_BIND_VALUE:$MQTT_PORT_VALUE)
   CA certificate:  certs/ca.crt
   Follow readings: make logs        (or: ${COMPOSE[*]} logs -f subscriber)

@@ -83,7 +83,7 @@ def dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
     token.write_text(secrets.token_urlsafe(24) + "\n")
     token.chmod(0o600)
     process = DashboardProcess(directory=dashboard_certs / "dashboard",
-                               history=history_db[0], ca=dashboard_certs / "ca.crt",
+                               history=history_db[0], ca=dashboard_certs / "dashboard-ca.crt",
                                workdir=work, args=("--metrics-token-file", str(token))).start()
     yield process
     assert process.stop() == 0, process.log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -84,6 +85,23 @@ def test_broker_with_a_certificate_from_another_ca_is_refused(
     (foreign / "broker" / "passwd").write_text((certs / "broker" / "passwd").read_text())
     (foreign / "broker" / "acl").write_text((certs / "broker" / "acl").read_text())
     other = Broker(certs=foreign, workdir=tmp_path / "b").start()
+    try:
+        conn = Connection(settings(other, certs, "pi-kitchen"))
+        with pytest.raises(TLSError, match="not trusted"):
+            conn.start(threading.Event())
+    finally:
+        other.stop()
+
+
+def test_the_dashboards_key_cannot_pose_as_the_broker(certs: Path, tmp_path: Path) -> None:
+    """A broker run with the dashboard's certificate and key (an attacker who took the
+    LAN-facing dashboard) is refused by a Pi although it names the same host: that
+    certificate comes from the dashboard's own CA, which Pis do not trust."""
+    stolen = tmp_path / "stolen"
+    shutil.copytree(certs / "broker", stolen / "broker")
+    for name in ("server.crt", "server.key"):
+        shutil.copy(certs / "dashboard" / name, stolen / "broker" / name)
+    other = Broker(certs=stolen, workdir=tmp_path / "b").start()
     try:
         conn = Connection(settings(other, certs, "pi-kitchen"))
         with pytest.raises(TLSError, match="not trusted"):

@@ -601,7 +601,7 @@ def test_the_dashboard_refuses_every_route_without_login_and_a_wrong_password(
     from tests.web import WebClient
 
     SqliteHistory(tmp_path / "empty.db").close()  # the router's routes need no data
-    client = WebClient(dashboard_url(running), running.certs / "ca.crt")
+    client = WebClient(dashboard_url(running), running.certs / "dashboard-ca.crt")
     for method, path in app_routes(tmp_path / "empty.db"):
         if (method, path) in PUBLIC:
             continue

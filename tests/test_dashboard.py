@@ -468,7 +468,8 @@ def own_dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
     shutil.copy2(history_db[0], tmp_path / "history" / "history.db")
     process = DashboardProcess(directory=tmp_path / "certs" / "dashboard",
                                history=tmp_path / "history" / "history.db",
-                               ca=dashboard_certs / "ca.crt", workdir=tmp_path / "run").start()
+                               ca=dashboard_certs / "dashboard-ca.crt",
+                               workdir=tmp_path / "run").start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -627,3 +628,4 @@ def test_settings_come_from_defaults_env_and_cli_and_hold_no_secret(
     r = subprocess.run(python_m("dashboard", "--port", "http"), cwd=tmp_path,
                        env=clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("dashboard: error: --port:")
+

@@ -54,14 +54,18 @@ def test_generated_passwords_are_long_and_unambiguous() -> None:
     assert len({passwords.new_password() for _ in range(50)}) == 50
 
 
-def test_gen_certs_makes_the_dashboard_certificate_for_the_broker_names(
+def test_gen_certs_makes_the_dashboard_certificate_from_a_ca_of_its_own(
         layout: provision.Layout) -> None:
-    """certs/dashboard/server.crt is signed by the project CA for the broker's names."""
+    """certs/dashboard/server.crt names the broker's host names and addresses, and is
+    signed by the dashboard's own CA (certs/dashboard-ca.crt, for browsers), not by the
+    CA Pis trust."""
     crt = layout.root / "dashboard" / "server.crt"
     key = layout.root / "dashboard" / "server.key"
-    assert mode(key) == 0o600
-    subprocess.run(["openssl", "verify", "-CAfile", str(layout.ca), str(crt)], check=True,
-                   capture_output=True)
+    assert mode(key) == 0o600 and mode(layout.root / "dashboard-ca.key") == 0o600
+    subprocess.run(["openssl", "verify", "-CAfile", str(layout.root / "dashboard-ca.crt"),
+                    str(crt)], check=True, capture_output=True)
+    assert subprocess.run(["openssl", "verify", "-CAfile", str(layout.ca), str(crt)],
+                          capture_output=True).returncode != 0
 
     def names(path: Path) -> set[str]:
         out = subprocess.run(["openssl", "x509", "-in", str(path), "-noout", "-ext",
@@ -140,3 +144,17 @@ def test_inventory_lists_certificate_expiry_and_keys(layout: provision.Layout) -
     homewatch_cli(layout.root, "device", "remove", "pi-kitchen", "--force")
     assert "pi-kitchen" not in json.loads(inventory.read_text())["devices"]
     assert b"password" not in inventory.read_bytes().lower()
+
+
+def test_a_dashboard_certificate_from_another_ca_is_reissued(layout: provision.Layout) -> None:
+    """A dashboard certificate the dashboard's CA did not sign (one from the project CA)
+    is reissued by the next gen-certs; one it signed is kept."""
+    kept = (layout.root / "dashboard" / "server.crt").read_bytes()
+    gen_certs(layout.root)
+    assert (layout.root / "dashboard" / "server.crt").read_bytes() == kept
+    subprocess.run(["openssl", "x509", "-in", str(layout.broker_dir / "server.crt"), "-out",
+                    str(layout.root / "dashboard" / "server.crt")], check=True)
+    gen_certs(layout.root)
+    subprocess.run(["openssl", "verify", "-CAfile", str(layout.root / "dashboard-ca.crt"),
+                    str(layout.root / "dashboard" / "server.crt")], check=True,
+                   capture_output=True)
