@@ -119,7 +119,7 @@ def test_temperature_keeps_what_a_celsius_value_is(writer: SqliteHistory, db: Pa
     refused, not stored."""
     for i, value in enumerate((-12.3456, 0.0625, 85.0)):
         writer.temperature("pi-a", T0 + i, value)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="outside"):
         writer.temperature("pi-a", T0 + 9, float("nan"))
     writer.commit()
     with open_reader(db) as r:
@@ -784,3 +784,41 @@ def test_reader_and_writer_satisfy_the_interface(writer: SqliteHistory, db: Path
             assert all(callable(getattr(obj, n)) for n in names)
 
 
+
+
+@pytest.mark.parametrize(("call", "args"), [
+    ("temperature", ("pi-a", T0, 1e300)),
+    ("temperature", ("pi-a", T0, 10**400)),
+    ("temperature", ("pi-a", T0, float("nan"))),
+    ("temperature", ("pi-a", 1e20, 20.0)),
+    ("temperature", ("p" * 65, T0, 20.0)),
+    ("presence", ("pi-a", T0, [Sighting(name="x" * 65, state="home")])),
+    ("presence", ("pi-a", T0, [Sighting(name=f"p{i}", state="home") for i in range(65)])),
+    ("presence", ("pi-a", T0, [Sighting(name="Anna", state="home", last_seen=1e300)])),
+    ("scanner", ("pi-a", T0, "s" * 65)),
+])
+def test_values_out_of_range_are_refused_before_anything_is_written(
+        writer: SqliteHistory, db: Path, call: str, args: tuple[Any, ...]) -> None:
+    """What a buggy or stolen Pi could send (huge or non-finite numbers, times beyond
+    2100, too many or too long names) is a ValueError and writes nothing: the batch's
+    other readings are still committed."""
+    writer.temperature("pi-b", T0, 21.0)
+    with pytest.raises(ValueError):
+        getattr(writer, call)(*args)
+    writer.commit()
+    assert rows(db, "SELECT count(*) FROM temperature") == [(1,)]
+    assert rows(db, "SELECT name FROM device") == [("pi-b",)]
+    assert rows(db, "SELECT count(*) FROM person") == [(0,)]
+
+
+def test_people_and_scanner_details_are_bounded(writer: SqliteHistory, db: Path) -> None:
+    """At most MAX_PERSONS people are ever recorded (a Pi inventing names cannot grow the
+    history without end); a scanner detail is cut to MAX_DETAIL characters."""
+    for start in range(0, store.MAX_PERSONS + 40, store.MAX_SIGHTINGS):
+        writer.presence("pi-a", T0 + start, [Sighting(name=f"p{i}", state="home")
+                                             for i in range(start, start + 64)])
+        writer.commit()
+    assert rows(db, "SELECT count(*) FROM person") == [(store.MAX_PERSONS,)]
+    writer.scanner("pi-a", T0, "error", "d" * 10_000)
+    writer.commit()
+    assert rows(db, "SELECT length(scanner_detail) FROM device") == [(store.MAX_DETAIL,)]

@@ -176,3 +176,54 @@ def test_an_unusable_history_path_is_one_line_and_exit_2(workdir: Path,
     lines = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(lines) == 1 and str(blocker) in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_authenticated_garbage_is_shown_not_kept_and_stops_nothing(
+        broker: Broker, workdir: Path, certs: Path) -> None:
+    """Readings from a real device's key whose values the history refuses (a huge or
+    out-of-range temperature, a huge last-seen time, too many or too long names) are
+    shown, not kept, and stop nothing: a good reading after them is recorded and the
+    subscriber stops cleanly (no crash that the broker's redelivery would repeat)."""
+    db = workdir / "hist.db"
+    ring = load_keyring(certs / "clients" / "pi-kitchen" / "fernet.key")
+    seq = int(time.time() * 1000) + 9 * 10**9
+    now = time.time()
+    bad = [("temperature", {"temperature": 1e300}),
+           ("temperature", {"temperature": 10**400}),
+           ("temperature", {"temperature": -500.0}),
+           ("devices", [{"name": "Anna", "state": "home", "last_seen": 10**400}]),
+           # (the broker takes packets of up to 16 KiB)
+           ("devices", [{"name": f"p{i}", "state": "home"} for i in range(100)]),
+           ("devices", [{"name": "x" * 2000, "state": "home"}]),
+           ("scanner", {"state": "error", "detail": "y" * 5000})]
+    good = ("temperature", {"temperature": 19.5, "timestamp": now})
+    messages = [seal(ring, topic=f"home/pi-kitchen/{kind}", device="pi-kitchen", seq=seq + i,
+                     data=data, taken=now + i / 100) for i, (kind, data) in
+                enumerate([*bad, good])]
+    cmd = subscriber_cmd(broker, workdir, "--history", str(db))
+    with running(cmd, cwd=workdir) as sub:
+        wait_subscribed(sub)
+        client, _ = paho_client(broker, certs, "pi-kitchen", password(certs, "pi-kitchen"))
+        try:
+            for (kind, _), payload in zip([*bad, good], messages, strict=True):
+                client.publish(f"home/pi-kitchen/{kind}", payload, qos=1).wait_for_publish(5)
+        finally:
+            stop_client(client)
+        lines = read_lines(sub, len(messages), timeout=30)
+        sub.send_signal(signal.SIGTERM)
+        _, err = sub.communicate(timeout=20)
+    assert sub.returncode == 0, err
+    assert "Traceback" not in err and "not kept in the history" in err
+    assert len(lines) == len(messages) and "19.5" in lines[-1]
+    r = reader(db)
+    try:
+        buckets = r.temperature("pi-kitchen", now - 60, now + 60)
+        people = {p.name for p in r.now(time.time()).people}
+        (pi,) = [p for p in r.now(time.time()).pis if p.name == "pi-kitchen"]
+    finally:
+        r.close()
+    assert [(b.count, b.min) for b in buckets] == [(1, 19.5)]
+    # Anna's unusable last-seen time is dropped, her sighting kept; the other reports
+    # (too many entries, a name too long) are not kept at all
+    assert people == {"Anna"}
+    assert pi.scanner_state == "error" and len(pi.scanner_detail) == 256

@@ -84,6 +84,24 @@ RETENTION_CATCHUP = 10.0  # ... while a backlog is worked off
 RETENTION_BATCH = 10_000  # rows per Pi and table deleted in one pass at most
 
 SAME_MS_SLOTS = 16  # different readings of one Pi filed within one millisecond
+# What one Pi may put in the history (its readings are authenticated, but a Pi can be
+# buggy or stolen): a call beyond these raises ValueError before it writes anything.
+TIME_RANGE = (0.0, 4_102_444_800.0)  # 1970 .. 2100, Unix seconds
+CELSIUS_RANGE = (-100.0, 200.0)
+MAX_NAME = 64  # characters of a Pi's or a person's name
+MAX_SIGHTINGS = 64  # entries in one presence report
+MAX_PERSONS = 256  # people the history keeps; new names beyond it are not recorded
+MAX_DETAIL = 256  # characters of a scanner status detail (longer ones are cut)
+
+
+def _check_time(what: str, at: float) -> None:
+    if not (isinstance(at, int | float) and TIME_RANGE[0] <= at <= TIME_RANGE[1]):
+        raise ValueError(f"{what} {at!r} is not a time between 1970 and 2100")
+
+
+def _check_name(what: str, name: str) -> None:
+    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME):
+        raise ValueError(f"{what} name must be 1 to {MAX_NAME} characters")
 INSERT_TEMPERATURE = ("INSERT INTO temperature (device_id, ts, centi, sim) VALUES (?, ?, ?, ?) "
                       "ON CONFLICT DO NOTHING")
 UPSERT_ROLLUP = (
@@ -151,6 +169,7 @@ class SqliteHistory:
         self._clock = clock
         self._db = schema.open_writer(self.path, busy_timeout=busy_timeout)
         self._next_retention = 0.0
+        self._persons_refused = 0
         self._closed = False
         self._reset()
 
@@ -183,9 +202,13 @@ class SqliteHistory:
     @_storage
     def temperature(self, device: str, at: float, celsius: float, *,
                     simulated: Simulated = None) -> None:
-        """A temperature reading (stored to 0.01 °C) of ``device``, taken at ``at``."""
-        if not (math.isfinite(at) and math.isfinite(celsius)):
-            raise ValueError(f"temperature {celsius!r} at {at!r} is not a finite number")
+        """A temperature reading (stored to 0.01 °C) of ``device``, taken at ``at``.
+        ValueError (nothing written) for a time or value out of range."""
+        _check_time("temperature taken at", at)
+        _check_name("Pi", device)
+        if not (isinstance(celsius, int | float) and
+                CELSIUS_RANGE[0] <= celsius <= CELSIUS_RANGE[1]):
+            raise ValueError(f"temperature {celsius!r} is outside {CELSIUS_RANGE} °C")
         dev, sim, centi = self._device(device), schema.SIM_CODES[simulated], round(celsius * 100)
         if not self._insert_point(dev, round(at * 1000), centi, sim):
             log.debug("history: %s's reading taken at %.3f is already recorded", device, at)
@@ -223,12 +246,25 @@ class SqliteHistory:
     def presence(self, device: str, at: float, sightings: Sequence[Sighting], *,
                  simulated: Simulated = None) -> None:
         """A Pi's full presence report: a person it no longer lists is away there. A
-        report older than the last one for a (Pi, person) is superseded and ignored."""
+        report older than the last one for a (Pi, person) is superseded and ignored.
+        ValueError (nothing written) for more than MAX_SIGHTINGS entries, a name longer
+        than MAX_NAME or a time out of range; a new person beyond MAX_PERSONS is left
+        out (logged)."""
+        _check_time("presence report at", at)
+        _check_name("Pi", device)
+        if len(sightings) > MAX_SIGHTINGS:
+            raise ValueError(f"a presence report lists at most {MAX_SIGHTINGS} devices")
+        for s in sightings:
+            _check_name("person", s.name)
+            if s.last_seen is not None:
+                _check_time("last seen", s.last_seen)
         dev, sim = self._device(device), schema.SIM_CODES[simulated]
         self._touch(dev, sim)
         reported: dict[int, tuple[bool, float | None]] = {}
         for s in sightings:  # one person, several entries: home if any says so
             person = self._person(s.name)
+            if person is None:
+                continue
             home, seen = reported.get(person, (False, None))
             last = s.last_seen if seen is None else max(seen, s.last_seen or seen)
             reported[person] = (home or s.state == "home", last)
@@ -242,7 +278,13 @@ class SqliteHistory:
     @_storage
     def scanner(self, device: str, at: float, state: str, detail: str = "", *,
                 simulated: Simulated = None) -> None:
-        """A Pi's scanner status; a change of state or detail is kept as a change."""
+        """A Pi's scanner status; a change of state or detail is kept as a change (a
+        detail is cut to MAX_DETAIL characters)."""
+        _check_time("scanner status at", at)
+        _check_name("Pi", device)
+        if not (isinstance(state, str) and 0 < len(state) <= MAX_NAME):
+            raise ValueError(f"a scanner state must be 1 to {MAX_NAME} characters")
+        detail = detail[:MAX_DETAIL]
         dev, sim = self._device(device), schema.SIM_CODES[simulated]
         self._touch(dev, sim)
         old_state, old_detail, old_at = self._db.execute(
@@ -335,11 +377,21 @@ class SqliteHistory:
                 dev = self._devices[name] = int(row[0])
         return dev
 
-    def _person(self, name: str) -> int:
+    def _person(self, name: str) -> int | None:
+        """The id of person ``name``, made on first sight; None (and a log line) for a
+        new name once MAX_PERSONS are known."""
         person = self._persons.get(name)
         if person is None:
             row = self._db.execute("SELECT id FROM person WHERE name = ?", (name,)).fetchone()
             if row is None:
+                known = self._db.execute("SELECT count(*) FROM person").fetchone()[0]
+                if known >= MAX_PERSONS:
+                    self._persons_refused += 1
+                    if self._persons_refused in (1, 10, 100, 1000, 10000):
+                        log.warning("history: %d people are known already; new names are "
+                                    "not recorded (%d so far)", MAX_PERSONS,
+                                    self._persons_refused)
+                    return None
                 row = (self._db.execute("INSERT INTO person (name) VALUES (?)",
                                         (name,)).lastrowid,)
             person = self._persons[name] = int(row[0])

@@ -2,8 +2,10 @@
 (:mod:`homewatch.history`) that the dashboard reads.
 
 What a Pi sends is authenticated, but its content is still checked here: a reading whose
-data does not have the expected shape is shown (the console sink already did) and
-counted as not recorded, with a log line, rather than stopping the subscriber. What
+data does not have the expected shape, or that the store refuses (a value or time out of
+range, too many or too long names: ValueError, nothing written), is shown (the console
+sink already did) and counted as not recorded, with a log line, rather than stopping the
+subscriber: one bad reading must not stop every Pi's, again after each restart. What
 the store cannot write is a StorageError (see :mod:`subscriber.sinks`)."""
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ def _simulated(reading: Reading) -> Simulated:
 
 
 def _number(value: Any) -> float | None:
+    """A finite float, or None (a bool, a string, NaN, or an int too big for a float)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _sightings(data: Any) -> list[Sighting] | None:
@@ -70,27 +77,38 @@ class HistorySink:
         self._check_keys()  # every device with a key ring is known before its first message
 
     def reading(self, reading: Reading) -> None:
+        try:
+            recorded = self._record(reading)
+        except (ValueError, OverflowError, TypeError) as exc:
+            # Out of the store's ranges (nothing of it was written): shown, not kept.
+            log.debug("%s reading from %s not kept: %s", reading.kind, reading.device, exc)
+            recorded = False
+        if not recorded:
+            self._unrecorded(reading)
+
+    def _record(self, reading: Reading) -> bool:
+        """Hand one reading to the writer; False when its data has an unexpected shape."""
         at = reading.taken_at if reading.taken_at is not None else float(reading.sent_at)
         sim = _simulated(reading)
         data = reading.data
         if reading.kind == "temperature":
             value = _number(data.get("temperature")) if isinstance(data, dict) else None
             if value is None:
-                return self._unrecorded(reading)
+                return False
             self.writer.temperature(reading.device, at, value, simulated=sim)
         elif reading.kind == "devices":
             sightings = _sightings(data)
             if sightings is None:
-                return self._unrecorded(reading)
+                return False
             self.writer.presence(reading.device, at, sightings, simulated=sim)
         elif reading.kind == "scanner":
             state = data.get("state") if isinstance(data, dict) else None
             detail = data.get("detail", "") if isinstance(data, dict) else ""
             if not isinstance(state, str) or not isinstance(detail, str):
-                return self._unrecorded(reading)
+                return False
             self.writer.scanner(reading.device, at, state, detail, simulated=sim)
         # Other kinds (``strangers``: keyed hashes, opt-in) are not kept.
-        return None
+        return True
 
     def status(self, topic: str, device: str, status: str) -> None:
         self.writer.availability(device, self.clock(), status == "online")
@@ -107,10 +125,10 @@ class HistorySink:
 
     def _unrecorded(self, reading: Reading) -> None:
         self.unrecorded[reading.kind] += 1
-        if self.unrecorded[reading.kind] in (1, 10, 100, 1000):
-            log.warning("%s reading from %s has an unexpected shape: shown, not kept in the "
-                        "history (%d so far)", reading.kind, reading.device,
-                        self.unrecorded[reading.kind])
+        if self.unrecorded[reading.kind] in (1, 10, 100, 1000, 10000):
+            log.warning("%s reading from %s has an unexpected shape or a value out of range: "
+                        "shown, not kept in the history (%d so far)", reading.kind,
+                        reading.device, self.unrecorded[reading.kind])
 
     def _check_keys(self) -> None:
         """When each device's key ring was last written (the Devices page's key age)."""
