@@ -73,6 +73,7 @@ broker-cert: ## reissue the broker and dashboard certificates for more names; bo
 	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
 	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
 	$(COMPOSE) kill -s SIGHUP broker
+	scripts/admin.sh homewatch dashboard inventory
 
 dashboard-password: ## a new random dashboard password in certs/dashboard/password (every session ends)
 	scripts/admin.sh homewatch dashboard password

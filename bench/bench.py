@@ -118,6 +118,7 @@ class Bench:
             "peak_rss_mib_publisher": max(p["peak_rss_mib"] for p in pubs),
             "peak_rss_mib_subscriber": sub["peak_rss_mib"],
             "peak_rss_mib_broker": peak_rss_mib(self.broker.pid),
+            **({"history_points": sub["history_points"]} if "history_points" in sub else {}),
         }
 
     def fan_in(self, mode: str, *, count: int, publishers: int) -> dict[str, Any]:

@@ -195,6 +195,11 @@ def sub(mode: str, url: str, count: int, certs: Path,
         subscriber.close()
         received = subscriber.accepted
         spent = usage(cpu_start)
+        if mode == "hwh":  # what the history kept: every reading, as a point
+            import sqlite3
+            db = sqlite3.connect(state_dir / "history.db")
+            spent["history_points"] = db.execute("SELECT count(*) FROM temperature").fetchone()[0]
+            db.close()
         forget_session(url, certs, s.client_id)
     elapsed = max(first_last[1] - first_last[0], 1e-9)
     return {"received": received, "msg_per_s": received / elapsed,
@@ -272,9 +277,12 @@ def fanin(mode: str, url: str, count: int, certs: Path, devices: int) -> dict[st
         ring = load_keyring(certs / "clients" / name / "fernet.key")
         topic = f"home/{name}/temperature"
         now = time.time()
-        bodies = [{"temperature": 21.5, "timestamp": now, "t": now, "n": i, "pad": PAYLOAD_PAD}
-                  for i in range(count)]
-        payloads[name] = ([seal(ring, topic=topic, device=name, seq=base_seq + i, data=b)
+        # each reading taken at a time of its own, with a value of its own, as a Pi's
+        # are: the history (hwh) keeps every one of them as a point
+        bodies = [{"temperature": 20.0 + i % 500 / 100, "timestamp": now, "t": now, "n": i,
+                   "pad": PAYLOAD_PAD} for i in range(count)]
+        payloads[name] = ([seal(ring, topic=topic, device=name, seq=base_seq + i, data=b,
+                                taken=now - (count - i) / 1000)
                            for i, b in enumerate(bodies)] if mode != "raw"
                           else [json.dumps(b).encode() for b in bodies])
     clients = []

@@ -5,6 +5,7 @@
     homewatch device remove NAME --force [--reload]
     homewatch server init [--app-gid GID] [--demo-device NAME]
     homewatch dashboard password [--stdin]
+    homewatch dashboard inventory
     homewatch health FILE [--max-age SECONDS]
 
 The broker re-reads its password and ACL files on SIGHUP: ``--reload`` sends it to the
@@ -80,6 +81,8 @@ def _parser() -> OneLineParser:
                          "read from standard input); every dashboard session ends")
     pw.add_argument("--stdin", action="store_true",
                     help="read the new password from standard input (12+ characters)")
+    wsub.add_parser("inventory", help="refresh certificates.json (certificate expiry and "
+                    "key dates for the Devices page)")
 
     doctor = sub.add_parser("doctor", help="audit a running deployment; exit 0 when every "
                             "check passed, 1 when one failed, 3 when none failed but some "
@@ -195,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          demo_device=args.demo_device)
             made += dashboard_access.init_dashboard(layout, app_gid=args.app_gid)
             lines.append("made: " + ", ".join(made) if made else "all identities present")
+        elif args.command == "dashboard" and args.action == "inventory":
+            path = dashboard_access.write_inventory(layout)
+            lines.append(f"refreshed {path}" if path else
+                         "no certs/dashboard yet: `make up` makes it")
         elif args.command == "dashboard":
             chosen = sys.stdin.readline() if args.stdin else None
             path = dashboard_access.set_password(layout, chosen)

@@ -23,7 +23,7 @@ from pathlib import Path
 from homewatch import pki
 from homewatch.errors import ProvisionError
 from homewatch.passwords import hash_password, new_password
-from homewatch.provision import Layout, describe_identities, share_directory
+from homewatch.provision import Layout, describe_identities
 from homewatch.secrets import ensure_private_dir, write_private_file
 
 PASSWORD_MAX = 256
@@ -99,11 +99,26 @@ def write_inventory(layout: Layout, *, app_gid: int | None = None) -> Path | Non
 
 def _share(directory: Path, app_gid: int | None) -> None:
     """Shared with the dashboard's group (``app_gid``, or the group it already has):
-    2750, files 0640, but the password itself 0600, the host owner's alone."""
+    2750, files 0640, but the password itself 0600, the host owner's alone (it is never
+    group-readable, not even for a moment)."""
     st = directory.stat()
     if app_gid is None and st.st_mode & stat.S_ISGID:
         app_gid = st.st_gid
-    if app_gid is not None:
-        share_directory(directory, app_gid)
-    if (directory / "password").exists():
-        os.chmod(directory / "password", 0o600)
+    password = directory / "password"
+    if password.exists():
+        os.chmod(password, 0o600)
+    if app_gid is None:
+        return
+    try:  # (a group is only changed where it differs: the owner may run this too)
+        if st.st_gid != app_gid:
+            os.chown(directory, -1, app_gid)
+        if stat.S_IMODE(directory.stat().st_mode) != 0o2750:  # (a chmod by a non-member
+            directory.chmod(0o2750)                          # would drop the setgid bit)
+        for child in directory.iterdir():
+            if child.is_file() and child.name != "password":
+                if child.stat().st_gid != app_gid:
+                    os.chown(child, -1, app_gid)
+                child.chmod(0o640)
+    except PermissionError:
+        raise ProvisionError(f"cannot give {directory} to group {app_gid}: run as root, or "
+                             "through scripts/admin.sh") from None

@@ -34,6 +34,8 @@ args=(--rm --user 0:0 --read-only --tmpfs /tmp --network "$network"
       -e "HOST_UID=$(id -u)" -e "COMPOSE_PROJECT_NAME=$PROJECT"
       -e "HOMEWATCH_CERTS_DIR=certs" -e "HOMEWATCH_BASE=$BASE_TOPIC")
 if [[ -n ${sock:-} ]]; then args+=(-v "$sock:/var/run/docker.sock"); fi
+# `homewatch dashboard password --stdin` reads the new password from standard input
+if [[ " $* " == *" --stdin "* ]]; then args+=(-i); fi
 case "$1" in
     homewatch)
         cmd=("$@") ;;

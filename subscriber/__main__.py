@@ -45,17 +45,17 @@ def _run(settings: SubscriberSettings) -> int:
     opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
                     max_late=settings.max_late, skew=settings.clock_skew, replay=state.load())
     sinks: list[Sink] = [ConsoleSink(sys.stdout, as_json=settings.json)]
-    if settings.history is not None:
-        history = SqliteHistory(settings.history,
-                                retention_days=settings.history_retention_days)
-        sinks.append(HistorySink(history, keys_dir=settings.keys_dir))
-        log.info("keeping the history in %s (raw readings for %g days)", settings.history,
-                 settings.history_retention_days)
     sub = Subscriber(opener, sinks, state=state)
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,
                       on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),
                       on_failure=stop.set, manual_ack=True)
+    if settings.history is not None:  # (after the connection's settings were checked)
+        history = SqliteHistory(settings.history,
+                                retention_days=settings.history_retention_days)
+        sub.add_sink(HistorySink(history, keys_dir=settings.keys_dir))
+        log.info("keeping the history in %s (raw readings for %g days)", settings.history,
+                 settings.history_retention_days)
     sub.ack = conn.ack
     heartbeat = Heartbeat(settings.health_file)
     failure: Exception | None = None

@@ -169,6 +169,11 @@ class Subscriber:
         self.rejection_log = RejectionLog()
         self._unacked: list[tuple[int, int]] = []  # settled, waiting for end_batch()
 
+    def add_sink(self, sink: Sink) -> None:
+        """One more output (before the connection starts)."""
+        with self._lock:
+            self.sinks = (*self.sinks, sink)
+
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """paho callback (its network thread): handle the message there and then; its
         output, record and acknowledgement go out with the batch (``end_batch``, which

@@ -32,7 +32,7 @@ def test_bench_quick_prints_the_side_by_side_table_and_writes_json(tmp_path: Pat
     assert data["secure_ingest_ratio_with_history"] == pytest.approx(
         float(with_history.split(": ")[1].split()[0]), abs=0.01)
     assert data["fan-in"]["hw"]["count"] == data["fan-in"]["raw"]["count"]
-    assert data["fan-in"]["hwh"]["count"] == data["fan-in"]["raw"]["count"]
+    assert data["fan-in"]["hwh"]["history_points"] == data["fan-in"]["raw"]["count"]
 
 
 def test_history_bench_at_a_tiny_scale_prints_its_figures_and_writes_json(

@@ -5,6 +5,7 @@ the host and through the Docker SDK. pytest-docker tears it down at the end."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -510,7 +511,8 @@ def test_containers_stop_cleanly_within_their_grace_period(running: Stack) -> No
 
 def test_broker_cert_adds_a_name_and_reloads_without_a_restart(running: Stack) -> None:
     """`make broker-cert SAN=...`: the broker serves a certificate with the new name at
-    once (SIGHUP), from the same CA, without restarting or disconnecting anyone."""
+    once (SIGHUP), from the same CA, without restarting or disconnecting anyone; so does
+    the dashboard, and the certificate dates it shows are refreshed."""
     broker = running.container("broker")
     started = broker.attrs["State"]["StartedAt"]
     out = running.make("broker-cert", "SAN=homeserver.test 192.0.2.77")
@@ -529,6 +531,27 @@ def test_broker_cert_adds_a_name_and_reloads_without_a_restart(running: Stack) -
     broker.reload()
     assert broker.attrs["State"]["StartedAt"] == started
     assert "lost connection" not in running.logs("subscriber")
+    # The dashboard serves its reissued certificate by itself (no restart, sessions
+    # kept), and its Devices page's dates are refreshed.
+    dashboard = running.container("dashboard")
+    web_started = dashboard.attrs["State"]["StartedAt"]
+    web = ssl.create_default_context(cafile=str(running.certs / "dashboard-ca.crt"))
+    web.check_hostname = False
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.create_connection((running.host, running.dashboard_port), timeout=5) as raw, \
+                web.wrap_socket(raw) as tls:
+            cert = tls.getpeercert()
+        if "homeserver.test" in {v for _, v in cert["subjectAltName"]} or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert ("DNS", "homeserver.test") in cert["subjectAltName"]
+    dashboard.reload()
+    assert dashboard.attrs["State"]["StartedAt"] == web_started
+    served = dt.datetime.strptime(cert["notAfter"], "%b %d %H:%M:%S %Y %Z")
+    inventory = json.loads((running.certs / "dashboard" / "certificates.json").read_text())
+    assert inventory["dashboard"]["not_after"] == served.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack) -> None:

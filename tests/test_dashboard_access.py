@@ -4,15 +4,18 @@ inventory; modes and groups as the containers need them, the password the owner'
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from homewatch import dashboard_access, passwords, provision
 from homewatch.errors import ProvisionError
-from tests.helpers import gen_certs, homewatch_cli
+from tests.helpers import ROOT, clean_env, gen_certs, homewatch_cli
 
 APP_GID = 10001
 
@@ -158,3 +161,33 @@ def test_a_dashboard_certificate_from_another_ca_is_reissued(layout: provision.L
     subprocess.run(["openssl", "verify", "-CAfile", str(layout.root / "dashboard-ca.crt"),
                     str(layout.root / "dashboard" / "server.crt")], check=True,
                    capture_output=True)
+
+
+def test_the_owner_sets_a_chosen_password_without_root(layout: provision.Layout) -> None:
+    """`homewatch dashboard password --stdin` run by the owner of certs/ (not root, not in
+    the app group) sets the chosen password; the hash stays readable to the app group."""
+    dashboard_access.init_dashboard(layout, app_gid=APP_GID)
+    owner = 4321
+    work = Path(tempfile.mkdtemp(prefix="homewatch-owner-"))  # reachable by that user
+    try:
+        certs = work / "certs"
+        shutil.copytree(layout.root, certs, symlinks=True)
+        subprocess.run(["chown", "-R", f"{owner}", str(certs)], check=True)
+        subprocess.run(["chgrp", "-R", str(APP_GID), str(certs / "dashboard")], check=True)
+        (certs / "dashboard").chmod(0o2750)  # as `make up` leaves it
+        work.chmod(0o755)
+        r = subprocess.run(["setpriv", f"--reuid={owner}", f"--regid={owner}",
+                            "--clear-groups", sys.executable, "-m", "homewatch.cli",
+                            "--certs", str(certs), "dashboard", "password", "--stdin"],
+                           input="our own household phrase\n", capture_output=True, text=True,
+                           cwd=ROOT, env=clean_env())
+        assert r.returncode == 0, r.stderr
+        d = certs / "dashboard"
+        assert passwords.verify_password("our own household phrase",
+                                         (d / "password.hash").read_text())
+        assert mode(d / "password") == 0o600 and (d / "password").stat().st_uid == owner
+        assert mode(d / "password.hash") == 0o640
+        assert (d / "password.hash").stat().st_gid == APP_GID
+        assert mode(d) == 0o2750
+    finally:
+        shutil.rmtree(work)
