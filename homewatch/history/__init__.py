@@ -24,7 +24,7 @@ Implementations: :mod:`homewatch.history.sqlite` (the default, embedded):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -63,7 +63,14 @@ class HistoryWriter(Protocol):
         """A Pi's scanner status (``ok`` / ``error`` with a detail); kept as changes."""
 
     def availability(self, device: str, at: float, online: bool) -> None:
-        """The broker-kept ``online``/``offline`` status of a Pi; kept as changes."""
+        """The broker-kept ``online``/``offline`` status of a Pi; kept as changes. An
+        offline Pi no longer vouches for the people it had home (see
+        :class:`PersonNow`); the first report after it is kept as a change even when it
+        repeats the last one, so that the reader sees when it vouches again."""
+
+    def key_rings(self, devices: Collection[str], at: float) -> None:
+        """The Pis that have a key ring now: any other Pi the store knows was removed,
+        and is recorded ``offline`` at ``at`` (unless it is already)."""
 
     def rejected(self, device: str | None, reason: str, at: float) -> None:
         """A rejected message, counted per day, device (None: not a known device) and
@@ -78,15 +85,27 @@ class HistoryWriter(Protocol):
     def close(self) -> None: ...
 
 
+PresenceState = Literal["home", "away", "unknown"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class PersonNow:
-    """A known person (device name from the known-devices files) right now."""
+    """A known person (device name from the known-devices files) right now.
+
+    A Pi vouches for its latest report only while it is online (or no status of it was
+    ever received) and has reported since it last went offline. ``state`` is ``home``
+    while a vouching Pi has the person home; ``unknown`` while only Pis that no longer
+    vouch (``unconfirmed_by``: offline, or back and not reported yet) last had them home:
+    not seen, but nobody saw them leave; else ``away``."""
 
     name: str
-    home: bool
-    since: float | None  # when they arrived (home) or left (away), if known
-    seen_by: tuple[str, ...]  # the Pis whose latest report has them home
+    state: PresenceState
+    home: bool  # state == "home" (False also while unknown: read state)
+    since: float | None  # when the state began (unknown: when the last Pi that had them
+    # home stopped vouching), if known
+    seen_by: tuple[str, ...]  # the vouching Pis whose latest report has them home
     last_seen: float | None
+    unconfirmed_by: tuple[str, ...] = ()  # unknown: the Pis that last had them home
     simulated: Simulated = None
 
 
@@ -127,12 +146,14 @@ class Bucket:
 
 @dataclass(frozen=True, kw_only=True)
 class Interval:
-    """A stretch of one state: [start, end), end None while it lasts."""
+    """A stretch of one state (``home``, ``away``, ``unknown``: see :class:`PersonNow`):
+    [start, end), end None while it lasts."""
 
     start: float
     end: float | None
-    state: str
-    seen_by: tuple[str, ...] = ()
+    state: PresenceState
+    seen_by: tuple[str, ...] = ()  # home: the Pis that had them home during it
+    unconfirmed_by: tuple[str, ...] = ()  # unknown: the Pis that last had them home
     simulated: Simulated = None
 
 
@@ -160,8 +181,9 @@ class HistoryReader(Protocol):
         resolution that still gives that many (raw, 5-minute, hourly, daily rollups)."""
 
     def presence(self, start: float, end: float) -> Mapping[str, list[Interval]]:
-        """Per person, their home/away intervals over [start, end) (all Pis fused: home
-        while any Pi has them home)."""
+        """Per person, their intervals over [start, end), all Pis fused: home while a
+        Pi that vouches (see :class:`PersonNow`) has them home, unknown from when the last
+        such Pi went offline until a Pi reports them again, else away."""
 
     def devices(self) -> list[DeviceReport]: ...
 

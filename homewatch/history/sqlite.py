@@ -65,7 +65,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -315,6 +315,20 @@ class SqliteHistory:
         self._db.execute("UPDATE device SET status_at = ? WHERE id = ?", (at, dev))
 
     @_storage
+    def key_rings(self, devices: Collection[str], at: float) -> None:
+        """The Pis that have a key ring now: every other Pi this store knows was removed
+        (no reading of it can be accepted any more) and is recorded offline at ``at``,
+        unless it is already: it no longer vouches for anyone."""
+        _check_time("key rings at", at)
+        present = set(devices)
+        known = self._db.execute("SELECT name FROM device WHERE online IS NOT 0").fetchall()
+        for (name,) in known:
+            if name not in present:
+                log.info("history: %s has no key ring any more (removed): recorded offline",
+                         name)
+                self.availability(name, at, False)
+
+    @_storage
     def rejected(self, device: str | None, reason: str, at: float) -> None:
         """A rejected message, counted per UTC day, device and reason. A name the store
         does not know (no reading, status or key recorded) counts as unknown (None)."""
@@ -429,10 +443,18 @@ class SqliteHistory:
             last_seen = old.last_seen if last_seen is None else max(old.last_seen, last_seen)
         pairs[(dev, person)] = _Pair(home, since, at, last_seen, sim)
         self._dirty_pairs.add((dev, person))
-        if changed:
+        if changed or self._went_offline(dev, old.at if old else at, at):
+            # (the first report since the Pi went offline is kept even when it repeats
+            # the last one: from it on the Pi vouches again; the fused stretch is as it was)
             self._db.execute("INSERT OR REPLACE INTO presence_change VALUES (?, ?, ?, ?, ?)",
                              (person, dev, at, int(home), sim))
             self._fuse(person, at, sim)
+
+    def _went_offline(self, dev: int, after: float, until: float) -> bool:
+        """Whether ``dev`` went offline in (after, until]."""
+        return self._db.execute(
+            "SELECT 1 FROM availability_change WHERE device_id = ? AND online = 0 AND "
+            "ts > ? AND ts <= ? LIMIT 1", (dev, after, until)).fetchone() is not None
 
     def _fuse(self, person: int, at: float, sim: int) -> None:
         """Keep ``person_change`` right after a change at ``at``: in order (nothing newer

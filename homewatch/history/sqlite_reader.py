@@ -23,9 +23,10 @@ from homewatch.history import (
     Now,
     PersonNow,
     PiNow,
+    PresenceState,
     schema,
 )
-from homewatch.history.fusion import decode_ids
+from homewatch.history.fusion import Event, PiView, Views, timeline
 
 
 class SqliteHistoryReader:
@@ -170,41 +171,105 @@ def _pi_now(row: Any) -> PiNow:
                  scanner_detail=detail, simulated=schema.SIM_NAMES.get(sim or 0))
 
 
+NOW_LOOKBACK = 86400.0  # now(): the first window searched for when the state began
+
+
 def _person_now(db: sqlite3.Connection, person: int, name: str,
                 names: Mapping[int, str]) -> PersonNow:
-    rows = db.execute("SELECT device_id, home, last_seen, sim FROM presence_state WHERE "
-                      "person_id = ?", (person,)).fetchall()
-    since = db.execute("SELECT max(ts) FROM person_change WHERE person_id = ?",
-                       (person,)).fetchone()[0]
-    seen_by = tuple(sorted(names[d] for d, home, _, _ in rows if home))
-    last_seen = max((s for _, _, s, _ in rows if s is not None), default=None)
-    return PersonNow(name=name, home=bool(seen_by), since=since, seen_by=seen_by,
-                     last_seen=last_seen,
-                     simulated=schema.SIM_NAMES[max((s for *_, s in rows), default=0)])
+    """The person's state after everything recorded (a report taken a little ahead of
+    the caller's clock counts); ``since`` is when the current span began, found by
+    widening a window back from the latest change until the span starts inside it."""
+    rows = db.execute("SELECT last_seen, sim FROM presence_state WHERE person_id = ?",
+                      (person,)).fetchall()
+    last_seen = max((s for s, _ in rows if s is not None), default=None)
+    first, latest = db.execute("SELECT min(ts), max(ts) FROM presence_change WHERE "
+                               "person_id = ?", (person,)).fetchone()
+    state: PresenceState = "away"
+    since, now = None, None
+    if latest is not None:
+        latest = max(latest, _latest_status(db, person) or latest)
+        width = NOW_LOOKBACK
+        while True:
+            begin = latest - width
+            views = _views_at(db, person, begin)
+            spans = timeline(begin, views, _events(db, person, begin, math.inf))
+            if begin < first or (spans and (len(spans) > 1 or spans[0].ts > begin)):
+                break
+            width *= 4
+        now = views.fused()
+        if spans and now is not None:
+            state, since = now.state, spans[-1].ts
+
+    def pis(ids: set[int]) -> tuple[str, ...]:
+        return tuple(sorted(names[d] for d in ids))
+    return PersonNow(name=name, state=state, home=state == "home", since=since,
+                     seen_by=pis(now.seen_by) if now else (), last_seen=last_seen,
+                     unconfirmed_by=pis(now.unconfirmed_by) if now else (),
+                     simulated=schema.SIM_NAMES[max((s for _, s in rows), default=0)])
+
+
+def _pis_of(db: sqlite3.Connection, person: int) -> list[int]:
+    """The Pis that ever reported ``person``."""
+    return [d for (d,) in db.execute("SELECT DISTINCT device_id FROM presence_state WHERE "
+                                     "person_id = ?", (person,))]
+
+
+def _latest_status(db: sqlite3.Connection, person: int) -> float | None:
+    row = db.execute("SELECT max(ts) FROM availability_change WHERE device_id IN (SELECT "
+                     "device_id FROM presence_state WHERE person_id = ?)", (person,)).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def _views_at(db: sqlite3.Connection, person: int, at: float) -> Views:
+    """Each Pi's view of ``person`` just after ``at`` (what was recorded at or before)."""
+    views: dict[int, PiView] = {}
+    for dev in _pis_of(db, person):
+        report = db.execute(
+            "SELECT ts, home, sim FROM presence_change WHERE person_id = ? AND device_id = ? "
+            "AND ts <= ? ORDER BY ts DESC LIMIT 1", (person, dev, at)).fetchone()
+        status = db.execute(
+            "SELECT online FROM availability_change WHERE device_id = ? AND ts <= ? "
+            "ORDER BY ts DESC LIMIT 1", (dev, at)).fetchone()
+        off = db.execute(
+            "SELECT max(ts) FROM availability_change WHERE device_id = ? AND online = 0 "
+            "AND ts <= ?", (dev, at)).fetchone()[0]
+        view = PiView(online=None if status is None else bool(status[0]))
+        if report is not None:
+            view.home, view.sim = bool(report[1]), report[2]
+            view.fresh = off is None or report[0] >= off
+        views[dev] = view
+    return Views(views)
+
+
+def _events(db: sqlite3.Connection, person: int, start: float, end: float) -> list[Event]:
+    """The reports of ``person`` and the status changes of the Pis that report them, in
+    (start, end)."""
+    events = [Event(ts, dev, "report", bool(home), sim) for dev, ts, home, sim in db.execute(
+        "SELECT device_id, ts, home, sim FROM presence_change WHERE person_id = ? AND "
+        "ts > ? AND ts < ?", (person, start, end))]
+    events += [Event(ts, dev, "status", bool(online)) for dev, ts, online in db.execute(
+        "SELECT device_id, ts, online FROM availability_change WHERE device_id IN (SELECT "
+        "device_id FROM presence_state WHERE person_id = ?) AND ts > ? AND ts < ?",
+        (person, start, end))]
+    return events
 
 
 def _intervals(db: sqlite3.Connection, person: int, start: float, end: float,
                names: Mapping[int, str]) -> list[Interval]:
-    """A person's stretches over [start, end): the one in force at ``start`` and those
-    that begin in the range, neighbours in the same state merged."""
-    rows = db.execute(
-        "SELECT ts, home, seen_by, sim FROM person_change WHERE person_id = ?1 AND "
-        "ts >= coalesce((SELECT max(ts) FROM person_change WHERE person_id = ?1 AND "
-        "ts <= ?2), ?2) AND ts < ?3 ORDER BY ts", (person, start, end)).fetchall()
-    after = db.execute("SELECT min(ts) FROM person_change WHERE person_id = ? AND ts >= ?",
-                       (person, end)).fetchone()[0]
-    merged: list[list[Any]] = []  # [ts, home, seen ids, sim]
-    for ts, home, seen_by, sim in rows:
-        if merged and merged[-1][1] == home:
-            merged[-1][2] |= decode_ids(seen_by)
-            merged[-1][3] = max(merged[-1][3], sim)
-        else:
-            merged.append([ts, home, decode_ids(seen_by), sim])
+    """A person's spans over [start, end) (see :mod:`homewatch.history.fusion`): the one
+    in force at ``start`` and those that begin in the range; the last one's end is None
+    when nothing is recorded after it."""
+    spans = timeline(start, _views_at(db, person, start), _events(db, person, start, end))
+    after = db.execute(
+        "SELECT 1 FROM presence_change WHERE person_id = ?1 AND ts >= ?2 UNION ALL "
+        "SELECT 1 FROM availability_change WHERE device_id IN (SELECT device_id FROM "
+        "presence_state WHERE person_id = ?1) AND ts >= ?2 LIMIT 1",
+        (person, end)).fetchone()
     out = []
-    for i, (ts, home, seen, sim) in enumerate(merged):
-        stop = merged[i + 1][0] if i + 1 < len(merged) else after
-        out.append(Interval(start=max(ts, start), end=None if stop is None else min(stop, end),
-                            state="home" if home else "away",
-                            seen_by=tuple(sorted(names[d] for d in seen)),
-                            simulated=schema.SIM_NAMES[sim]))
+    for i, span in enumerate(spans):
+        stop = spans[i + 1].ts if i + 1 < len(spans) else (None if after is None else end)
+        out.append(Interval(start=span.ts, end=stop, state=span.state,
+                            seen_by=tuple(sorted(names[d] for d in span.seen_by)),
+                            unconfirmed_by=tuple(sorted(names[d] for d in span.unconfirmed_by)),
+                            simulated=schema.SIM_NAMES[span.sim]))
     return out

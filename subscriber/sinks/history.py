@@ -131,7 +131,9 @@ class HistorySink:
                         reading.device, self.unrecorded[reading.kind])
 
     def _check_keys(self) -> None:
-        """When each device's key ring was last written (the Devices page's key age)."""
+        """When each device's key ring was last written (the Devices page's key age), and
+        which devices have one: a Pi whose ring is gone was removed, and the history
+        records it offline (it no longer vouches for anyone being home)."""
         now = time.monotonic()
         if self.keys_dir is None or now - self._keys_checked < KEYS_RECHECK:
             return
@@ -149,3 +151,7 @@ class HistorySink:
             if self._key_times.get(device) != mtime:
                 self.writer.key_updated(device, mtime)
                 self._key_times[device] = mtime
+        present = {path.name[: -len(self.key_suffix)] for path in rings}
+        for device in set(self._key_times) - present:
+            del self._key_times[device]
+        self.writer.key_rings(present, self.clock())
