@@ -324,6 +324,131 @@ def test_an_older_presence_report_is_superseded(writer: SqliteHistory, db: Path)
     assert rows(db, "SELECT count(*) FROM presence_change") == [(1,)]
 
 
+def anna(writer: SqliteHistory, pi: str, at: float, state: str) -> None:
+    writer.presence(pi, at, [Sighting(name="Anna", state=state, last_seen=at)])  # type: ignore[arg-type]
+
+
+def test_a_pi_gone_offline_leaves_its_person_unknown_not_home_not_away(
+        writer: SqliteHistory, db: Path) -> None:
+    """Pi A has Anna home, then goes offline: two hours later she is neither home nor
+    away but unknown since the moment it went offline, last had home by Pi A; the
+    timeline's home stretch ends there and an unknown one lasts."""
+    writer.availability("pi-a", T0, True)
+    anna(writer, "pi-a", T0 + 10, "home")
+    writer.availability("pi-a", T0 + 100, False)
+    writer.commit()
+    with open_reader(db) as r:
+        now = r.now(T0 + 100 + 7200).people[0]
+        assert (now.state, now.home, now.since, now.seen_by, now.unconfirmed_by) == (
+            "unknown", False, T0 + 100, (), ("pi-a",))
+        assert r.presence(T0, T0 + 8000)["Anna"] == [
+            Interval(start=T0 + 10, end=T0 + 100, state="home", seen_by=("pi-a",)),
+            Interval(start=T0 + 100, end=None, state="unknown", unconfirmed_by=("pi-a",))]
+
+
+def test_an_online_pi_that_sees_the_person_keeps_them_home(writer: SqliteHistory,
+                                                           db: Path) -> None:
+    """Pi A goes offline while Pi B (whose status was never received) has Anna home:
+    she stays home, seen by Pi B only, in one home stretch."""
+    writer.availability("pi-a", T0, True)
+    anna(writer, "pi-a", T0 + 10, "home")
+    anna(writer, "pi-b", T0 + 20, "home")
+    writer.availability("pi-a", T0 + 100, False)
+    writer.commit()
+    with open_reader(db) as r:
+        now = r.now(T0 + 7200).people[0]
+        assert (now.state, now.home, now.since, now.seen_by, now.unconfirmed_by) == (
+            "home", True, T0 + 10, ("pi-b",), ())
+        assert r.presence(T0, T0 + 8000)["Anna"] == [
+            Interval(start=T0 + 10, end=None, state="home", seen_by=("pi-a", "pi-b"))]
+
+
+def test_a_pi_back_online_vouches_again_from_its_next_report(writer: SqliteHistory,
+                                                             db: Path) -> None:
+    """Pi A back online is not believed before it reports: Anna stays unknown until
+    then; its report that she is away makes her away from that report on; a later
+    outage and a report repeating "home" afterwards make her home again from it."""
+    writer.availability("pi-a", T0, True)
+    anna(writer, "pi-a", T0 + 10, "home")
+    writer.availability("pi-a", T0 + 100, False)
+    writer.availability("pi-a", T0 + 200, True)
+    writer.commit()
+    with open_reader(db) as r:
+        assert r.now(T0 + 205).people[0].state == "unknown"
+    anna(writer, "pi-a", T0 + 210, "away")
+    writer.commit()
+    with open_reader(db) as r:
+        now = r.now(T0 + 300).people[0]
+        assert (now.state, now.home, now.since, now.unconfirmed_by) == (
+            "away", False, T0 + 210, ())
+        assert [(i.start, i.end, i.state) for i in r.presence(T0, T0 + 300)["Anna"]] == [
+            (T0 + 10, T0 + 100, "home"), (T0 + 100, T0 + 210, "unknown"),
+            (T0 + 210, None, "away")]
+    anna(writer, "pi-a", T0 + 400, "home")
+    writer.availability("pi-a", T0 + 500, False)
+    writer.availability("pi-a", T0 + 600, True)
+    anna(writer, "pi-a", T0 + 610, "home")  # the same as its last report
+    writer.commit()
+    with open_reader(db) as r:
+        now = r.now(T0 + 700).people[0]
+        assert (now.state, now.since, now.seen_by) == ("home", T0 + 610, ("pi-a",))
+        assert [(i.start, i.state) for i in r.presence(T0 + 300, T0 + 700)["Anna"]] == [
+            (T0 + 300, "away"), (T0 + 400, "home"), (T0 + 500, "unknown"),
+            (T0 + 610, "home")]
+
+
+def test_a_pi_gone_offline_with_the_person_away_leaves_them_away(
+        writer: SqliteHistory, db: Path) -> None:
+    """Only a Pi that last had the person home makes them unknown when it goes offline."""
+    anna(writer, "pi-a", T0, "home")
+    anna(writer, "pi-a", T0 + 10, "away")
+    writer.availability("pi-a", T0 + 100, False)
+    writer.commit()
+    with open_reader(db) as r:
+        assert r.now(T0 + 200).people[0].state == "away"
+        assert [i.state for i in r.presence(T0, T0 + 200)["Anna"]] == ["home", "away"]
+
+
+def test_a_removed_pi_no_longer_vouches(writer: SqliteHistory, db: Path) -> None:
+    """A Pi the key rings no longer name (removed) is recorded offline once: the person
+    it had home becomes unknown; the Pis that still have a ring are left as they are."""
+    writer.availability("pi-a", T0, True)
+    writer.availability("pi-b", T0, True)
+    anna(writer, "pi-a", T0 + 10, "home")
+    writer.key_rings({"pi-b"}, T0 + 100)
+    writer.key_rings({"pi-b"}, T0 + 200)
+    writer.commit()
+    with open_reader(db) as r:
+        now = r.now(T0 + 300)
+        assert [(p.name, p.online, p.status_since) for p in now.pis] == [
+            ("pi-a", False, T0 + 100), ("pi-b", True, T0)]
+        assert (now.people[0].state, now.people[0].since) == ("unknown", T0 + 100)
+
+
+def test_the_subscriber_records_a_pi_whose_key_ring_is_gone_offline(
+        writer: SqliteHistory, db: Path, tmp_path: Path, clock: Clock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history sink looks at the key rings: once pi-a's is deleted (make
+    remove-device), the history has pi-a offline and Anna unknown."""
+    from subscriber.sinks import history as sink_module
+
+    monkeypatch.setattr(sink_module, "KEYS_RECHECK", 0.0)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "pi-a.key").write_text("ring")
+    sink = sink_module.HistorySink(writer, keys_dir=keys, clock=clock)
+    anna(writer, "pi-a", T0 + 10, "home")
+    sink.flush()
+    with open_reader(db) as r:
+        assert r.now(clock.now).people[0].state == "home"
+    (keys / "pi-a.key").unlink()
+    sink.flush()
+    with open_reader(db) as r:
+        now = r.now(clock.now)
+        assert now.pis[0].online is False
+        assert (now.people[0].state, now.people[0].unconfirmed_by) == ("unknown", ("pi-a",))
+
+
 def test_now_shows_each_pi(writer: SqliteHistory, db: Path, clock: Clock) -> None:
     """now(): each Pi's status and since when, temperature now and when it was taken,
     when its last reading was received, its scanner state and detail."""
