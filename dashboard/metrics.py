@@ -62,9 +62,10 @@ def render(now: Now, reports: list[DeviceReport],
                 (({"device": d or "", "reason": reason}, float(n)) for (d, reason), n in
                  sorted(rejections.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])))),
         _family("homewatch_person_home", "gauge",
-                "1 while a known person is home (any Pi sees them), 0 away.",
+                "1 while a known person is home (an online Pi sees them), 0 away; no "
+                "sample while not seen because the Pis that had them home are offline.",
                 (({"person": p.name, "simulated": p.simulated or ""}, float(p.home))
-                 for p in now.people)),
+                 for p in now.people if p.state != "unknown")),
         _family("homewatch_certificate_not_after_timestamp_seconds", "gauge",
                 "When each certificate expires (from certificates.json).", expiry),
         _family("homewatch_dashboard_sessions", "gauge", "Dashboard sessions open.",

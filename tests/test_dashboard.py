@@ -276,7 +276,11 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert people[hs.ANNA]["home"] is True and people[hs.ANNA]["seen_by"] == [hs.KITCHEN]
     assert people[hs.ANNA]["since"] == pytest.approx(sample_now - 2 * 3600, abs=1)
     assert people[hs.FRANK]["home"] is False and people[hs.FRANK]["simulated"] == "demo"
-    assert people[hs.EVIL_PERSON]["seen_by"] == [hs.EVIL_PI]
+    assert people[hs.ANNA]["state"] == "home" and people[hs.FRANK]["state"] == "away"
+    evil = people[hs.EVIL_PERSON]  # seen only by a Pi that went offline an hour ago
+    assert (evil["state"], evil["home"], evil["seen_by"], evil["unconfirmed_by"]) == (
+        "unknown", False, [], [hs.EVIL_PI])
+    assert evil["since"] == pytest.approx(sample_now - 3600, abs=1)
     pis = {p["name"]: p for p in now["pis"]}
     kitchen = pis[hs.KITCHEN]
     assert kitchen["temperature"] == hs.KITCHEN_NOW and kitchen["online"] is True
@@ -288,6 +292,9 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     page = user.get("/").text
     assert '<span class="value">21.5</span>' in page
     assert "Demo data." in page and '<span class="sim"' in page
+    assert '<span class="badge unknown">not seen</span>' in page
+    assert ('last seen home by <span class="name">&lt;script&gt;alert(1)&lt;/script&gt;'
+            '</span> offline') in page
 
 
 def test_temperature_api_for_every_range(user: WebClient,
@@ -324,7 +331,8 @@ def test_temperature_api_for_every_range(user: WebClient,
 def test_presence_api_gives_each_persons_stretches(user: WebClient,
                                                    history_db: tuple[Path, Sample]) -> None:
     """The timeline's data: Anna's arrivals and departures over the last 7 days, the
-    current stretch open-ended, seen-by Pis named; the demo person marked demo."""
+    current stretch open-ended, seen-by Pis named; the demo person marked demo; a person
+    seen only by a Pi that went offline is unknown from then on, not home, not away."""
     sample_now = history_db[1].now
     data = user.get("/api/presence?range=7d").json()
     people = {p["name"]: p for p in data["people"]}
@@ -334,6 +342,10 @@ def test_presence_api_gives_each_persons_stretches(user: WebClient,
     assert homes == [(72, False), (48, False), (2, True)]
     assert all(i["seen_by"] == [hs.KITCHEN] for i in anna if i["state"] == "home")
     assert people[hs.FRANK]["simulated"] == "demo"
+    evil = [(round((sample_now - i["start"]) / 3600), i["end"] is None, i["state"],
+             i["seen_by"], i["unconfirmed_by"]) for i in people[hs.EVIL_PERSON]["intervals"]]
+    assert evil == [(24, False, "home", [hs.EVIL_PI], []),  # until its Pi went offline
+                    (1, True, "unknown", [], [hs.EVIL_PI])]
     assert user.get("/api/presence?range=forever").status == 400
 
 
@@ -422,6 +434,7 @@ def test_metrics_need_a_session_or_the_token(dashboard: DashboardProcess,
     assert ('homewatch_rejected_messages_total{device="",reason="unknown-device"} 7.0'
             in text)
     assert 'homewatch_device_online{device="<script>alert(1)</script>"} 0.0' in text
+    assert 'homewatch_person_home{person="<img' not in text  # not seen: no sample
     assert "homewatch_dashboard_login_failures_total" in text
     assert user.get("/metrics").status == 200
 

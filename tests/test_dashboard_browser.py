@@ -61,8 +61,8 @@ def test_wrong_password_is_refused(browser: Browser, dashboard: DashboardProcess
 def test_now_page_shows_the_pis_temperature_and_the_people(
         logged_in: Visit, history_db: tuple[Path, Sample]) -> None:
     """Now: the kitchen Pi's temperature in °C, online, its scanner ok; every person
-    home or away with names shown as text; the demo Pi and its person marked; times in
-    the browser's own time zone."""
+    home, away or not seen (its Pi offline) with names shown as text; the demo Pi and its
+    person marked; times in the browser's own time zone."""
     page = logged_in.page
     kitchen = page.locator("li.pi", has=page.locator("h3 .name", has_text=hs.KITCHEN))
     expect(kitchen.locator(".temperature")).to_have_text("21.5 °C")
@@ -76,6 +76,9 @@ def test_now_page_shows_the_pis_temperature_and_the_people(
     frank = page.locator("li.person", has=page.get_by_text(hs.FRANK, exact=True))
     expect(frank.locator(".badge")).to_have_text("away")
     expect(frank.locator(".sim")).to_have_text("demo")
+    unseen = page.locator("li.person", has=page.get_by_text(hs.EVIL_PERSON, exact=True))
+    expect(unseen.locator(".badge")).to_have_text("not seen")
+    expect(unseen.locator(".unseen")).to_contain_text(hs.EVIL_PI + " offline")
     expect(page.locator(".demo-banner")).to_contain_text("demo-pi")
     as_of = page.locator(".as-of time")
     at = float(as_of.get_attribute("data-t") or 0)
@@ -109,6 +112,8 @@ def test_history_draws_every_chart_with_real_data(logged_in: Visit,
     presence = page.locator("figure.presence")
     expect(presence.locator("text.person", has_text=hs.ANNA)).to_have_count(1)
     assert presence.locator("rect.home").count() >= 1
+    assert presence.locator("rect.notseen").count() >= 1  # seen only by a Pi now offline
+    expect(presence.locator("figcaption")).to_contain_text("not seen (Pi offline)")
     chart.scroll_into_view_if_needed()
     box = chart.locator("svg").bounding_box()
     assert box is not None

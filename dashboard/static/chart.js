@@ -1,5 +1,5 @@
 // The History page's charts, drawn as SVG from the JSON API: a temperature chart per Pi
-// (min-max band and mean line) and a home/away timeline per person. Axes in degrees
+// (min-max band and mean line) and a home/away/not-seen timeline per person. Axes in degrees
 // Celsius and the browser's local time; hover, tap or arrow keys show the values.
 // Every name from a Pi goes in with textContent, never as markup.
 "use strict";
@@ -277,7 +277,7 @@
     const bottom = top + data.people.length * ROW, H = bottom + M.bottom;
     const x = function (t) { return left + (Math.min(Math.max(t, data.start), data.end) - data.start) / (data.end - data.start) * (right - left); };
     const svg = svgEl("svg", { viewBox: "0 0 " + W + " " + H, width: W, height: H, role: "img" });
-    svg.setAttribute("aria-label", "Home and away per person, local time");
+    svg.setAttribute("aria-label", "Home, away and not seen per person, local time");
     xAxis(svg, timeTicks(data.start, data.end, W), x, top, bottom);
     const rows = [];
     data.people.forEach(function (person, row) {
@@ -289,7 +289,7 @@
                       stroke: "currentColor", "stroke-opacity": 0.25, "stroke-dasharray": "3 3" }, g);
       for (const iv of person.intervals) {
         const x0 = x(iv.start), x1 = x(iv.end === null ? data.end : iv.end);
-        const cls = (iv.state === "home" ? "home" : "away") + (iv.simulated ? " sim" : "");
+        const cls = ({ home: "home", away: "away" }[iv.state] || "notseen") + (iv.simulated ? " sim" : "");
         svgEl("rect", { class: cls, x: x0, y: y0 + 17, width: Math.max(1, x1 - x0), height: 16 }, g);
       }
       rows.push({ person: person, y0: y0 });
@@ -309,9 +309,10 @@
       if (!iv) text += "no report";
       else {
         const end = iv.end === null ? "now" : when(iv.end);
-        text += iv.state + "\n" + when(iv.start) + " – " + end +
+        text += (iv.state === "unknown" ? "not seen (Pi offline)" : iv.state) + "\n" + when(iv.start) + " – " + end +
           " (" + window.homewatch.duration((iv.end === null ? Date.now() / 1000 : iv.end) - iv.start) + ")";
         if (iv.seen_by && iv.seen_by.length) text += "\nseen by " + iv.seen_by.join(", ");
+        if (iv.unconfirmed_by && iv.unconfirmed_by.length) text += "\nlast seen home by " + iv.unconfirmed_by.join(", ");
         if (iv.simulated) text += "\n" + iv.simulated + " data (invented)";
       }
       cursor.setAttribute("x1", px); cursor.setAttribute("x2", px);
