@@ -226,7 +226,7 @@ async def require_login(request: web.Request,
         if not (_same_origin(request) and isinstance(token, str)
                 and same_secret(token, session.csrf)):
             log.warning("%s %s from %s refused: not from this dashboard's own page",
-                        request.method, request.path, request.remote)
+                        shown(request.method), shown(request.raw_path), request.remote)
             raise web.HTTPForbidden(text="This form did not come from the dashboard; "
                                     "reload the page.")
     request[SESSION] = session
@@ -247,6 +247,14 @@ async def history_unavailable(request: web.Request,
         raise web.HTTPServiceUnavailable(text=f"The history cannot be read right now: {exc}"
                                          ) from None
     return response
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A string a client chose (a path, a header) as it may appear in the log: one line,
+    ASCII only (control characters, line separators and backslashes escaped, as in
+    Python's ``unicode_escape``), at most ``limit`` characters of it."""
+    escaped = text[:limit].encode("unicode_escape").decode("ascii")
+    return escaped + ("..." if len(text) > limit else "")
 
 
 def _error(message: str) -> str:

@@ -122,6 +122,20 @@ def test_wrong_password_is_refused_and_never_logged(dashboard: DashboardProcess)
     assert wrong not in log and dashboard.password not in log
 
 
+def test_a_path_with_a_line_break_cannot_forge_a_log_line(
+        dashboard: DashboardProcess, user: WebClient) -> None:
+    """A path with an encoded line break (/%0aFAKE%20line) cannot start a log line."""
+    anonymous = dashboard.client()
+    for client, method in ((anonymous, "GET"), (anonymous, "POST"), (user, "GET"),
+                           (user, "POST")):
+        form = {"csrf": "x"} if method == "POST" else None
+        assert client.request(method, "/%0aFAKE%20line", form=form).status in (401, 403,
+                                                                                404)
+    lines = dashboard.log().splitlines()
+    assert not [line for line in lines if line.startswith("FAKE")]
+    assert any("/%0aFAKE%20line" in line and "refused" in line for line in lines)
+
+
 def test_session_cookie_is_secure_httponly_strict_and_ends_at_logout(
         dashboard: DashboardProcess) -> None:
     """The session cookie is Secure, HttpOnly, SameSite=Strict, Path=/ (a __Host- name:
