@@ -32,14 +32,25 @@ class ServeError(HomewatchError):
 
 
 class Certificate:
-    """The server's TLS context and the files it was loaded from."""
+    """The server's TLS context and the files it was loaded from.
+
+    Each load makes a context of its own; the listener's context hands every new
+    connection the newest one that loaded (its ``sni_callback`` runs at every
+    handshake, with or without a server name). A load that fails, such as a renewed
+    certificate met with the old key, leaves the previous context serving untouched:
+    loading into a live context would leave it with a certificate and no key."""
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = cert, key
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._stamp = self._files()
-        self._load()
+        self._current = self._load()
+        self.context = self._current  # the listener's
+        self.context.sni_callback = self._newest
+
+    def _newest(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                context: ssl.SSLContext) -> None:
+        if self._current is not context:
+            connection.context = self._current
 
     def _files(self) -> tuple[int, ...]:
         try:
@@ -48,15 +59,18 @@ class Certificate:
         except OSError:
             return ()
 
-    def _load(self) -> None:
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            self.context.load_cert_chain(self.cert, self.key)
+            context.load_cert_chain(self.cert, self.key)
         except ssl.SSLError as exc:
             raise ConfigError(f"TLS certificate {self.cert} or key {self.key} unusable: "
                               f"{exc.reason or exc}") from None
         except OSError as exc:
             raise ConfigError(f"TLS certificate {self.cert} or key {self.key}: "
                               f"{exc.strerror}") from None
+        return context
 
     def reload_if_changed(self) -> None:
         stamp = self._files()
@@ -64,7 +78,7 @@ class Certificate:
             return
         self._stamp = stamp
         try:
-            self._load()
+            self._current = self._load()
         except ConfigError as exc:
             log.error("%s; still serving the previous certificate", exc)
         else:

@@ -13,11 +13,12 @@ import ssl
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
 from dashboard.auth import SESSION_COOKIE, LoginLimiter, Password, Sessions
@@ -25,7 +26,7 @@ from dashboard.inventory import Inventory
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
-from tests.helpers import ROOT, clean_env, free_port, homewatch_cli, python_m
+from tests.helpers import ROOT, clean_env, free_port, gen_certs, homewatch_cli, python_m
 from tests.history_sample import Sample
 from tests.web import DashboardProcess, Response, WebClient
 
@@ -565,6 +566,55 @@ def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
     own_dashboard.history.write_bytes(intact)
     assert user.get("/api/now").json()["pis"]
     assert "the history database can be read again" in own_dashboard.log()
+
+
+def _served_serial(d: DashboardProcess) -> int:
+    """The serial number of the certificate a new connection gets."""
+    context = ssl.create_default_context(cafile=str(d.ca))
+    with (socket.create_connection((d.bind, d.port), timeout=5) as s,
+          context.wrap_socket(s, server_hostname=d.bind) as tls):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _serial(certificate: Path) -> int:
+    return x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _renewed(dashboard_certs: Path, tmp_path: Path) -> tuple[bytes, bytes]:
+    """A new dashboard certificate and key (PEM) from the same dashboard CA."""
+    renewed = tmp_path / "renewed"
+    shutil.copytree(dashboard_certs, renewed)
+    gen_certs(renewed, "--renew-server")
+    return ((renewed / "dashboard" / "server.crt").read_bytes(),
+            (renewed / "dashboard" / "server.key").read_bytes())
+
+
+def test_a_certificate_that_does_not_fit_its_key_leaves_the_previous_one_served(
+        own_dashboard: DashboardProcess, dashboard_certs: Path, tmp_path: Path) -> None:
+    """A new certificate met with the old key fails to load: the old one is still served."""
+    d = own_dashboard
+    cert, key = d.directory / "server.crt", d.directory / "server.key"
+    old = _serial(cert)
+    assert _served_serial(d) == old
+    new_cert, new_key = _renewed(dashboard_certs, tmp_path)
+    cert.write_bytes(new_cert)  # the renewal's first half: the old key does not fit it
+    assert _serial(cert) != old
+    assert _eventually(lambda: "still serving the previous certificate" in d.log()), d.log()
+    assert _served_serial(d) == old
+    key.write_bytes(new_key)
+    assert _eventually(lambda: _served_serial(d) == _serial(cert)), d.log()
+    assert "reloaded" in d.log()
 
 
 # -- start-up errors ---------------------------------------------------------------------
