@@ -2,7 +2,9 @@
 the container's health check, a clean stop on SIGTERM/SIGINT.
 
 A renewed certificate (the same files, new contents) is picked up for new connections
-within seconds, without a restart.
+within seconds, without a restart; a load that fails (a new certificate met with the old
+key, an unreadable file) is tried again every few seconds, and the previous certificate
+is served until one works.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Certificate:
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = cert, key
         self._stamp = self._files()
+        self._failed: tuple[tuple[int, ...], str] | None = None  # the files, the error
         self._current = self._load()
         self.context = self._current  # the listener's
         self.context.sni_callback = self._newest
@@ -53,11 +56,15 @@ class Certificate:
             connection.context = self._current
 
     def _files(self) -> tuple[int, ...]:
+        """What changes when either file does: its inode, size, mtime and ctime (a file
+        written in place with its mtime put back, or made readable by a chmod or chown,
+        changes only its ctime); () when either cannot be looked at."""
         try:
-            return tuple(s for p in (self.cert, self.key)
-                         for s in (p.stat().st_ino, p.stat().st_mtime_ns))
+            stats = [path.stat() for path in (self.cert, self.key)]
         except OSError:
             return ()
+        return tuple(value for st in stats
+                     for value in (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
     def _load(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -73,16 +80,21 @@ class Certificate:
         return context
 
     def reload_if_changed(self) -> None:
+        """Load the files again if they changed since the last load that worked: a load
+        that failed is tried again at every call until one works (its error is logged
+        once for each state of the files)."""
         stamp = self._files()
         if not stamp or stamp == self._stamp:
             return
-        self._stamp = stamp
         try:
             self._current = self._load()
         except ConfigError as exc:
-            log.error("%s; still serving the previous certificate", exc)
-        else:
-            log.info("TLS certificate %s reloaded", self.cert)
+            if (stamp, str(exc)) != self._failed:
+                log.error("%s; still serving the previous certificate", exc)
+            self._failed = (stamp, str(exc))
+            return
+        self._stamp, self._failed = stamp, None
+        log.info("TLS certificate %s reloaded", self.cert)
 
 
 async def serve(app: web.Application, certificate: Certificate, *, bind: str, port: int,

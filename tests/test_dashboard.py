@@ -617,6 +617,27 @@ def test_a_certificate_that_does_not_fit_its_key_leaves_the_previous_one_served(
     assert "reloaded" in d.log()
 
 
+def test_a_failed_certificate_load_is_retried_and_a_key_fixed_in_place_is_seen(
+        own_dashboard: DashboardProcess, dashboard_certs: Path, tmp_path: Path) -> None:
+    """After a failed load, a key written in place with its inode, size and mtime kept is served."""
+    d = own_dashboard
+    cert, key = d.directory / "server.crt", d.directory / "server.key"
+    old = _serial(cert)
+    new_cert, new_key = _renewed(dashboard_certs, tmp_path)
+    cert.write_bytes(new_cert)
+    assert _eventually(lambda: "still serving the previous certificate" in d.log()), d.log()
+    before = key.stat()
+    with open(key, "r+b") as f:  # as a restore from a backup or `cp --preserve` may
+        f.write(new_key)
+        f.truncate()
+    os.utime(key, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = key.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    assert _eventually(lambda: _served_serial(d) == _serial(cert) != old), d.log()
+    assert d.log().count("still serving the previous certificate") == 1
+
+
 # -- start-up errors ---------------------------------------------------------------------
 
 def _start(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
