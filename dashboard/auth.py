@@ -54,15 +54,22 @@ def same_secret(a: str, b: str) -> bool:
     return hmac.compare_digest(_digest(a), _digest(b))
 
 
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file does, a chmod or chown included."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class WatchedFile:
-    """A one-line file, re-read whenever its inode, size or mtime changes; a change of
-    its contents starts a new :attr:`generation`."""
+    """A one-line file, re-read whenever its inode, size, mtime or ctime changes (a
+    chmod, or contents written in place with the mtime put back, change only the
+    ctime), and at every look while it cannot be read; a change of its contents starts
+    a new :attr:`generation`."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
         self.what = what
         self.generation = 0
-        self._key: tuple[int, int, int] | None = None
+        self._key: tuple[int, ...] | None = None
         self._value: str | None = None
         self._problem: str | None = None
 
@@ -80,17 +87,19 @@ class WatchedFile:
         except OSError as exc:
             self._set(None, f"{self.what} {self.path}: {exc.strerror}", None)
             return None
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != self._key:
+        if _stamp(st) != self._key:
             self._read(st)
         return self._value
 
     def _read(self, st: os.stat_result, *, report: bool = True) -> None:
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _stamp(st)
         try:
             value = self.path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            self._set(None, f"{self.what} {self.path}: {reason}", key, report)
+        except OSError as exc:  # tried again at the next look
+            self._set(None, f"{self.what} {self.path}: {exc.strerror}", None, report)
+            return
+        except UnicodeDecodeError:
+            self._set(None, f"{self.what} {self.path}: not UTF-8 text", key, report)
             return
         if not value:
             self._set(None, f"{self.what} {self.path} is empty", key, report)
@@ -101,7 +110,7 @@ class WatchedFile:
         self._set(value, None, key, report)
 
     def _set(self, value: str | None, problem: str | None,
-             key: tuple[int, int, int] | None, report: bool = True) -> None:
+             key: tuple[int, ...] | None, report: bool = True) -> None:
         self._key = key
         if report and problem is not None and problem != self._problem:
             log.error("%s: nobody can log in with it until it is fixed", problem)

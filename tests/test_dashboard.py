@@ -545,6 +545,24 @@ def test_a_damaged_password_hash_lets_nobody_in_and_says_why(
     assert "password.hash is damaged" in d.log() and "make dashboard-password" in d.log()
 
 
+def test_a_password_hash_fixed_in_place_with_its_mtime_kept_is_seen(
+        own_dashboard: DashboardProcess) -> None:
+    """A hash rewritten in place, inode, size and mtime kept, is seen: damaged, then fixed."""
+    d = own_dashboard
+    path = d.directory / "password.hash"
+    good = path.read_bytes()
+    before = path.stat()
+    for content in (good.replace(b"scrypt$", b"xcrypt$", 1), good):  # damaged, repaired
+        with open(path, "r+b") as f:
+            f.write(content)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = path.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+            before.st_ino, before.st_size, before.st_mtime_ns)
+        expected = 303 if content == good else 503
+        assert d.client().login(d.password).status == expected
+
+
 def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
         own_dashboard: DashboardProcess) -> None:
     """A history file damaged under the running dashboard: pages and API answer 503 with
