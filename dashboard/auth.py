@@ -13,7 +13,9 @@
 - :class:`LoginLimiter`: token buckets per client address and overall. Each attempt
   takes a token from both before the password is checked (so a burst of parallel
   attempts is cut off too) and a successful login gives it back; without one, the
-  attempt is refused at once (429 with Retry-After).
+  attempt is refused at once (429 with Retry-After). The addresses are a bounded LRU
+  table (:class:`TokenBuckets`): rotating addresses cost O(1) each and no memory
+  beyond its cap.
 
 Nothing here logs or returns a password.
 """
@@ -28,6 +30,7 @@ import os
 import secrets
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -223,60 +226,87 @@ class _Bucket:
     at: float
 
 
+class TokenBuckets:
+    """Token buckets by key (a client address): ``capacity`` tokens at once, then one
+    every ``every`` seconds. At most ``cap`` keys are kept: beyond that the least
+    recently used is forgotten (an OrderedDict, so each look is O(1) however many
+    addresses come and go), and comes back, if it does, with a full bucket."""
+
+    def __init__(self, capacity: int, every: float, cap: int) -> None:
+        self.capacity, self.every, self.cap = capacity, every, cap
+        self._by_key: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def _get(self, key: str, now: float) -> _Bucket:
+        bucket = self._by_key.get(key)
+        if bucket is None:
+            bucket = self._by_key[key] = _Bucket(self.capacity, now)
+            if len(self._by_key) > self.cap:
+                self._by_key.popitem(last=False)
+        else:
+            self._by_key.move_to_end(key)
+            bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.at) / self.every)
+            bucket.at = now
+        return bucket
+
+    def wait(self, key: str, now: float) -> float:
+        """Seconds until ``key`` has a token (0: it has one now)."""
+        tokens = self._get(key, now).tokens
+        return (1 - tokens) * self.every if tokens < 1 else 0.0
+
+    def take(self, key: str, now: float) -> None:
+        self._get(key, now).tokens -= 1
+
+    def give_back(self, key: str, now: float) -> None:
+        bucket = self._get(key, now)
+        bucket.tokens = min(self.capacity, bucket.tokens + 1)
+
+
 @dataclass
 class LoginLimiter:
     """Failed logins allowed: ``per_client`` at once per address, then one every
     ``client_every`` seconds; ``overall`` at once from everyone, then one every
-    ``overall_every`` seconds."""
+    ``overall_every`` seconds. At most ``max_clients`` addresses are remembered (the
+    least recently seen forgotten first)."""
 
     per_client: int = 5
     client_every: float = 30.0
     overall: int = 20
     overall_every: float = 10.0
+    max_clients: int = 10_000
     clock: Clock = time.monotonic
-    _clients: dict[str, _Bucket] = field(default_factory=dict)
-    _all: _Bucket | None = None
+    clients: TokenBuckets = field(init=False)
+    _all: TokenBuckets = field(init=False)
     refused: int = 0  # attempts refused by the limit (metrics)
     failed_total: int = 0  # wrong passwords (metrics)
 
-    def _fill(self, bucket: _Bucket, capacity: int, every: float, now: float) -> _Bucket:
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.at) / every)
-        bucket.at = now
-        return bucket
+    def __post_init__(self) -> None:
+        self.clients = TokenBuckets(self.per_client, self.client_every, self.max_clients)
+        self._all = TokenBuckets(self.overall, self.overall_every, 1)
 
-    def _buckets(self, client: str) -> tuple[_Bucket, _Bucket]:
-        now = self.clock()
-        if self._all is None:
-            self._all = _Bucket(self.overall, now)
-        if client not in self._clients and len(self._clients) >= 10_000:
-            self._forget_full(now)
-        mine = self._clients.setdefault(client, _Bucket(self.per_client, now))
-        return (self._fill(mine, self.per_client, self.client_every, now),
-                self._fill(self._all, self.overall, self.overall_every, now))
-
-    def _forget_full(self, now: float) -> None:
-        for addr, b in list(self._clients.items()):
-            if self._fill(b, self.per_client, self.client_every, now).tokens >= self.per_client:
-                del self._clients[addr]
+    def _buckets(self, client: str) -> list[tuple[TokenBuckets, str]]:
+        return [(self.clients, client), (self._all, "")]
 
     def attempt(self, client: str) -> float:
         """Take a token for a login attempt by ``client``: 0 when it may go ahead, else
         the seconds to wait (and nothing is taken)."""
-        mine, everyone = self._buckets(client)
-        wait = max((1 - mine.tokens) * self.client_every if mine.tokens < 1 else 0.0,
-                   (1 - everyone.tokens) * self.overall_every if everyone.tokens < 1 else 0.0)
+        now = self.clock()
+        buckets = self._buckets(client)
+        wait = max(table.wait(key, now) for table, key in buckets)
         if wait > 0:
             self.refused += 1
             return wait
-        mine.tokens -= 1
-        everyone.tokens -= 1
+        for table, key in buckets:
+            table.take(key, now)
         return 0.0
 
     def succeeded(self, client: str) -> None:
         """A successful login gives its token back: only failures count."""
-        mine, everyone = self._buckets(client)
-        mine.tokens = min(self.per_client, mine.tokens + 1)
-        everyone.tokens = min(self.overall, everyone.tokens + 1)
+        now = self.clock()
+        for table, key in self._buckets(client):
+            table.give_back(key, now)
 
     def failed(self) -> None:
         self.failed_total += 1

@@ -513,6 +513,26 @@ def test_login_attempts_are_rate_limited_per_address_and_overall(
     assert "wrong-password" not in log and d.password not in log
 
 
+def test_the_per_address_table_is_a_bounded_lru_that_keeps_a_refused_address() -> None:
+    """At most max_clients addresses are kept; churn below that keeps a refused one refused."""
+    now = [0.0]
+    limiter = LoginLimiter(overall=10**9, max_clients=1000, clock=lambda: now[0])
+    for _ in range(5):
+        assert limiter.attempt("192.0.2.1") == 0
+    assert limiter.attempt("192.0.2.1") > 0
+    for n in range(998):  # 999 addresses known: below the cap
+        assert limiter.attempt(f"fd00::{n:x}") == 0
+    assert len(limiter.clients) == 999
+    assert limiter.attempt("192.0.2.1") > 0  # still refused (and now the most recent)
+    for n in range(999):
+        limiter.attempt(f"fd01::{n:x}")
+    assert len(limiter.clients) == 1000
+    assert limiter.attempt("192.0.2.1") > 0  # the least recently used went first
+    for n in range(50_000):  # rotating addresses: the table stays at its cap
+        limiter.attempt(f"fd02::{n:x}")
+    assert len(limiter.clients) == 1000
+
+
 def test_a_new_password_ends_every_session_without_restart(
         own_dashboard: DashboardProcess) -> None:
     """`homewatch dashboard password` (what `make dashboard-password` runs) while the
