@@ -16,6 +16,8 @@
   attempt is refused at once (429 with Retry-After). The addresses are a bounded LRU
   table (:class:`TokenBuckets`): rotating addresses cost O(1) each and no memory
   beyond its cap.
+- :class:`KnownBrowsers`: a browser that logged in before carries a signed cookie, and
+  only its own failures can refuse its logins (no lock-out by others).
 
 Nothing here logs or returns a password.
 """
@@ -23,6 +25,7 @@ Nothing here logs or returns a password.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import logging
@@ -44,8 +47,11 @@ Clock = Callable[[], float]
 
 SESSION_COOKIE = "__Host-homewatch"  # __Host-: Secure, Path=/ and no Domain, enforced
 LOGIN_COOKIE = "__Host-homewatch-login"  # the login form's CSRF token (double submit)
+BROWSER_COOKIE = "__Host-homewatch-browser"  # a browser that logged in before
 MAX_LIFETIME = 30 * 86400.0  # a session ends after this, however active
 MAX_SESSIONS = 1000
+BROWSER_LIFETIME = 90 * 86400  # a known browser's cookie, from its last login
+MAX_BROWSERS = 1000  # known browsers whose failed logins are remembered
 
 
 def _digest(value: str) -> bytes:
@@ -162,6 +168,56 @@ class Password:
         self._pool.shutdown()
 
 
+class KnownBrowsers:
+    """OWASP's "device cookie": a browser that logged in carries a signed cookie naming
+    it (a random id and an expiry, HMAC-SHA256), and its login attempts are limited by
+    a bucket of its own instead of its address's and everyone's (:class:`LoginLimiter`),
+    so nobody on the LAN can lock it out by failing logins from elsewhere, nor from
+    behind the same address (a Docker proxy, a shared NAT).
+
+    The signing key is derived from the password hash (an HMAC keyed by the hash file's
+    line), not held in memory nor kept on disk as a secret of its own: cookies survive
+    a restart, and a new password revokes every one of them, as it ends every session.
+    Who could forge one holds the hash, and could guess the password offline faster
+    than through any login form.
+    """
+
+    LABEL = b"homewatch known-browser cookie v1"
+    MAX_COOKIE = 200
+
+    def __init__(self, secret: Callable[[], str | None], *,
+                 lifetime: int = BROWSER_LIFETIME, clock: Clock = time.time) -> None:
+        self._secret, self.lifetime, self._clock = secret, lifetime, clock
+
+    def _mac(self, body: str) -> str | None:
+        secret = self._secret()
+        if secret is None:
+            return None
+        key = hmac.new(secret.encode("utf-8"), self.LABEL, hashlib.sha256).digest()
+        mac = hmac.new(key, body.encode("utf-8"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+    def issue(self, browser: str | None = None) -> str | None:
+        """A cookie for ``browser`` (a new one when None), valid for :attr:`lifetime`
+        from now; None while there is no password hash to sign with."""
+        body = f"{browser or secrets.token_urlsafe(16)}.{int(self._clock()) + self.lifetime}"
+        mac = self._mac(body)
+        return None if mac is None else f"{body}.{mac}"
+
+    def verify(self, cookie: str | None) -> str | None:
+        """The browser a cookie names if we signed it under the current password and it
+        has not expired; else None (the attempt is judged as any other)."""
+        if not cookie or len(cookie) > self.MAX_COOKIE:
+            return None
+        body, _, mac = cookie.rpartition(".")
+        browser, _, expires = body.partition(".")
+        expected = self._mac(body)
+        if not (browser and expires.isascii() and expires.isdigit() and expected
+                and same_secret(mac, expected)):
+            return None
+        return browser if int(expires) > self._clock() else None
+
+
 @dataclass
 class Session:
     csrf: str  # the token its forms (logout) carry
@@ -268,32 +324,43 @@ class TokenBuckets:
 class LoginLimiter:
     """Failed logins allowed: ``per_client`` at once per address, then one every
     ``client_every`` seconds; ``overall`` at once from everyone, then one every
-    ``overall_every`` seconds. At most ``max_clients`` addresses are remembered (the
-    least recently seen forgotten first)."""
+    ``overall_every`` seconds. An attempt from a known browser (:class:`KnownBrowsers`)
+    is judged by that browser's bucket alone, as many at once and as often as an
+    address's: others' failures never refuse it. At most ``max_clients`` addresses and
+    ``max_browsers`` browsers are remembered (the least recently seen forgotten first).
+
+    What bounds the scrypt work: checks run one at a time (:class:`Password`); without
+    the password nobody can make a known browser, so strangers get no more attempts
+    than the address and overall buckets allow."""
 
     per_client: int = 5
     client_every: float = 30.0
     overall: int = 20
     overall_every: float = 10.0
     max_clients: int = 10_000
+    max_browsers: int = MAX_BROWSERS
     clock: Clock = time.monotonic
     clients: TokenBuckets = field(init=False)
+    browsers: TokenBuckets = field(init=False)
     _all: TokenBuckets = field(init=False)
     refused: int = 0  # attempts refused by the limit (metrics)
     failed_total: int = 0  # wrong passwords (metrics)
 
     def __post_init__(self) -> None:
         self.clients = TokenBuckets(self.per_client, self.client_every, self.max_clients)
+        self.browsers = TokenBuckets(self.per_client, self.client_every, self.max_browsers)
         self._all = TokenBuckets(self.overall, self.overall_every, 1)
 
-    def _buckets(self, client: str) -> list[tuple[TokenBuckets, str]]:
+    def _buckets(self, client: str, browser: str | None) -> list[tuple[TokenBuckets, str]]:
+        if browser is not None:
+            return [(self.browsers, browser)]
         return [(self.clients, client), (self._all, "")]
 
-    def attempt(self, client: str) -> float:
-        """Take a token for a login attempt by ``client``: 0 when it may go ahead, else
-        the seconds to wait (and nothing is taken)."""
+    def attempt(self, client: str, browser: str | None = None) -> float:
+        """Take a token for a login attempt by ``client``, from a known ``browser`` or
+        None: 0 when it may go ahead, else the seconds to wait (and nothing is taken)."""
         now = self.clock()
-        buckets = self._buckets(client)
+        buckets = self._buckets(client, browser)
         wait = max(table.wait(key, now) for table, key in buckets)
         if wait > 0:
             self.refused += 1
@@ -302,10 +369,10 @@ class LoginLimiter:
             table.take(key, now)
         return 0.0
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, client: str, browser: str | None = None) -> None:
         """A successful login gives its token back: only failures count."""
         now = self.clock()
-        for table, key in self._buckets(client):
+        for table, key in self._buckets(client, browser):
             table.give_back(key, now)
 
     def failed(self) -> None:

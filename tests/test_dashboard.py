@@ -21,7 +21,15 @@ import pytest
 from cryptography import x509
 
 from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
-from dashboard.auth import SESSION_COOKIE, LoginLimiter, Password, Sessions
+from dashboard.auth import (
+    BROWSER_COOKIE,
+    BROWSER_LIFETIME,
+    SESSION_COOKIE,
+    KnownBrowsers,
+    LoginLimiter,
+    Password,
+    Sessions,
+)
 from dashboard.inventory import Inventory
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
@@ -47,7 +55,8 @@ def app_routes(history: Path) -> list[tuple[str, str]]:
     """Every (method, path) the application's router serves, each static file included."""
     dash = Dashboard(history=History(lambda: open_reader(history)),
                      password=Password(history), sessions=Sessions(idle=1),
-                     limiter=LoginLimiter(), inventory=Inventory(None))
+                     limiter=LoginLimiter(), browsers=KnownBrowsers(lambda: None),
+                     inventory=Inventory(None))
     try:
         routes = []
         for route in make_app(dash).router.routes():
@@ -511,6 +520,48 @@ def test_login_attempts_are_rate_limited_per_address_and_overall(
     assert r.status == 429 and int(r.headers["Retry-After"]) > 0
     log = d.log()
     assert "wrong-password" not in log and d.password not in log
+
+
+def test_a_browser_that_logged_in_before_is_not_locked_out_by_others(
+        own_dashboard: DashboardProcess) -> None:
+    """Once others' failures refuse every address, a browser that logged in before still may."""
+    d = own_dashboard
+    home = d.client(source="127.0.0.9")
+    r = home.login(d.password)
+    assert r.status == 303
+    line = r.cookie(BROWSER_COOKIE)
+    assert line is not None
+    flags = {f.strip().lower() for f in line.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict", "path=/",
+            f"max-age={BROWSER_LIFETIME}"} <= flags
+    cookie = home.cookies[BROWSER_COOKIE]
+    hash_line = (d.directory / "password.hash").read_text().strip()
+    browser = KnownBrowsers(lambda: hash_line).verify(cookie)  # signed as the test expects
+    assert browser is not None and d.password not in cookie
+    home.logout()
+    for n in (1, 2, 3, 9):  # 20 failures: everyone's budget and 127.0.0.9's own are spent
+        attacker = d.client(source=f"127.0.0.{n}")
+        for _ in range(5):
+            assert attacker.login("wrong-password-3").status == 401
+    assert d.client(source="127.0.0.9").login(d.password).status == 429
+    assert d.client(source="127.0.0.5").login(d.password).status == 429
+    assert home.login(d.password).status == 303  # the household's browser: let in
+    assert KnownBrowsers(lambda: hash_line).verify(home.cookies[BROWSER_COOKIE]) == browser
+    _, expires, mac = cookie.split(".")
+    past = time.time() - BROWSER_LIFETIME - 60
+    for bad in (f"{browser}.{int(expires) + 86400}.{mac}",  # a later expiry, forged
+                KnownBrowsers(lambda: hash_line, clock=lambda: past).issue(),  # expired
+                KnownBrowsers(lambda: "another password's hash").issue(),  # foreign key
+                "x" * 43, f"{browser}.{expires}.{'A' * 43}"):
+        stranger = d.client(source="127.0.0.5")
+        stranger.cookies[BROWSER_COOKIE] = str(bad)
+        assert stranger.login(d.password).status == 429, bad
+    home.logout()
+    for _ in range(5):  # its own failures still count, in a bucket of its own
+        assert home.login("wrong-password-4").status == 401
+    assert home.login(d.password).status == 429
+    log = d.log()
+    assert "wrong-password" not in log and d.password not in log and cookie not in log
 
 
 def test_the_per_address_table_is_a_bounded_lru_that_keeps_a_refused_address() -> None:
