@@ -286,7 +286,9 @@ class TokenBuckets:
     """Token buckets by key (a client address): ``capacity`` tokens at once, then one
     every ``every`` seconds. At most ``cap`` keys are kept: beyond that the least
     recently used is forgotten (an OrderedDict, so each look is O(1) however many
-    addresses come and go), and comes back, if it does, with a full bucket."""
+    addresses come and go), and comes back, if it does, with a full bucket. A key is
+    added only when a token is taken from it, so attempts refused by another limit
+    take no room."""
 
     def __init__(self, capacity: int, every: float, cap: int) -> None:
         self.capacity, self.every, self.cap = capacity, every, cap
@@ -295,21 +297,26 @@ class TokenBuckets:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def _get(self, key: str, now: float) -> _Bucket:
+    def _known(self, key: str, now: float) -> _Bucket | None:
         bucket = self._by_key.get(key)
-        if bucket is None:
-            bucket = self._by_key[key] = _Bucket(self.capacity, now)
-            if len(self._by_key) > self.cap:
-                self._by_key.popitem(last=False)
-        else:
+        if bucket is not None:
             self._by_key.move_to_end(key)
             bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.at) / self.every)
             bucket.at = now
         return bucket
 
+    def _get(self, key: str, now: float) -> _Bucket:
+        bucket = self._known(key, now)
+        if bucket is None:
+            bucket = self._by_key[key] = _Bucket(self.capacity, now)
+            if len(self._by_key) > self.cap:
+                self._by_key.popitem(last=False)
+        return bucket
+
     def wait(self, key: str, now: float) -> float:
         """Seconds until ``key`` has a token (0: it has one now)."""
-        tokens = self._get(key, now).tokens
+        bucket = self._known(key, now)
+        tokens = self.capacity if bucket is None else bucket.tokens
         return (1 - tokens) * self.every if tokens < 1 else 0.0
 
     def take(self, key: str, now: float) -> None:

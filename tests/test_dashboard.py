@@ -584,6 +584,16 @@ def test_the_per_address_table_is_a_bounded_lru_that_keeps_a_refused_address() -
     assert len(limiter.clients) == 1000
 
 
+def test_attempts_refused_by_the_overall_limit_take_no_room_in_the_address_table() -> None:
+    """New addresses refused by the overall limit are not remembered: churn costs tokens."""
+    limiter = LoginLimiter(overall=3, max_clients=10, clock=lambda: 0.0)
+    for n in range(3):
+        assert limiter.attempt(f"192.0.2.{n}") == 0
+    for n in range(1000):
+        assert limiter.attempt(f"fd00::{n:x}") > 0
+    assert len(limiter.clients) == 3
+
+
 def test_a_new_password_ends_every_session_without_restart(
         own_dashboard: DashboardProcess) -> None:
     """`homewatch dashboard password` (what `make dashboard-password` runs) while the
