@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 
 from dashboard.app import Dashboard, History, make_app
-from dashboard.auth import LoginLimiter, Password, Sessions, WatchedFile
+from dashboard.auth import KnownBrowsers, LoginLimiter, Password, Sessions, WatchedFile
 from dashboard.inventory import Inventory
 from dashboard.server import Certificate, serve
 from dashboard.settings import DashboardSettings, build, check_files
@@ -39,8 +39,8 @@ async def _serve(settings: DashboardSettings) -> int:
             _load(watched)
     dash = Dashboard(history=History(lambda: open_reader(settings.history)),
                      password=password, sessions=Sessions(idle=settings.session_seconds),
-                     limiter=LoginLimiter(), inventory=Inventory(settings.certificates),
-                     metrics_token=token)
+                     limiter=LoginLimiter(), browsers=KnownBrowsers(password.file.current),
+                     inventory=Inventory(settings.certificates), metrics_token=token)
     try:
         def tick() -> None:  # notice a new password (and end sessions) without a request
             for watched in (password.file, token):

@@ -26,8 +26,10 @@ from aiohttp import web
 
 from dashboard import api, metrics
 from dashboard.auth import (
+    BROWSER_COOKIE,
     LOGIN_COOKIE,
     SESSION_COOKIE,
+    KnownBrowsers,
     LoginLimiter,
     Password,
     PasswordUnavailable,
@@ -117,6 +119,7 @@ class Dashboard:
     password: Password
     sessions: Sessions
     limiter: LoginLimiter
+    browsers: KnownBrowsers
     inventory: Inventory
     metrics_token: WatchedFile | None = None
     clock: Callable[[], float] = time.time
@@ -226,7 +229,7 @@ async def require_login(request: web.Request,
         if not (_same_origin(request) and isinstance(token, str)
                 and same_secret(token, session.csrf)):
             log.warning("%s %s from %s refused: not from this dashboard's own page",
-                        request.method, request.path, request.remote)
+                        shown(request.method), shown(request.raw_path), request.remote)
             raise web.HTTPForbidden(text="This form did not come from the dashboard; "
                                     "reload the page.")
     request[SESSION] = session
@@ -247,6 +250,14 @@ async def history_unavailable(request: web.Request,
         raise web.HTTPServiceUnavailable(text=f"The history cannot be read right now: {exc}"
                                          ) from None
     return response
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A string a client chose (a path, a header) as it may appear in the log: one line,
+    ASCII only (control characters, line separators and backslashes escaped, as in
+    Python's ``unicode_escape``), at most ``limit`` characters of it."""
+    escaped = text[:limit].encode("unicode_escape").decode("ascii")
+    return escaped + ("..." if len(text) > limit else "")
 
 
 def _error(message: str) -> str:
@@ -295,11 +306,13 @@ async def login(request: web.Request) -> web.StreamResponse:
             and same_secret(token, cookie)):
         log.warning("login from %s refused: the form did not come from this dashboard", client)
         return _login_form(request, status=403, error="The login form expired. Try again.")
-    wait = dash.limiter.attempt(client)
+    browser = dash.browsers.verify(request.cookies.get(BROWSER_COOKIE))
+    who = client if browser is None else f"{client} (a known browser)"
+    wait = dash.limiter.attempt(client, browser)
     if wait > 0:
         seconds = math.ceil(wait)
         log.warning("login from %s refused: too many failed attempts, next allowed in %d s",
-                    client, seconds)
+                    who, seconds)
         return _login_form(request, status=429, headers={"Retry-After": str(seconds)},
                            error=f"Too many failed attempts. Try again in {seconds} s.")
     password = form.get("password")
@@ -307,19 +320,23 @@ async def login(request: web.Request) -> web.StreamResponse:
         right = (isinstance(password, str) and len(password) <= MAX_PASSWORD
                  and await dash.password.check(password))
     except PasswordUnavailable as exc:
-        dash.limiter.succeeded(client)  # not the user's failure
-        log.error("login from %s cannot be checked: %s", client, exc)
+        dash.limiter.succeeded(client, browser)  # not the user's failure
+        log.error("login from %s cannot be checked: %s", who, exc)
         return _login_form(request, status=503, error="The dashboard cannot check passwords "
                            "right now: its log says why.")
     if not right:
         dash.limiter.failed()
-        log.warning("login from %s refused: wrong password", client)
+        log.warning("login from %s refused: wrong password", who)
         return _login_form(request, status=401, error="Wrong password.")
-    dash.limiter.succeeded(client)
-    log.info("login from %s", client)
+    dash.limiter.succeeded(client, browser)
+    log.info("login from %s", who)
     response = _see_other(_next_page(str(form.get("next", "/"))))
     response.set_cookie(SESSION_COOKIE, dash.sessions.create(dash.password.generation),
                         secure=True, httponly=True, samesite="Strict", path="/")
+    known = dash.browsers.issue(browser)  # this browser's, for its next logins
+    if known is not None:
+        response.set_cookie(BROWSER_COOKIE, known, max_age=dash.browsers.lifetime,
+                            secure=True, httponly=True, samesite="Strict", path="/")
     response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
     return response
 

@@ -74,11 +74,11 @@ def parse(text: str) -> Certificates:
 
 
 class Inventory:
-    """The inventory file, re-read when its size or mtime changes."""
+    """The inventory file, re-read when its inode, size, mtime or ctime changes."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._key: tuple[int, int, int] | None = None
+        self._key: tuple[int, ...] | None = None
         self._facts = Certificates()
         self._problem: str | None = None
 
@@ -90,7 +90,7 @@ class Inventory:
         except OSError as exc:
             self._report(exc.strerror or str(exc), None)
             return self._facts
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if key != self._key:
             try:
                 self._facts = parse(self.path.read_text(encoding="utf-8"))
@@ -99,7 +99,7 @@ class Inventory:
                 self._report(str(getattr(exc, "strerror", None) or exc), key)
         return self._facts
 
-    def _report(self, problem: str | None, key: tuple[int, int, int] | None) -> None:
+    def _report(self, problem: str | None, key: tuple[int, ...] | None) -> None:
         self._key = key
         if problem is None:
             self._problem = None

@@ -13,19 +13,28 @@ import ssl
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
-from dashboard.auth import SESSION_COOKIE, LoginLimiter, Password, Sessions
+from dashboard.auth import (
+    BROWSER_COOKIE,
+    BROWSER_LIFETIME,
+    SESSION_COOKIE,
+    KnownBrowsers,
+    LoginLimiter,
+    Password,
+    Sessions,
+)
 from dashboard.inventory import Inventory
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
-from tests.helpers import ROOT, clean_env, free_port, homewatch_cli, python_m
+from tests.helpers import ROOT, clean_env, free_port, gen_certs, homewatch_cli, python_m
 from tests.history_sample import Sample
 from tests.web import DashboardProcess, Response, WebClient
 
@@ -46,7 +55,8 @@ def app_routes(history: Path) -> list[tuple[str, str]]:
     """Every (method, path) the application's router serves, each static file included."""
     dash = Dashboard(history=History(lambda: open_reader(history)),
                      password=Password(history), sessions=Sessions(idle=1),
-                     limiter=LoginLimiter(), inventory=Inventory(None))
+                     limiter=LoginLimiter(), browsers=KnownBrowsers(lambda: None),
+                     inventory=Inventory(None))
     try:
         routes = []
         for route in make_app(dash).router.routes():
@@ -120,6 +130,20 @@ def test_wrong_password_is_refused_and_never_logged(dashboard: DashboardProcess)
     log = dashboard.log()
     assert "login from 127.0.0.1 refused: wrong password" in log
     assert wrong not in log and dashboard.password not in log
+
+
+def test_a_path_with_a_line_break_cannot_forge_a_log_line(
+        dashboard: DashboardProcess, user: WebClient) -> None:
+    """A path with an encoded line break (/%0aFAKE%20line) cannot start a log line."""
+    anonymous = dashboard.client()
+    for client, method in ((anonymous, "GET"), (anonymous, "POST"), (user, "GET"),
+                           (user, "POST")):
+        form = {"csrf": "x"} if method == "POST" else None
+        assert client.request(method, "/%0aFAKE%20line", form=form).status in (401, 403,
+                                                                                404)
+    lines = dashboard.log().splitlines()
+    assert not [line for line in lines if line.startswith("FAKE")]
+    assert any("/%0aFAKE%20line" in line and "refused" in line for line in lines)
 
 
 def test_session_cookie_is_secure_httponly_strict_and_ends_at_logout(
@@ -511,6 +535,78 @@ def test_login_attempts_are_rate_limited_per_address_and_overall(
     assert "wrong-password" not in log and d.password not in log
 
 
+def test_a_browser_that_logged_in_before_is_not_locked_out_by_others(
+        own_dashboard: DashboardProcess) -> None:
+    """Once others' failures refuse every address, a browser that logged in before still may."""
+    d = own_dashboard
+    home = d.client(source="127.0.0.9")
+    r = home.login(d.password)
+    assert r.status == 303
+    line = r.cookie(BROWSER_COOKIE)
+    assert line is not None
+    flags = {f.strip().lower() for f in line.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict", "path=/",
+            f"max-age={BROWSER_LIFETIME}"} <= flags
+    cookie = home.cookies[BROWSER_COOKIE]
+    hash_line = (d.directory / "password.hash").read_text().strip()
+    browser = KnownBrowsers(lambda: hash_line).verify(cookie)  # signed as the test expects
+    assert browser is not None and d.password not in cookie
+    home.logout()
+    for n in (1, 2, 3, 9):  # 20 failures: everyone's budget and 127.0.0.9's own are spent
+        attacker = d.client(source=f"127.0.0.{n}")
+        for _ in range(5):
+            assert attacker.login("wrong-password-3").status == 401
+    assert d.client(source="127.0.0.9").login(d.password).status == 429
+    assert d.client(source="127.0.0.5").login(d.password).status == 429
+    assert home.login(d.password).status == 303  # the household's browser: let in
+    assert KnownBrowsers(lambda: hash_line).verify(home.cookies[BROWSER_COOKIE]) == browser
+    _, expires, mac = cookie.split(".")
+    past = time.time() - BROWSER_LIFETIME - 60
+    for bad in (f"{browser}.{int(expires) + 86400}.{mac}",  # a later expiry, forged
+                KnownBrowsers(lambda: hash_line, clock=lambda: past).issue(),  # expired
+                KnownBrowsers(lambda: "another password's hash").issue(),  # foreign key
+                "x" * 43, f"{browser}.{expires}.{'A' * 43}"):
+        stranger = d.client(source="127.0.0.5")
+        stranger.cookies[BROWSER_COOKIE] = str(bad)
+        assert stranger.login(d.password).status == 429, bad
+    home.logout()
+    for _ in range(5):  # its own failures still count, in a bucket of its own
+        assert home.login("wrong-password-4").status == 401
+    assert home.login(d.password).status == 429
+    log = d.log()
+    assert "wrong-password" not in log and d.password not in log and cookie not in log
+
+
+def test_the_per_address_table_is_a_bounded_lru_that_keeps_a_refused_address() -> None:
+    """At most max_clients addresses are kept; churn below that keeps a refused one refused."""
+    now = [0.0]
+    limiter = LoginLimiter(overall=10**9, max_clients=1000, clock=lambda: now[0])
+    for _ in range(5):
+        assert limiter.attempt("192.0.2.1") == 0
+    assert limiter.attempt("192.0.2.1") > 0
+    for n in range(998):  # 999 addresses known: below the cap
+        assert limiter.attempt(f"fd00::{n:x}") == 0
+    assert len(limiter.clients) == 999
+    assert limiter.attempt("192.0.2.1") > 0  # still refused (and now the most recent)
+    for n in range(999):
+        limiter.attempt(f"fd01::{n:x}")
+    assert len(limiter.clients) == 1000
+    assert limiter.attempt("192.0.2.1") > 0  # the least recently used went first
+    for n in range(50_000):  # rotating addresses: the table stays at its cap
+        limiter.attempt(f"fd02::{n:x}")
+    assert len(limiter.clients) == 1000
+
+
+def test_attempts_refused_by_the_overall_limit_take_no_room_in_the_address_table() -> None:
+    """New addresses refused by the overall limit are not remembered: churn costs tokens."""
+    limiter = LoginLimiter(overall=3, max_clients=10, clock=lambda: 0.0)
+    for n in range(3):
+        assert limiter.attempt(f"192.0.2.{n}") == 0
+    for n in range(1000):
+        assert limiter.attempt(f"fd00::{n:x}") > 0
+    assert len(limiter.clients) == 3
+
+
 def test_a_new_password_ends_every_session_without_restart(
         own_dashboard: DashboardProcess) -> None:
     """`homewatch dashboard password` (what `make dashboard-password` runs) while the
@@ -543,6 +639,24 @@ def test_a_damaged_password_hash_lets_nobody_in_and_says_why(
     assert "password.hash is damaged" in d.log() and "make dashboard-password" in d.log()
 
 
+def test_a_password_hash_fixed_in_place_with_its_mtime_kept_is_seen(
+        own_dashboard: DashboardProcess) -> None:
+    """A hash rewritten in place, inode, size and mtime kept, is seen: damaged, then fixed."""
+    d = own_dashboard
+    path = d.directory / "password.hash"
+    good = path.read_bytes()
+    before = path.stat()
+    for content in (good.replace(b"scrypt$", b"xcrypt$", 1), good):  # damaged, repaired
+        with open(path, "r+b") as f:
+            f.write(content)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = path.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+            before.st_ino, before.st_size, before.st_mtime_ns)
+        expected = 303 if content == good else 503
+        assert d.client().login(d.password).status == expected
+
+
 def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
         own_dashboard: DashboardProcess) -> None:
     """A history file damaged under the running dashboard: pages and API answer 503 with
@@ -564,6 +678,76 @@ def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
     own_dashboard.history.write_bytes(intact)
     assert user.get("/api/now").json()["pis"]
     assert "the history database can be read again" in own_dashboard.log()
+
+
+def _served_serial(d: DashboardProcess) -> int:
+    """The serial number of the certificate a new connection gets."""
+    context = ssl.create_default_context(cafile=str(d.ca))
+    with (socket.create_connection((d.bind, d.port), timeout=5) as s,
+          context.wrap_socket(s, server_hostname=d.bind) as tls):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _serial(certificate: Path) -> int:
+    return x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _renewed(dashboard_certs: Path, tmp_path: Path) -> tuple[bytes, bytes]:
+    """A new dashboard certificate and key (PEM) from the same dashboard CA."""
+    renewed = tmp_path / "renewed"
+    shutil.copytree(dashboard_certs, renewed)
+    gen_certs(renewed, "--renew-server")
+    return ((renewed / "dashboard" / "server.crt").read_bytes(),
+            (renewed / "dashboard" / "server.key").read_bytes())
+
+
+def test_a_certificate_that_does_not_fit_its_key_leaves_the_previous_one_served(
+        own_dashboard: DashboardProcess, dashboard_certs: Path, tmp_path: Path) -> None:
+    """A new certificate met with the old key fails to load: the old one is still served."""
+    d = own_dashboard
+    cert, key = d.directory / "server.crt", d.directory / "server.key"
+    old = _serial(cert)
+    assert _served_serial(d) == old
+    new_cert, new_key = _renewed(dashboard_certs, tmp_path)
+    cert.write_bytes(new_cert)  # the renewal's first half: the old key does not fit it
+    assert _serial(cert) != old
+    assert _eventually(lambda: "still serving the previous certificate" in d.log()), d.log()
+    assert _served_serial(d) == old
+    key.write_bytes(new_key)
+    assert _eventually(lambda: _served_serial(d) == _serial(cert)), d.log()
+    assert "reloaded" in d.log()
+
+
+def test_a_failed_certificate_load_is_retried_and_a_key_fixed_in_place_is_seen(
+        own_dashboard: DashboardProcess, dashboard_certs: Path, tmp_path: Path) -> None:
+    """After a failed load, a key written in place with its inode, size and mtime kept is served."""
+    d = own_dashboard
+    cert, key = d.directory / "server.crt", d.directory / "server.key"
+    old = _serial(cert)
+    new_cert, new_key = _renewed(dashboard_certs, tmp_path)
+    cert.write_bytes(new_cert)
+    assert _eventually(lambda: "still serving the previous certificate" in d.log()), d.log()
+    before = key.stat()
+    with open(key, "r+b") as f:  # as a restore from a backup or `cp --preserve` may
+        f.write(new_key)
+        f.truncate()
+    os.utime(key, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = key.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    assert _eventually(lambda: _served_serial(d) == _serial(cert) != old), d.log()
+    assert d.log().count("still serving the previous certificate") == 1
 
 
 # -- start-up errors ---------------------------------------------------------------------

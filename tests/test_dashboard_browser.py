@@ -7,6 +7,7 @@ page go to tests/artifacts/."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import Browser, expect
 
+from dashboard.auth import BROWSER_COOKIE, BROWSER_LIFETIME, SESSION_COOKIE
 from homewatch.history import RANGES
 from tests import history_sample as hs
 from tests.browser import PHONE, Visit, chromium, visit
@@ -164,6 +166,23 @@ def test_on_a_phone_every_page_fits_and_charts_answer_a_tap(
         assert box is not None and box["width"] <= PHONE["width"]
         v.page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         expect(chart.locator(".tip")).to_contain_text("°C")
+        v.assert_clean()
+
+
+def test_chromium_keeps_the_known_browser_cookie_across_logout(
+        browser: Browser, dashboard: DashboardProcess) -> None:
+    """Chromium stores the __Host- known-browser cookie (Secure, HttpOnly, Strict, 90 days)."""
+    with visit(browser, dashboard.base) as v:
+        v.login(dashboard.password)
+        with v.page.expect_navigation():
+            v.page.click(".logout button")
+        kept = [c for c in v.page.context.cookies() if c["name"] == BROWSER_COOKIE]
+        assert len(kept) == 1, v.page.context.cookies()
+        cookie = kept[0]
+        assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert cookie["path"] == "/" and cookie["domain"] == dashboard.bind
+        assert cookie["expires"] == pytest.approx(time.time() + BROWSER_LIFETIME, abs=120)
+        assert SESSION_COOKIE not in {c["name"] for c in v.page.context.cookies()}
         v.assert_clean()
 
 
