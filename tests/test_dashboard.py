@@ -736,7 +736,8 @@ def test_a_failed_certificate_load_is_retried_and_a_key_fixed_in_place_is_seen(
     cert, key = d.directory / "server.crt", d.directory / "server.key"
     old = _serial(cert)
     new_cert, new_key = _renewed(dashboard_certs, tmp_path)
-    cert.write_bytes(new_cert)
+    (d.directory / "server.crt.new").write_bytes(new_cert)  # whole at once: one failure
+    os.replace(d.directory / "server.crt.new", cert)
     assert _eventually(lambda: "still serving the previous certificate" in d.log()), d.log()
     before = key.stat()
     with open(key, "r+b") as f:  # as a restore from a backup or `cp --preserve` may
