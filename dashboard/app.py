@@ -238,6 +238,18 @@ async def require_login(request: web.Request,
 
 
 @web.middleware
+async def server_timing(request: web.Request,
+                        handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """``Server-Timing: app;dur=<ms>`` on what a logged-in user asked for: the time the
+    dashboard spent on it (history reads, JSON or page), without TLS and the network
+    (``make bench-history`` reads it; browsers show it in their developer tools)."""
+    began = time.perf_counter()
+    response: web.StreamResponse = await handler(request)
+    response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - began):.2f}"
+    return response
+
+
+@web.middleware
 async def history_unavailable(request: web.Request,
                               handler: Callable[[web.Request], Any]) -> web.StreamResponse:
     """A history that cannot be read is a 503 saying why, not a crash or a traceback."""
@@ -441,7 +453,7 @@ async def metrics_text(request: web.Request) -> web.StreamResponse:
 # -- the application -------------------------------------------------------------------
 
 def make_app(dash: Dashboard) -> web.Application:
-    app = web.Application(middlewares=[require_login, history_unavailable],
+    app = web.Application(middlewares=[require_login, history_unavailable, server_timing],
                           client_max_size=MAX_BODY)
     app[DASHBOARD] = dash
     app[TEMPLATE_ENV] = templates()
