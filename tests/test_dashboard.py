@@ -827,3 +827,12 @@ def test_settings_come_from_defaults_env_and_cli_and_hold_no_secret(
                        env=clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("dashboard: error: --port:")
 
+
+
+def test_server_timing_is_said_to_a_logged_in_user_only(dashboard: DashboardProcess,
+                                                        user: WebClient) -> None:
+    """A logged-in request carries `Server-Timing: app;dur=<ms>` (what the bench reads);
+    an anonymous one does not (it learns nothing about the server's work)."""
+    timing = user.get("/api/now").headers["Server-Timing"]
+    assert re.fullmatch(r"app;dur=[0-9]+\.[0-9]{2}", timing), timing
+    assert "Server-Timing" not in dashboard.client().get("/api/now").headers
