@@ -45,8 +45,8 @@ up: ## build, start the stack (its init service makes certificates/identities if
 down: ## stop and remove the stack's containers and network (data volumes are kept)
 	$(COMPOSE) down --remove-orphans
 
-purge: ## remove the stack AND its data volumes (broker queue, subscriber state): FORCE=1
-	@if [ "$(FORCE)" != 1 ]; then echo "make purge deletes the broker's and the subscriber's data volumes; run: make purge FORCE=1" >&2; exit 2; fi
+purge: ## remove the stack AND its data volumes (broker queue, subscriber and publisher state, the history): FORCE=1
+	@if [ "$(FORCE)" != 1 ]; then echo "make purge deletes the data volumes: the broker's queue, the subscriber's and the demo publisher's state, and the whole history; run: make purge FORCE=1" >&2; exit 2; fi
 	$(COMPOSE) down --remove-orphans --volumes
 
 logs: ## follow the subscriber's readings and the broker's log

@@ -56,7 +56,8 @@ OPTIONS: tuple[Option, ...] = (
            "<state-dir>/history.db)", convert=config.path, metavar="FILE"),
     Option("no-history", "keep no history (the console lines only)", default=False,
            flag=True),
-    Option("history-retention", "keep each raw reading this many days (rollups: as long)",
+    Option("history-retention", "keep each raw reading (and its 5-minute rollup) this many "
+           "days; hourly and daily rollups are kept for good",
            default=DEFAULT_RETENTION_DAYS, convert=config.positive_float, metavar="DAYS"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),

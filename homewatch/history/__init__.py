@@ -31,7 +31,7 @@ from typing import Literal, Protocol
 Simulated = Literal["simulated", "demo"] | None
 RANGES: Mapping[str, float] = {"24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0,
                                "1y": 365 * 86400.0}
-DEFAULT_RETENTION_DAYS = 400  # raw points; rollups are kept as long (at least a year)
+DEFAULT_RETENTION_DAYS = 400  # raw points and 5-minute rollups; hourly, daily: for good
 
 
 @dataclass(frozen=True, kw_only=True)
