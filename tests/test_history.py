@@ -303,6 +303,42 @@ def test_presence_from_a_late_pi_is_fused_into_the_past(writer: SqliteHistory, d
     assert got == expected_presence(everything)
 
 
+def test_a_reader_kept_open_gives_what_a_new_one_gives(writer: SqliteHistory,
+                                                       db: Path) -> None:
+    """The reader keeps each person's timeline between calls and extends it: after new
+    reports, a late report (before the last it took in), a Pi going offline and a new
+    Pi, a reader kept open answers exactly as a new reader does."""
+    rng = random.Random(11)
+    kept = open_reader(db)
+
+    def same() -> None:
+        with open_reader(db) as fresh:
+            for lo, hi in ((0, 2 * T0), (T0 + 600, T0 + 3000), (T0 + 2000, T0 + 2100)):
+                assert kept.presence(lo, hi) == fresh.presence(lo, hi)
+
+    try:
+        for i in range(50):
+            writer.presence("pi-a", T0 + 60 * i, [Sighting(
+                name="Bo", state="home" if rng.random() < 0.5 else "away")])
+        writer.commit()
+        same()
+        for i in range(50, 60):  # more, after what the kept reader took in
+            writer.presence("pi-a", T0 + 60 * i, [Sighting(name="Bo", state="home")])
+        writer.commit()
+        same()
+        writer.presence("pi-b", T0 + 60 * 20 + 1, [Sighting(name="Bo", state="home")])
+        writer.commit()  # a new Pi, late: before the last change taken in
+        same()
+        writer.presence("pi-b", T0 + 60 * 30 + 1, [Sighting(name="Bo", state="away")])
+        writer.commit()  # late again, from a Pi the timeline knows
+        same()
+        writer.availability("pi-a", T0 + 60 * 61, False)
+        writer.commit()
+        same()
+    finally:
+        kept.close()
+
+
 def test_a_person_a_pi_no_longer_lists_is_away_there(writer: SqliteHistory, db: Path) -> None:
     """A full report without a person (taken off that Pi's known devices) ends their home
     state on that Pi."""

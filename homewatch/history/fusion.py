@@ -138,27 +138,33 @@ def timeline(start: float, views: Views, events: Iterable[Event]) -> list[Span]:
     after it. Neighbours in the same state are merged (their Pis and marks joined);
     at one moment, status changes count before reports."""
     out: list[Span] = []
+    _add(out, views, start)
+    extend(out, views, events)
+    return out
 
-    def add(ts: float) -> None:
-        span = views.fused()
-        if span is None:
-            return
-        span.ts = ts
-        if out and out[-1].state == span.state:
-            last = out[-1]
-            last.seen_by |= span.seen_by
-            last.unconfirmed_by |= span.unconfirmed_by
-            last.sim = max(last.sim, span.sim)
-        else:
-            out.append(span)
 
-    add(start)
+def extend(out: list[Span], views: Views, events: Iterable[Event]) -> None:
+    """Continue the spans ``out`` with ``events`` (all after the last one fed to
+    ``views``), feeding them to ``views``."""
     ordered = sorted(events, key=lambda e: (e.ts, e.kind == "report", e.device))
     for ts, group in itertools.groupby(ordered, key=lambda e: e.ts):
         for event in group:
             views.feed(event)
-        add(ts)
-    return out
+        _add(out, views, ts)
+
+
+def _add(out: list[Span], views: Views, ts: float) -> None:
+    span = views.fused()
+    if span is None:
+        return
+    span.ts = ts
+    if out and out[-1].state == span.state:
+        last = out[-1]
+        last.seen_by |= span.seen_by
+        last.unconfirmed_by |= span.unconfirmed_by
+        last.sim = max(last.sim, span.sim)
+    else:
+        out.append(span)
 
 
 def encode_ids(ids: Iterable[int]) -> str:

@@ -8,11 +8,13 @@ waits for) only while it runs.
 
 from __future__ import annotations
 
+import bisect
 import math
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from homewatch.history import (
     PresenceState,
     schema,
 )
-from homewatch.history.fusion import Event, PiView, Views, timeline
+from homewatch.history.fusion import Event, PiView, Span, Views, extend, timeline
 
 
 class SqliteHistoryReader:
@@ -38,6 +40,7 @@ class SqliteHistoryReader:
         self.path = Path(path)
         self._db = schema.open_reader(self.path, busy_timeout=busy_timeout)
         self._lock = threading.Lock()
+        self._timelines: dict[int, _Timeline] = {}  # person id -> spans so far
 
     def __enter__(self) -> SqliteHistoryReader:
         return self
@@ -107,9 +110,30 @@ class SqliteHistoryReader:
         ``end`` is None for a stretch that lasts (nothing recorded after it)."""
         with self._read() as db:
             names = _names(db, "device")
-            return {name: _intervals(db, person, start, end, names)
+            return {name: _intervals(db, person, self._spans(db, person), start, end, names)
                     for person, name in db.execute(
                         "SELECT id, name FROM person ORDER BY name").fetchall()}
+
+    def _spans(self, db: sqlite3.Connection, person: int) -> list[Span]:
+        """The person's whole timeline, kept between calls and extended with what was
+        recorded since (a dashboard asks for the same timelines again and again; a year
+        is tens of thousands of changes). Worked out again from the start when something
+        was recorded at or before the last change it took in (a late report), or a new
+        Pi reports the person."""
+        pis = tuple(_pis_of(db, person))
+        cached = self._timelines.get(person)
+        if cached is not None and cached.pis == pis and \
+                _changes_until(db, person, cached.upto) == cached.seen:
+            new = _events(db, person, cached.upto, math.inf)
+        else:
+            cached = self._timelines[person] = _Timeline(
+                [], Views({dev: PiView() for dev in pis}), -math.inf, 0, pis)
+            new = _events(db, person, -math.inf, math.inf)
+        if new:
+            extend(cached.spans, cached.views, new)
+            cached.upto = max(e.ts for e in new)
+            cached.seen += len(new)
+        return cached.spans
 
     def devices(self) -> list[DeviceReport]:
         with self._read() as db:
@@ -254,21 +278,49 @@ def _events(db: sqlite3.Connection, person: int, start: float, end: float) -> li
     return events
 
 
-def _intervals(db: sqlite3.Connection, person: int, start: float, end: float,
-               names: Mapping[int, str]) -> list[Interval]:
+def _changes_until(db: sqlite3.Connection, person: int, upto: float) -> int:
+    """How many of the person's reports and their Pis' status changes are at or before
+    ``upto``."""
+    row = db.execute(
+        "SELECT (SELECT count(*) FROM presence_change WHERE person_id = ?1 AND ts <= ?2) + "
+        "(SELECT count(*) FROM availability_change WHERE device_id IN (SELECT device_id "
+        "FROM presence_state WHERE person_id = ?1) AND ts <= ?2)", (person, upto)).fetchone()
+    return int(row[0])
+
+
+@dataclass
+class _Timeline:
+    """A person's spans from the start of the history up to ``upto``, the Pis' views
+    after it, and how many changes went into it."""
+
+    spans: list[Span]
+    views: Views
+    upto: float
+    seen: int
+    pis: tuple[int, ...]
+
+
+def _intervals(db: sqlite3.Connection, person: int, spans: list[Span], start: float,
+               end: float, names: Mapping[int, str]) -> list[Interval]:
     """A person's spans over [start, end) (see :mod:`homewatch.history.fusion`): the one
-    in force at ``start`` and those that begin in the range; the last one's end is None
-    when nothing is recorded after it."""
-    spans = timeline(start, _views_at(db, person, start), _events(db, person, start, end))
+    in force at ``start`` (from ``start``) and those that begin in the range; the last
+    one's end is None when nothing is recorded after it."""
+    first = max(bisect.bisect_right([s.ts for s in spans], start) - 1, 0)
+    chosen = [s for s in spans[first:] if s.ts < end]
     after = db.execute(
         "SELECT 1 FROM presence_change WHERE person_id = ?1 AND ts >= ?2 UNION ALL "
         "SELECT 1 FROM availability_change WHERE device_id IN (SELECT device_id FROM "
         "presence_state WHERE person_id = ?1) AND ts >= ?2 LIMIT 1",
         (person, end)).fetchone()
     out = []
-    for i, span in enumerate(spans):
-        stop = spans[i + 1].ts if i + 1 < len(spans) else (None if after is None else end)
-        out.append(Interval(start=span.ts, end=stop, state=span.state,
+    for i, span in enumerate(chosen):
+        if i + 1 < len(chosen):
+            stop: float | None = chosen[i + 1].ts
+        elif first + i + 1 < len(spans):
+            stop = spans[first + i + 1].ts if spans[first + i + 1].ts < end else end
+        else:
+            stop = None if after is None else end
+        out.append(Interval(start=max(span.ts, start), end=stop, state=span.state,
                             seen_by=tuple(sorted(names[d] for d in span.seen_by)),
                             unconfirmed_by=tuple(sorted(names[d] for d in span.unconfirmed_by)),
                             simulated=schema.SIM_NAMES[span.sim]))
