@@ -26,6 +26,7 @@ from homewatch.errors import ScannerError
 from publisher.presence import BleakScan, Known, PresenceTracker, ah, resolves
 from tests.bluez import MockBlueZ
 from tests.helpers import Broker, clean_env, python_m, running
+from tests.test_end_to_end import wait_subscribed
 
 pytestmark = pytest.mark.ble
 
@@ -329,7 +330,9 @@ def test_publisher_reports_scanner_health_and_hashes_strangers_only_when_asked(
         return lambda r: r["kind"] == k and all(r["data"].get(f) == v for f, v in data.items())
 
     with (advertising(bluez, PHONE, STRANGER), running(sub_cmd, cwd=workdir) as sub,
-          running(pub_cmd, cwd=workdir, env=env)):
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)  # its session exists before the first reading is sent
+        stack.enter_context(running(pub_cmd, cwd=workdir, env=env))
         readings = Readings(sub)
         readings.wait_for("scanner ok", kind("scanner", state="ok", scanner="bleak"))
         home = readings.wait_for("Franks Phone home", lambda r: r["kind"] == "devices"
@@ -369,6 +372,7 @@ def test_by_default_strangers_never_leave_the_pi(bluez: MockBlueZ, broker: Broke
     state = workdir / "pub-state"
     sub_cmd, pub_cmd = clients(broker, workdir, known, state, "--count", "4")
     with advertising(bluez, PHONE, STRANGER), running(sub_cmd, cwd=workdir) as sub:
+        wait_subscribed(sub)  # its session exists before the first reading is sent
         readings = Readings(sub)
         pub = subprocess.run(pub_cmd, cwd=workdir, capture_output=True, text=True,
                              timeout=60, env=clean_env({"DBUS_SYSTEM_BUS_ADDRESS":
