@@ -72,7 +72,8 @@ offline-images: ## build the broker and Python base images and a wheelhouse with
 broker-cert: ## reissue the broker and dashboard certificates for more names; both reload them: make broker-cert SAN="homeserver.lan 192.168.1.10"
 	@if [ -z "$(SAN)" ]; then echo 'usage: make broker-cert SAN="homeserver.lan 192.168.1.10"' >&2; exit 2; fi
 	scripts/admin.sh gen-certs --renew-server $(foreach s,$(SAN),--san $(s))
-	$(COMPOSE) kill -s SIGHUP broker
+	@$(COMPOSE) kill -s SIGHUP broker >/dev/null 2>&1 && echo "broker: reloaded with the new certificate (SIGHUP: it keeps running, nobody is disconnected)"
+	@echo "dashboard: serves the new certificate within 5 s by itself"
 	scripts/admin.sh homewatch dashboard inventory
 
 dashboard-password: ## a new random dashboard password in certs/dashboard/password (every session ends)

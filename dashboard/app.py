@@ -328,6 +328,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _login_form(request, status=429, headers={"Retry-After": str(seconds)},
                            error=f"Too many failed attempts. Try again in {seconds} s.")
     password = form.get("password")
+    if isinstance(password, str):  # a line end pasted or sent along (`password@FILE`),
+        password = password.rstrip("\r\n")  # as stored passwords never end in one
     try:
         right = (isinstance(password, str) and len(password) <= MAX_PASSWORD
                  and await dash.password.check(password))

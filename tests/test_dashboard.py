@@ -836,3 +836,26 @@ def test_server_timing_is_said_to_a_logged_in_user_only(dashboard: DashboardProc
     timing = user.get("/api/now").headers["Server-Timing"]
     assert re.fullmatch(r"app;dur=[0-9]+\.[0-9]{2}", timing), timing
     assert "Server-Timing" not in dashboard.client().get("/api/now").headers
+
+
+def test_a_password_sent_with_its_files_line_end_logs_in(dashboard: DashboardProcess) -> None:
+    """The password as `curl --data-urlencode password@certs/dashboard/password` sends it
+    (with the file's line end) logs in: stored passwords never end in one (only line ends
+    are dropped: homewatch.dashboard_access strips the same when it stores one)."""
+    client = dashboard.client()
+    assert client.login(dashboard.password + "\n").status == 303
+    assert client.get("/api/now").status == 200
+
+
+def test_the_readmes_curl_login_works(dashboard: DashboardProcess, dashboard_certs: Path,
+                                      tmp_path: Path) -> None:
+    """The README's curl lines (login form, post, API) give /api/now's JSON."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("keep\nthe session cookie", 1)[1].split("```sh\n", 1)[1]
+    block = block.split("```", 1)[0]
+    (tmp_path / "certs").symlink_to(dashboard_certs)
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60,
+                       env=clean_env({"CA": "certs/dashboard-ca.crt", "URL": dashboard.base}))
+    assert r.returncode == 0, r.stderr
+    assert {"at", "people", "pis"} <= set(json.loads(r.stdout))

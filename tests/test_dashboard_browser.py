@@ -6,6 +6,7 @@ page go to tests/artifacts/."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -107,6 +108,9 @@ def test_history_draws_every_chart_with_real_data(logged_in: Visit,
     assert max(len(re.findall(r"[ML]", d)) for d in means) > 40, means
     assert chart.locator("path.band").count() >= 1
     expect(chart.locator(".grid text").first).to_contain_text("°C")
+    for figure in page.locator("figure.temperature").all():  # evenly spaced lines read
+        values = [float(t.split()[0]) for t in figure.locator(".grid text").all_text_contents()]
+        assert len({round(abs(b - a), 6) for a, b in itertools.pairwise(values)}) == 1, values
     assert chart.locator(".axis text").count() >= 3
     demo = page.locator("figure.temperature", has=page.get_by_text(hs.DEMO_PI, exact=True))
     expect(demo.locator("text.sim-mark")).to_have_text("DEMO DATA (invented)")

@@ -154,7 +154,12 @@
     const first = Math.floor(lo / step) * step, last = Math.ceil(hi / step) * step;
     const ticks = [];
     for (let v = first; v <= last + step / 2; v += step) ticks.push(Math.round(v * 100) / 100);
-    return { lo: first, hi: last, ticks: ticks, digits: step < 1 ? 1 : 0 };
+    // as many decimals as the step has (0.25 °C apart: 20.25, not a rounded 20.3)
+    const digits = [0, 1, 2, 3].find(function (d) {
+      const scaled = step * Math.pow(10, d);
+      return Math.abs(Math.round(scaled) - scaled) < 1e-6;
+    });
+    return { lo: first, hi: last, ticks: ticks, digits: digits === undefined ? 2 : digits };
   }
 
   function segments(buckets) {

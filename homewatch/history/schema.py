@@ -107,6 +107,8 @@ def _hint(exc: sqlite3.Error) -> str:
         return "; the file or its directory is read-only"
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return "; it stayed locked longer than the busy timeout (a second subscriber?)"
+    if name.startswith("SQLITE_IOERR"):
+        return "; a write to the disk failed (is it full, or failing?)"
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return "; the file is damaged: move it away to start a new history"
     return ""
