@@ -309,17 +309,21 @@ class BleakScan:
 
 
 class SimulatedScan:
-    """Sees each known device most of the time, plus a stranger or two (never published)."""
+    """Sees every known device on its first scan (a demo starts with everyone home) and
+    each of them most of the time after that, plus a stranger or two (never published)."""
 
     name = "simulated"
 
     def __init__(self, known: Mapping[str, str], rng: random.Random | None = None) -> None:
         self._known = list(known)
         self._rng = rng or random.Random()  # noqa: S311 - not security relevant
+        self._first = True
 
     async def scan(self) -> dict[str, int | None]:
+        odds = 1.0 if self._first else 0.8
+        self._first = False
         seen: dict[str, int | None] = {
-            mac: self._rng.randint(-90, -40) for mac in self._known if self._rng.random() < 0.8
+            mac: self._rng.randint(-90, -40) for mac in self._known if self._rng.random() < odds
         }
         for _ in range(self._rng.randint(0, 2)):
             mac = ":".join(f"{self._rng.randint(0, 255):02X}" for _ in range(6))
