@@ -28,6 +28,7 @@ from homewatch.envelope import STATUS_KIND, Opener, ReplayGuard
 from homewatch.errors import EnvelopeError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.secrets import ensure_private_dir, write_private_file
+from subscriber.rooms import Rooms, room_of_reading
 from subscriber.sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,11 @@ class Subscriber:
 
     def __init__(self, opener: Opener, sinks: Sequence[Sink], *,
                  state: ReplayState | None = None,
-                 ack: Callable[[int, int], None] | None = None) -> None:
+                 ack: Callable[[int, int], None] | None = None,
+                 rooms: Rooms | None = None) -> None:
         self.opener = opener
         self.sinks = tuple(sinks)
+        self.rooms = rooms if rooms is not None else Rooms()
         self.state = state
         self.ack = ack
         self.accepted = 0
@@ -223,8 +226,15 @@ class Subscriber:
         if topic.endswith("/" + STATUS_KIND):
             return self._show_status(topic, payload)
         reading = self.opener.open(topic, payload)
+        self.rooms.set_room(reading.device, room_of_reading(reading.data))
         for sink in self.sinks:
             sink.reading(reading)
+        if reading.kind == "devices" and isinstance(reading.data, list):
+            at = reading.taken_at if reading.taken_at is not None else float(reading.sent_at)
+            entries = [e for e in reading.data if isinstance(e, dict)]
+            for person in self.rooms.report(reading.device, at, entries, reading.simulated):
+                for sink in self.sinks:
+                    sink.person(person)
         if self.state is not None:
             self.state.record(reading.device, reading.seq, reading.sent_at)
         self.accepted += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from homewatch.envelope import Reading
+from subscriber.rooms import Person
 
 
 class Sink(Protocol):
@@ -28,6 +29,10 @@ class Sink(Protocol):
 
     def rejected(self, topic: str, device: str | None, reason: str) -> None:
         """A rejected message; ``device`` is None unless the topic names a known one."""
+
+    def person(self, person: Person) -> None:
+        """A person's fused state changed (arrived, left, moved to another room): see
+        :mod:`subscriber.rooms`. Called after ``reading()`` of the report that did it."""
 
     def flush(self) -> None:
         """Make what was handed over durable; raises StorageError when it cannot."""

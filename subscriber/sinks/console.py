@@ -11,6 +11,7 @@ from typing import TextIO
 
 from homewatch.envelope import STATUS_KIND, Reading
 from homewatch.errors import StorageError
+from subscriber.rooms import Person
 
 
 def _duration(seconds: float) -> str:
@@ -65,6 +66,9 @@ class ConsoleSink:
 
     def rejected(self, topic: str, device: str | None, reason: str) -> None:
         """Rejections go to the log (rate-limited there), not to the readings' stream."""
+
+    def person(self, person: Person) -> None:
+        """The fused state is for the sinks that act on it; the console shows reports."""
 
     def flush(self) -> None:
         self._write(self.out.flush)

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from homewatch.envelope import Reading
 from homewatch.history import HistoryWriter, Sighting, Simulated
+from subscriber.rooms import Person
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,10 @@ class HistorySink:
 
     def rejected(self, topic: str, device: str | None, reason: str) -> None:
         self.writer.rejected(device, reason, self.clock())
+
+    def person(self, person: Person) -> None:
+        """The history fuses people from the stored reports itself (see
+        :mod:`homewatch.history.fusion`)."""
 
     def flush(self) -> None:
         self._check_keys()
