@@ -10,6 +10,7 @@ wait fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from tests.helpers import free_port, stop_process
 
@@ -310,6 +313,42 @@ class HomeAssistant:
                 raise AssertionError(f"Home Assistant exited ({self.proc.returncode}) while "
                                      f"waiting: {message}\n{self.log_tail()}")
             time.sleep(0.25)
+
+    # -- registries (WebSocket API: REST has none) -----------------------------------
+
+    def websocket(self, *commands: dict[str, Any]) -> list[Any]:
+        """Run WebSocket API commands (e.g. ``{"type": "config/entity_registry/list"}``)
+        one after another on one authenticated connection; their results."""
+        async def run() -> list[Any]:
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(self.url + "/api/websocket") as ws:
+                await ws.receive_json()  # auth_required
+                await ws.send_json({"type": "auth", "access_token": self._access_token()})
+                if (answer := await ws.receive_json())["type"] != "auth_ok":
+                    raise HomeAssistantError(f"WebSocket authentication failed: {answer}")
+                results = []
+                for number, command in enumerate(commands, 1):
+                    await ws.send_json({"id": number, **command})
+                    while (answer := await ws.receive_json()).get("id") != number:
+                        pass
+                    if not answer.get("success"):
+                        raise HomeAssistantError(f"{command}: {answer.get('error')}")
+                    results.append(answer["result"])
+                return results
+        return asyncio.run(asyncio.wait_for(run(), 30))
+
+    def entity_registry(self) -> list[dict[str, Any]]:
+        """Every registered entity: entity_id, unique_id, platform, device_id, ..."""
+        return list(self.websocket({"type": "config/entity_registry/list"})[0])
+
+    def device_registry(self) -> list[dict[str, Any]]:
+        """Every registered device: id, name, identifiers, manufacturer, model, ..."""
+        return list(self.websocket({"type": "config/device_registry/list"})[0])
+
+    def entity_id(self, unique_id: str, platform: str = "mqtt") -> str | None:
+        """The entity id Home Assistant gave the entity with this unique_id, or None."""
+        return next((e["entity_id"] for e in self.entity_registry()
+                     if e["unique_id"] == unique_id and e["platform"] == platform), None)
 
     # -- the MQTT integration ------------------------------------------------------------
 
