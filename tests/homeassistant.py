@@ -1,8 +1,8 @@
 """A real Home Assistant Core for the tests: started from its own virtualenv (made by
-scripts/ci/install-homeassistant.sh), onboarded and driven only through its public REST
-API, its MQTT integration set up through the same config flow a user clicks through
-(broker, port, user, password, the project CA uploaded as a file), then watched through
-``/api/states``.
+scripts/ci/install-homeassistant.sh), onboarded and driven only through its public APIs
+(REST, and WebSocket for the entity and device registries), its MQTT integration set up
+through the same config flow a user clicks through (broker, port, user, password, the
+project CA uploaded as a file), then watched through ``/api/states``.
 
 Nothing of Home Assistant is imported here: it pins paho-mqtt 1.6 and lives in its own
 virtualenv. Its log stays in the instance's directory and its tail is shown whenever a
@@ -176,8 +176,10 @@ class HomeAssistant:
 
     def wait_for_log(self, text: str, *, more_than: int = 0, timeout: float = 30.0) -> int:
         """Wait until more than ``more_than`` lines of its log contain ``text``; the count."""
-        return int(self._wait_until(lambda: max(self.log_count(text) - more_than, 0) and
-                                    self.log_count(text), timeout,
+        def probe() -> int:
+            count = self.log_count(text)
+            return count if count > more_than else 0
+        return int(self._wait_until(probe, timeout,
                                     f"its log never had {text!r} (more than {more_than}x)"))
 
     def log_tail(self, lines: int = 60) -> str:
