@@ -33,7 +33,7 @@ from tests.helpers import (
     password,
     stop_client,
 )
-from tests.homeassistant import INSTALL, HomeAssistant, MqttRefused, MqttSettings
+from tests.homeassistant import INSTALL, HomeAssistant, MqttRefused, MqttSettings, venv
 
 pytestmark = pytest.mark.broker
 
@@ -289,3 +289,24 @@ def test_without_its_virtualenv_a_home_assistant_test_fails_saying_how_to_instal
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 error" in r.stdout and "skipped" not in r.stdout, r.stdout
     assert INSTALL in r.stdout and "is not installed" in r.stdout, r.stdout
+
+
+def test_home_assistant_lives_in_its_own_virtualenv_and_installing_again_does_nothing(
+        home_assistant: HomeAssistant) -> None:
+    """The install script, run again, leaves the installed version alone; Home Assistant's
+    virtualenv has its paho-mqtt 1.6 and the project's environment keeps paho 2.2 and no
+    Home Assistant."""
+    r = subprocess.run(["bash", str(ROOT / INSTALL), str(venv())], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "already installed" in r.stdout, r.stdout
+    theirs = subprocess.run([str(venv() / "bin" / "python"), "-c",
+                             "import paho.mqtt, homeassistant.const as c; "
+                             "print(paho.mqtt.__version__, c.__version__)"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert theirs == ["1.6.1", "2024.3.3"]
+    ours = subprocess.run([sys.executable, "-c",
+                           "import importlib.util, paho.mqtt; print(paho.mqtt.__version__, "
+                           "importlib.util.find_spec('homeassistant') is None)"],
+                          capture_output=True, text=True, check=True, env=clean_env()).stdout
+    assert ours.split()[0].startswith("2.2.") and ours.split()[1] == "True", ours
