@@ -46,10 +46,10 @@ class Retained:
     cleared (empty retained message) when it closes, so nothing outlives the test on a
     broker other tests share."""
 
-    def __init__(self, broker: Broker, certs: Path, ca: Path | None = None) -> None:
-        self.client, rc = paho_client(broker, certs, "pi-kitchen",
-                                      password(certs, "pi-kitchen"), ca=ca)
-        assert rc == 0, f"pi-kitchen could not connect: {rc}"
+    def __init__(self, broker: Broker, certs: Path, ca: Path | None = None,
+                 user: str = "pi-kitchen") -> None:
+        self.client, rc = paho_client(broker, certs, user, password(certs, user), ca=ca)
+        assert rc == 0, f"{user} could not connect: {rc}"
         self.topics: set[str] = set()
 
     def publish(self, topic: str, payload: str | bytes) -> None:
@@ -68,10 +68,10 @@ class Sensor:
     """A temperature sensor's discovery config, state and availability topics, with an
     object id of its own (entity ``sensor.<object_id>``)."""
 
-    def __init__(self, prefix: str = PREFIX) -> None:
+    def __init__(self, prefix: str = PREFIX, topics: str = "home/pi-kitchen/ha-test") -> None:
         self.object_id = f"hw_test_{secrets.token_hex(4)}"
         self.entity_id = f"sensor.{self.object_id}"
-        base = f"home/pi-kitchen/ha-test/{self.object_id}"
+        base = f"{topics}/{self.object_id}"
         self.state_topic, self.availability_topic = f"{base}/state", f"{base}/availability"
         self.config_topic = f"{prefix}/sensor/{self.object_id}/config"
 
@@ -86,12 +86,12 @@ class Sensor:
 
 
 def settings(broker: Broker, certs: Path, *, ca: Path | None = None,
-             password_file: Path | None = None) -> MqttSettings:
+             password_file: Path | None = None, prefix: str = PREFIX) -> MqttSettings:
     return MqttSettings(host=broker.host, port=broker.port, ca=ca or certs / "ca.crt",
                         username="subscriber",
                         password_file=password_file or certs / "clients" / "subscriber" /
                         "password",
-                        discovery_prefix=PREFIX)
+                        discovery_prefix=prefix)
 
 
 @pytest.fixture
@@ -174,18 +174,50 @@ def test_availability_offline_makes_the_entity_unavailable(
     ha.wait_for(sensor.entity_id, where=lambda s: number(s) == 20.5)
 
 
-# -- refusals: a broker of their own, since they change its password and certificate --
+# -- brokers of their own: another ACL, or a password and certificate that change ------
 
-@pytest.fixture
-def own(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
-    """Certificates (gen-certs.sh), the subscriber and pi-kitchen, and a broker."""
+def own_broker(tmp_path: Path, base: str, names: tuple[str, ...],
+               ) -> Iterator[tuple[Path, Broker]]:
+    """Certificates (gen-certs.sh), identities made by homewatch's provisioning with the
+    ACL for ``base``, and a broker of the test's own."""
     certs = tmp_path / "certs"
     gen_certs(certs)
-    for name in ("subscriber", "pi-kitchen"):
-        homewatch_cli(certs, "device", "add", name)
+    for name in names:
+        homewatch_cli(certs, "--base", base, "device", "add", name)
     broker = Broker(certs=certs, workdir=tmp_path / "broker").start()
     yield certs, broker
     broker.stop()
+
+
+@pytest.fixture
+def own(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
+    """The subscriber and pi-kitchen on a broker of the test's own."""
+    yield from own_broker(tmp_path, "home", ("subscriber", "pi-kitchen"))
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
+    """Provisioned with base ``homeassistant``: the subscriber identity may only read
+    ``homeassistant/#`` (as Home Assistant's own identity will), and a device named
+    ``sensor`` may write ``homeassistant/sensor/#``, where sensors' discovery configs
+    go under Home Assistant's default prefix."""
+    yield from own_broker(tmp_path, "homeassistant", ("subscriber", "sensor"))
+
+
+def test_with_the_default_prefix_and_a_read_only_identity_a_sensor_appears(
+        read_only: tuple[Path, Broker], home_assistant_mqtt: Connect) -> None:
+    """Home Assistant set up as a user would (default discovery prefix, birth message on)
+    with an identity that may only read shows a sensor discovered under
+    ``homeassistant/``, with its reading."""
+    certs, broker = read_only
+    ha = home_assistant_mqtt(settings(broker, certs, prefix="homeassistant"))
+    publisher = Retained(broker, certs, user="sensor")
+    try:
+        sensor = Sensor(prefix="homeassistant", topics="homeassistant/sensor/readings")
+        show(publisher, sensor, "18.75")
+        ha.wait_for(sensor.entity_id, where=lambda s: number(s) == 18.75)
+    finally:
+        publisher.close()
 
 
 def until(probe: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
