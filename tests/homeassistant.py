@@ -188,11 +188,12 @@ class HomeAssistant:
     # -- HTTP ----------------------------------------------------------------------------
 
     def _raw(self, method: str, path: str, *, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+             headers: dict[str, str] | None = None, timeout: float = 30.0,
+             ) -> tuple[int, Any]:
         req = urllib.request.Request(self.url + path, data=body, method=method,
                                      headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:  # loopback only
+            with urllib.request.urlopen(req, timeout=timeout) as r:  # loopback only
                 status, text = r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             status, text = e.code, e.read().decode(errors="replace")
@@ -219,8 +220,11 @@ class HomeAssistant:
         if self.proc is not None and self.proc.poll() is not None:
             raise HomeAssistantError(f"Home Assistant exited with {self.proc.returncode}\n"
                                      f"{self.log_tail()}")
+        if "Failed to create HTTP server" in self.log():  # e.g. its port was taken since
+            raise HomeAssistantError(f"Home Assistant could not listen on {self.port}\n"
+                                     f"{self.log_tail()}")
         try:
-            status, answer = self._raw("GET", "/api/onboarding")
+            status, answer = self._raw("GET", "/api/onboarding", timeout=2)
         except OSError:
             return None
         return answer if status == 200 else None
