@@ -65,12 +65,16 @@ def home_assistant_mqtt(home_assistant: HomeAssistant,
                         ) -> Iterator[Callable[[MqttSettings], HomeAssistant]]:
     """Connects the session's Home Assistant to a broker through its MQTT config flow:
     call it with MqttSettings(host, port, CA file, user, password FILE, discovery prefix);
-    a refusal raises MqttRefused. The integration is removed after the test."""
+    a refusal raises MqttRefused. The integration is removed after the test, and with it
+    every entity and device it made, so the next test starts from a clean slate."""
     def connect(settings: MqttSettings) -> HomeAssistant:
         home_assistant.setup_mqtt(settings)
         return home_assistant
     yield connect
     home_assistant.remove_mqtt()
+    home_assistant.wait_for(
+        lambda _: not [e for e in home_assistant.entity_registry() if e["platform"] == "mqtt"],
+        message="MQTT entities outlived their integration")
 
 
 # -- the dashboard ---------------------------------------------------------------------

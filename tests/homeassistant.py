@@ -356,6 +356,15 @@ class HomeAssistant:
         return next((e["entity_id"] for e in self.entity_registry()
                      if e["unique_id"] == unique_id and e["platform"] == platform), None)
 
+    def wait_for_unique_id(self, unique_id: str, *, where: Callable[[State], Any] | None = None,
+                           timeout: float = 30.0) -> State:
+        """The state of the MQTT entity with this unique_id, once it is registered and
+        has a state (for which ``where`` holds, if given): what a test of discovery
+        configs wants without guessing the entity id Home Assistant derives."""
+        entity_id = self._wait_until(lambda: self.entity_id(unique_id), timeout,
+                                     f"no entity with unique_id {unique_id!r}")
+        return dict(self.wait_for(entity_id, timeout, where=where))
+
     # -- the MQTT integration ------------------------------------------------------------
 
     def mqtt_entries(self) -> list[dict[str, Any]]:

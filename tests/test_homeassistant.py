@@ -215,7 +215,9 @@ def test_with_the_default_prefix_and_a_read_only_identity_a_sensor_appears(
     try:
         sensor = Sensor(prefix="homeassistant", topics="homeassistant/sensor/readings")
         show(publisher, sensor, "18.75")
-        ha.wait_for(sensor.entity_id, where=lambda s: number(s) == 18.75)
+        state = ha.wait_for_unique_id(f"homewatch-{sensor.object_id}",
+                                      where=lambda s: number(s) == 18.75)
+        assert state["entity_id"] == sensor.entity_id
     finally:
         publisher.close()
 
