@@ -42,9 +42,9 @@ Connect = Callable[[MqttSettings], HomeAssistant]
 
 
 class Retained:
-    """A real paho client publishing as pi-kitchen; every retained topic it set is
-    cleared (empty retained message) when it closes, so nothing outlives the test on a
-    broker other tests share."""
+    """A real paho client publishing retained messages as a device (pi-kitchen by
+    default); every retained topic it set is cleared (empty retained message) when it
+    closes, so nothing outlives the test on a broker other tests share."""
 
     def __init__(self, broker: Broker, certs: Path, ca: Path | None = None,
                  user: str = "pi-kitchen") -> None:
@@ -105,6 +105,7 @@ def ha(broker: Broker, certs: Path, home_assistant_mqtt: Connect) -> Iterator[Ho
 
 @pytest.fixture
 def kitchen(broker: Broker, certs: Path) -> Iterator[Retained]:
+    """pi-kitchen on the shared broker, its retained messages cleared afterwards."""
     publisher = Retained(broker, certs)
     yield publisher
     publisher.close()
