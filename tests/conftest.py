@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from tests import history_sample
 from tests.helpers import Broker, gen_certs, homewatch_cli
 from tests.history_sample import Sample
+from tests.homeassistant import HomeAssistant, MqttSettings, missing
 from tests.web import DashboardProcess
 
 DEVICES = ("pi-kitchen", "pi-garage")
@@ -42,6 +43,38 @@ def workdir(tmp_path: Path, certs: Path) -> Path:
     """A directory laid out like the repository root: ./certs is the test certificates."""
     (tmp_path / "certs").symlink_to(certs)
     return tmp_path
+
+
+# -- a real Home Assistant --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def home_assistant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
+    """One real Home Assistant per session (tests/homeassistant.py), onboarded, its MQTT
+    integration not set up; it must stop cleanly (exit 0). Without its virtualenv the
+    test FAILS, saying how to install it (CI installs it)."""
+    reason = missing()
+    if reason:
+        pytest.fail(reason, pytrace=False)
+    ha = HomeAssistant(workdir=tmp_path_factory.mktemp("homeassistant")).start()
+    yield ha
+    assert ha.stop() == 0, ha.log_tail()
+
+
+@pytest.fixture
+def home_assistant_mqtt(home_assistant: HomeAssistant,
+                        ) -> Iterator[Callable[[MqttSettings], HomeAssistant]]:
+    """Connects the session's Home Assistant to a broker through its MQTT config flow:
+    call it with MqttSettings(host, port, CA file, user, password FILE, discovery prefix);
+    a refusal raises MqttRefused. The integration is removed after the test, and with it
+    every entity and device it made, so the next test starts from a clean slate."""
+    def connect(settings: MqttSettings) -> HomeAssistant:
+        home_assistant.setup_mqtt(settings)
+        return home_assistant
+    yield connect
+    home_assistant.remove_mqtt()
+    home_assistant.wait_for(
+        lambda _: not [e for e in home_assistant.entity_registry() if e["platform"] == "mqtt"],
+        message="MQTT entities outlived their integration")
 
 
 # -- the dashboard ---------------------------------------------------------------------

@@ -24,10 +24,12 @@ def test_mypy_strict_passes() -> None:
 
 def test_shell_scripts_are_strict_and_have_usage() -> None:
     """Every script sets -euo pipefail, runs from the repo root and answers --help."""
-    for script in sorted((ROOT / "scripts").glob("*.sh")):
+    scripts = ROOT / "scripts"
+    for script in sorted([*scripts.glob("*.sh"), *scripts.glob("ci/*.sh")]):
         text = script.read_text()
         assert "set -euo pipefail" in text, script
-        assert 'cd "$(dirname "$0")/.."' in text, script
+        root = "/.." if script.parent.name == "scripts" else "/../.."
+        assert f'cd "$(dirname "$0"){root}"' in text, script
         r = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout.startswith("usage:"), script
 
