@@ -247,6 +247,8 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
              "device(s)%s", interval, temperature.name if temperature else "nothing (none)",
              f"the {scanner.name} scanner" if scanner else "nothing (none)",
              len(tracker.known), " (demo: every reading is invented)" if demo else "")
+    if room is not None:
+        log.info("this Pi's room: %s", room)
     if sim_t or sim_s:
         log.warning("%s readings are simulated, not measured; they are marked %r",
                     " and ".join(k for k, sim in (("temperature", sim_t), ("presence", sim_s))
