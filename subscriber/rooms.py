@@ -152,6 +152,8 @@ class Rooms:
             home = entry.get("state", "home") == "home"
             rssi = _rssi(entry.get("rssi")) if home else None
             old = self._seen.setdefault(name, {}).get(pi)
+            if old is not None and at < old.at:
+                continue  # older than what this Pi said last: superseded (as in the history)
             signal: float | None = None
             if rssi is not None:
                 prev = old.signal if old is not None and old.home else None

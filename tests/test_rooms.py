@@ -3,10 +3,17 @@ room per person out, judged by the reports' own times."""
 
 from __future__ import annotations
 
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from homewatch.envelope import Opener, Reading, seal
+from homewatch.secrets import KeyStore, load_keyring
+from subscriber import app as subscriber_app
+from subscriber.app import Subscriber
 from subscriber.rooms import Person, Rooms, room_of_reading
 
 T0 = 1_800_000_000.0
@@ -184,6 +191,14 @@ def test_a_status_never_completes_a_dwell() -> None:
     assert room(rooms) == "Kitchen"
 
 
+def test_a_report_older_than_the_pis_last_is_superseded() -> None:
+    """A Pi's report taken before the last one it sent (a late copy) changes nothing."""
+    rooms = rooms_with_two_pis()
+    rooms.report("pi-kitchen", T0 + 10, [seen("Anna", -60)])
+    assert rooms.report("pi-kitchen", T0, [seen("Anna", state="away")]) == []
+    assert rooms.people["Anna"].state == "home"
+
+
 def test_two_pis_in_one_room_are_one_room() -> None:
     """Two Pis that say they stand in the same room never move the person between
     rooms, whichever of them hears them better."""
@@ -220,3 +235,53 @@ def test_bad_settings_are_refused() -> None:
                    {"smoothing": 1.5}):
         with pytest.raises(ValueError):
             Rooms(**kwargs)
+
+
+class People:
+    """A sink that keeps the fused changes it is handed."""
+
+    def __init__(self) -> None:
+        self.people: list[Person] = []
+
+    def reading(self, reading: Reading) -> None: ...
+    def status(self, topic: str, device: str, status: str) -> None: ...
+    def rejected(self, topic: str, device: str | None, reason: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+    def person(self, person: Person) -> None:
+        self.people.append(person)
+
+
+def test_the_subscriber_hands_statuses_and_removed_pis_to_the_fusion(
+        certs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real subscriber (verify, decrypt) feeds the fusion: a devices report puts Anna
+    in the room its Pi names; that Pi's `offline` status hands every sink Anna unknown;
+    back and reporting, she is home; once its key ring is deleted (a removed Pi), she is
+    unknown again."""
+    keys = tmp_path / "keys"
+    shutil.copytree(certs / "clients" / "subscriber" / "keys", keys)
+    ring = load_keyring(certs / "clients" / "pi-kitchen" / "fernet.key")
+    sink = People()
+    sub = Subscriber(Opener(KeyStore(keys, recheck_seconds=0), base="home"), [sink])
+    seq = int(time.time() * 1000)
+
+    def report(n: int) -> None:
+        topic = "home/pi-kitchen/devices"
+        assert sub.handle(topic, seal(ring, topic=topic, device="pi-kitchen", seq=seq + n,
+                                      taken=time.time(),
+                                      data=[seen("Anna", -60, room="Kitchen")]))
+
+    report(1)
+    assert [(p.state, p.room) for p in sink.people] == [("home", "Kitchen")]
+    assert sub.handle("home/pi-kitchen/status", b"offline")
+    assert [(p.state, p.room) for p in sink.people][1:] == [("unknown", None)]
+    assert sub.handle("home/pi-kitchen/status", b"online")
+    report(2)
+    assert [(p.state, p.room) for p in sink.people][2:] == [("home", "Kitchen")]
+    monkeypatch.setattr(subscriber_app, "REMOVED_RECHECK", 0.0)
+    sub._check_removed()
+    assert len(sink.people) == 3  # its key ring is still there
+    (keys / "pi-kitchen.key").unlink()
+    sub._check_removed()
+    assert [(p.state, p.room) for p in sink.people][3:] == [("unknown", None)]
