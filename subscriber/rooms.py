@@ -35,6 +35,11 @@ from typing import Any, Literal
 
 PersonState = Literal["home", "away", "unknown"]
 MAX_ROOM = 64
+# What one Pi's reports may make the fusion keep (a stolen or buggy Pi inventing names
+# must not grow it without end); the history keeps the same bounds.
+MAX_NAME = 64  # characters of a person's name
+MAX_ENTRIES = 64  # entries of one report; a longer report is ignored
+MAX_PEOPLE = 256  # people known; new names beyond it are ignored
 DEFAULT_HYSTERESIS = 5.0  # dB
 DEFAULT_DWELL = 30.0  # seconds
 DEFAULT_SMOOTHING = 0.3  # weight of the newest signal in the moving average
@@ -143,11 +148,15 @@ class Rooms:
                simulated: str | None = None) -> list[Person]:
         """Pi ``pi``'s devices report (taken at ``at``); the people whose fused state or
         room changed."""
+        entries = list(entries)
+        if len(entries) > MAX_ENTRIES:
+            return []
         known = self._pis.setdefault(pi, _Pi())
         names: list[str] = []
         for entry in entries:
             name = entry.get("name")
-            if not isinstance(name, str) or not name:
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or (
+                    name not in self._seen and len(self._seen) >= MAX_PEOPLE):
                 continue
             home = entry.get("state", "home") == "home"
             rssi = _rssi(entry.get("rssi")) if home else None

@@ -595,6 +595,7 @@ def test_the_history_sink_records_room_changes_from_the_fusion(
     anna(writer, "pi-a", T0 + 1, "home")
     sink.person(Person("Anna", "home", "Kitchen", "pi-a", T0 + 1))
     sink.person(Person("x" * 65, "home", "Kitchen", "pi-a", T0 + 2))
+    sink.person(Person("Bob", "home", "Kitchen", "pi-a", T0 + 2))  # in no presence report
     sink.person(Person("Anna", "unknown", None, None, T0 + 3))
     sink.flush()
     assert rows(db, "SELECT ts - ?, room FROM room_change", T0) == [(1.0, "Kitchen"),

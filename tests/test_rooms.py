@@ -199,6 +199,18 @@ def test_a_report_older_than_the_pis_last_is_superseded() -> None:
     assert rooms.people["Anna"].state == "home"
 
 
+def test_what_a_pi_may_make_the_fusion_keep_is_bounded() -> None:
+    """A report of more than 64 entries is ignored, as is a name longer than 64
+    characters, and at most 256 people are ever kept (a Pi inventing names cannot grow
+    the fusion without end), as in the history."""
+    rooms = Rooms()
+    assert rooms.report("pi-a", T0, [seen(f"p{i}", -60) for i in range(65)]) == []
+    assert rooms.report("pi-a", T0, [seen("x" * 65, -60)]) == []
+    for start in range(0, 320, 64):
+        rooms.report("pi-a", T0 + start, [seen(f"p{i}", -60) for i in range(start, start + 64)])
+    assert len(rooms.people) == 256
+
+
 def test_two_pis_in_one_room_are_one_room() -> None:
     """Two Pis that say they stand in the same room never move the person between
     rooms, whichever of them hears them better."""

@@ -360,8 +360,9 @@ class SqliteHistory:
     def person_room(self, name: str, at: float, room: str | None,
                     device: str | None = None) -> None:
         """Person ``name``'s room from ``at`` on (None: not home), as a change; one older
-        than the latest recorded is ignored. ValueError (nothing written) for a name or
-        room that is not 1 to MAX_NAME characters or a time out of range."""
+        than the latest recorded, or of a person no presence report has named (kept),
+        is ignored. ValueError (nothing written) for a name or room that is not 1 to
+        MAX_NAME characters or a time out of range."""
         _check_time("room change at", at)
         _check_name("person", name)
         if room is not None:
@@ -369,9 +370,12 @@ class SqliteHistory:
         if device is not None:
             _check_name("Pi", device)
         self._begin()
-        person = self._person(name)
+        person = self._persons.get(name)
         if person is None:
-            return
+            row = self._db.execute("SELECT id FROM person WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return  # people come from presence reports, within their bounds
+            person = self._persons[name] = int(row[0])
         old_room, old_since, old_at = self._db.execute(
             "SELECT room, room_since, room_at FROM person WHERE id = ?", (person,)).fetchone()
         if old_at is not None and at < old_at:
