@@ -147,6 +147,9 @@ def test_the_room_follows_the_stronger_signal_without_flapping(
         recorded(readings.wait_for("the garage hears Anna weakly",
                                    devices_from("pi-garage", lambda v: v <= -70)))
         assert (anna().state, anna().room) == ("home", "Kitchen")
+        with open_reader(history) as reader:
+            rooms = {p.name: p.room for p in reader.now(0).pis}
+        assert (rooms["pi-kitchen"], rooms["pi-garage"]) == ("Kitchen", "Garage")
 
         # Similar strengths, taking turns at being louder (within the hysteresis).
         radios.set(pi_kitchen=(-60, -63), pi_garage=(-63, -60))
