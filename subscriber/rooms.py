@@ -172,6 +172,12 @@ class Rooms:
             self._seen[name][pi] = _Sighting(home, signal, at, simulated)
             known.people.add(name)
             names.append(name)
+        for name in sorted(known.people - set(names)):
+            # A person the Pi no longer lists (it restarted) is away there, as in the history.
+            old = self._seen[name][pi]
+            if old.home and at >= old.at:
+                self._seen[name][pi] = _Sighting(False, None, at, simulated)
+                names.append(name)
         return self._refuse(names, at)
 
     def status(self, pi: str, online: bool, at: float) -> list[Person]:

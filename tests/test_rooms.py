@@ -211,6 +211,15 @@ def test_what_a_pi_may_make_the_fusion_keep_is_bounded() -> None:
     assert len(rooms.people) == 256
 
 
+def test_a_person_a_pi_no_longer_lists_is_away_there() -> None:
+    """A Pi that restarted lists only whom it has seen since: a person it had home and no
+    longer lists is away there (as in the history)."""
+    rooms = rooms_with_two_pis()
+    rooms.report("pi-kitchen", T0, [seen("Anna", -60), seen("Bob", -60)])
+    changes = rooms.report("pi-kitchen", T0 + 10, [seen("Bob", -60)])
+    assert changes == [Person("Anna", "away", None, None, T0 + 10)]
+
+
 def test_two_pis_in_one_room_are_one_room() -> None:
     """Two Pis that say they stand in the same room never move the person between
     rooms, whichever of them hears them better."""
