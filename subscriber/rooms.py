@@ -199,7 +199,10 @@ class Rooms:
         status only takes away a room that is no longer theirs)."""
         changes: list[Person] = []
         for name in names:
-            person = self._fuse(name, at, moving)
+            # A status comes at the subscriber's time; a Pi's clock may be ahead of it:
+            # what a status changes is never dated before what the person's reports said.
+            when = at if moving else max(at, *(s.at for s in self._seen[name].values()))
+            person = self._fuse(name, when, moving)
             old = self._people.get(name)
             if old is None or (old.state, old.room, old.pi) != (person.state, person.room,
                                                                 person.pi):

@@ -181,6 +181,16 @@ def test_a_person_the_offline_pi_had_away_stays_away() -> None:
     assert rooms.people["Anna"].state == "away"
 
 
+def test_a_status_is_never_dated_before_the_reports_it_changes() -> None:
+    """A Pi's clock ahead of the subscriber's: the change an offline status makes is dated
+    no earlier than the latest report of the person (so the history, which ignores an
+    older change, keeps it)."""
+    rooms = rooms_with_two_pis()
+    rooms.report("pi-kitchen", T0 + 30, [seen("Anna", -60)])
+    assert rooms.status("pi-kitchen", False, T0) == [
+        Person("Anna", "unknown", None, None, T0 + 30)]
+
+
 def test_a_status_never_completes_a_dwell() -> None:
     """The dwell counts reports' times only: a status arriving later (on the wall clock)
     does not move anybody."""
