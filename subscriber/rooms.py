@@ -163,6 +163,8 @@ class Rooms:
             old = self._seen.setdefault(name, {}).get(pi)
             if old is not None and at < old.at:
                 continue  # older than what this Pi said last: superseded (as in the history)
+            if name in names and (old is None or old.home or not home):
+                continue  # listed twice in one report: home if any entry says so
             signal: float | None = None
             if rssi is not None:
                 prev = old.signal if old is not None and old.home else None

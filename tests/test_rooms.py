@@ -230,6 +230,16 @@ def test_a_person_a_pi_no_longer_lists_is_away_there() -> None:
     assert changes == [Person("Anna", "away", None, None, T0 + 10)]
 
 
+def test_a_person_listed_twice_in_one_report_is_home_if_any_entry_says_so() -> None:
+    """Two entries of one name (two of their devices) in one report: home if either is,
+    as in the history."""
+    for entries in ([seen("Anna", -60), seen("Anna", state="away")],
+                    [seen("Anna", state="away"), seen("Anna", -60)]):
+        rooms = Rooms()
+        rooms.report("pi-a", T0, entries)
+        assert rooms.people["Anna"].state == "home", entries
+
+
 def test_two_pis_in_one_room_are_one_room() -> None:
     """Two Pis that say they stand in the same room never move the person between
     rooms, whichever of them hears them better."""
