@@ -87,14 +87,15 @@ class _Pi:
 
 
 def room_of_reading(data: Any) -> str | None:
-    """The ``room`` a reading's data names (a temperature dict or a devices entry)."""
+    """The ``room`` a reading's data names (a temperature dict or a devices entry): 1 to
+    64 printable characters, trimmed, as the publisher's ``--room`` takes; else None."""
     if isinstance(data, dict):
         room = data.get("room")
     elif isinstance(data, list) and data and isinstance(data[0], dict):
         room = data[0].get("room")
     else:
         return None
-    if isinstance(room, str) and 0 < len(room.strip()) <= MAX_ROOM:
+    if isinstance(room, str) and 0 < len(room.strip()) <= MAX_ROOM and room.isprintable():
         return room.strip()
     return None
 

@@ -263,10 +263,11 @@ def test_a_pi_that_names_no_room_is_in_the_room_named_after_it() -> None:
 
 def test_room_of_reading_takes_a_room_from_either_kind_of_reading() -> None:
     """The room comes from a temperature reading's data or a devices entry; anything
-    else (too long, empty, not a string) names no room."""
+    else (too long, empty, control characters, not a string) names no room."""
     assert room_of_reading({"temperature": 20.0, "room": " Kitchen "}) == "Kitchen"
     assert room_of_reading([seen("Anna", room="Garage")]) == "Garage"
-    for bad in ({"room": ""}, {"room": "x" * 65}, {"room": 3}, [], "Kitchen", None):
+    for bad in ({"room": ""}, {"room": "x" * 65}, {"room": 3}, {"room": "a\x1b[2Jb"},
+                {"room": "a\nb"}, [], "Kitchen", None):
         assert room_of_reading(bad) is None, bad
 
 
