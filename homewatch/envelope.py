@@ -217,6 +217,10 @@ class Opener:
             raise EnvelopeError("unknown-device", f"no key ring for device {device!r}")
         return device
 
+    def has_key(self, device: str) -> bool:
+        """Whether ``device`` has a key ring now (a removed device has none)."""
+        return self._keys.get(device) is not None
+
     def known_device(self, topic: str) -> str | None:
         """The device a topic names, if it is one with a key ring; else None (so that a
         name an attacker chose is never recorded as a device)."""

@@ -52,7 +52,7 @@ async def _main(settings: PublisherSettings) -> int:
     temperature = sensors.detect(settings.temperature, settings.sysfs)
     scanner = presence.make_scanner(settings.scanner, known.macs,
                                     duration=settings.scan_duration, adapter=settings.adapter,
-                                    mode=settings.scan_mode)
+                                    mode=settings.scan_mode, place=settings.device)
     stranger_key = (presence.stranger_key(settings.state_dir / "stranger-hash.key")
                     if settings.hash_strangers else None)
     outbox = Outbox(settings.state_dir / f"{settings.device}.outbox.sqlite",
@@ -87,7 +87,7 @@ async def _main(settings: PublisherSettings) -> int:
         stats = await run(pub, temperature=temperature, scanner=scanner, tracker=tracker,
                           interval=settings.interval, count=settings.count, stop=stop,
                           heartbeat=heartbeat, stranger_key=stranger_key,
-                          demo=settings.demo)
+                          demo=settings.demo, room=settings.room)
         if connecting.done() and connecting.exception() is not None:
             raise connecting.exception()  # type: ignore[misc]
         failure = task_failure(pumping) or conn.failure

@@ -231,12 +231,14 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
               scanner: Scanner | None,
               tracker: PresenceTracker, interval: float, count: int,
               stop: asyncio.Event, heartbeat: Heartbeat | None = None,
-              stranger_key: bytes | None = None, demo: bool = False) -> Stats:
+              stranger_key: bytes | None = None, demo: bool = False,
+              room: str | None = None) -> Stats:
     """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done).
 
     Readings are taken whether or not the broker is reachable: they wait in the outbox.
     Strangers are published (count and keyed hashes) only with a ``stranger_key``.
     What a simulated source invents is marked "simulated" ("demo" with ``demo``).
+    Every temperature reading and devices entry names ``room`` (this Pi's), when given.
     """
     label = "demo" if demo else "simulated"
     sim_t = label if temperature is not None and temperature.name == "simulated" else None
@@ -245,6 +247,8 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
              "device(s)%s", interval, temperature.name if temperature else "nothing (none)",
              f"the {scanner.name} scanner" if scanner else "nothing (none)",
              len(tracker.known), " (demo: every reading is invented)" if demo else "")
+    if room is not None:
+        log.info("this Pi's room: %s", room)
     if sim_t or sim_s:
         log.warning("%s readings are simulated, not measured; they are marked %r",
                     " and ".join(k for k, sim in (("temperature", sim_t), ("presence", sim_s))
@@ -259,12 +263,14 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
                 pub.stats.sensor_errors += 1
                 log.warning("temperature not read: %s", exc)
             else:
-                pub.record("temperature",
-                           {"temperature": value, "timestamp": round(time.time(), 2)},
-                           simulated=sim_t)
+                data: dict[str, Any] = {"temperature": value,
+                                        "timestamp": round(time.time(), 2)}
+                if room is not None:
+                    data["room"] = room
+                pub.record("temperature", data, simulated=sim_t)
         if scanner is not None:
             if not await _scan_once(pub, scanner, tracker, stop, interval, sim_s, health,
-                                    stranger_key):
+                                    stranger_key, room):
                 break
         elif stop.is_set():
             break
@@ -288,7 +294,8 @@ class _ScannerHealth:
 
 async def _scan_once(pub: Publisher, scanner: Scanner, tracker: PresenceTracker,
                      stop: asyncio.Event, interval: float, sim: str | None,
-                     health: _ScannerHealth, stranger_key: bytes | None) -> bool:
+                     health: _ScannerHealth, stranger_key: bytes | None,
+                     room: str | None = None) -> bool:
     """One scan window and what it gives: the devices reading, or a ``scanner`` status
     when the scanner fails (or recovers). False when ``stop`` came first."""
     scan = asyncio.ensure_future(scanner.scan())
@@ -318,7 +325,7 @@ async def _scan_once(pub: Publisher, scanner: Scanner, tracker: PresenceTracker,
     for address, rssi in seen.items():
         tracker.observe(address, rssi)
     tracker.tick()
-    pub.record("devices", tracker.report(), simulated=sim)
+    pub.record("devices", tracker.report(room), simulated=sim)
     if stranger_key is not None:
         pub.record("strangers", tracker.strangers_report(stranger_key), simulated=sim)
     return True

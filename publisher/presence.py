@@ -147,6 +147,7 @@ class _Seen:
     last_seen: float  # wall clock
     last_mono: float
     state: str = "home"
+    rssi: int | None = None  # the latest signal heard (dBm), also below the threshold
 
 
 class PresenceTracker:
@@ -170,14 +171,18 @@ class PresenceTracker:
         if name is None:
             self._strangers[address] = now
             return False
-        if rssi is not None and rssi < self.threshold:
-            return False  # too far away (next door, the street) to count as home
         seen = self._devices.get(name)
+        if rssi is not None and rssi < self.threshold:
+            if seen is not None:
+                seen.rssi = rssi  # still home until the away timeout, but heard weakly
+            return False  # too far away (next door, the street) to count as home
         if seen is None:
-            self._devices[name] = _Seen(name, address.upper(), self._wall(), now)
+            self._devices[name] = _Seen(name, address.upper(), self._wall(), now, rssi=rssi)
             log.info("%s is home", name)
             return True
         seen.address, seen.last_seen, seen.last_mono = address.upper(), self._wall(), now
+        if rssi is not None:
+            seen.rssi = rssi
         if seen.state == "away":
             seen.state = "home"
             log.info("%s is home", name)
@@ -214,11 +219,21 @@ class PresenceTracker:
                         for a in self._strangers)
         return {"count": len(hashes), "hashes": hashes}
 
-    def report(self) -> list[dict[str, Any]]:
-        """The tutorial's ``devices`` shape plus state and last-seen time, by name."""
-        return [{"name": s.name, "mac": s.address, "state": s.state,
-                 "last_seen": round(s.last_seen, 2)}
-                for s in sorted(self._devices.values(), key=lambda s: s.name)]
+    def report(self, room: str | None = None) -> list[dict[str, Any]]:
+        """The tutorial's ``devices`` shape plus state and last-seen time, by name; with
+        ``room``, the room this Pi stands in, and for a device that is home the signal
+        this Pi heard from it lately (``rssi``, dBm, when the scanner gives one): the
+        subscriber puts each person in the room of the Pi that hears them best."""
+        out: list[dict[str, Any]] = []
+        for s in sorted(self._devices.values(), key=lambda s: s.name):
+            entry: dict[str, Any] = {"name": s.name, "mac": s.address, "state": s.state,
+                                     "last_seen": round(s.last_seen, 2)}
+            if room is not None:
+                entry["room"] = room
+            if s.state == "home" and s.rssi is not None:
+                entry["rssi"] = s.rssi
+            out.append(entry)
+        return out
 
 
 def presence_report(seen: Mapping[str, int | None],
@@ -308,22 +323,34 @@ class BleakScan:
         return seen
 
 
+def simulated_signal(mac: str, place: str = "") -> int:
+    """A known device's steady simulated signal (dBm, -85 to -45), the same on every run
+    for the same device and Pi (``place``): a demo's rooms do not jump about."""
+    digest = hashlib.sha256(f"{place}|{mac.upper()}".encode()).digest()
+    return -85 + digest[0] % 41
+
+
 class SimulatedScan:
     """Sees every known device on its first scan (a demo starts with everyone home) and
-    each of them most of the time after that, plus a stranger or two (never published)."""
+    each of them most of the time after that, plus a stranger or two (never published).
+    Each known device is heard at its own steady strength (:func:`simulated_signal` for
+    this Pi, ``place``) give or take 2 dBm."""
 
     name = "simulated"
 
-    def __init__(self, known: Mapping[str, str], rng: random.Random | None = None) -> None:
+    def __init__(self, known: Mapping[str, str], rng: random.Random | None = None,
+                 place: str = "") -> None:
         self._known = list(known)
         self._rng = rng or random.Random()  # noqa: S311 - not security relevant
         self._first = True
+        self._signal = {mac: simulated_signal(mac, place) for mac in self._known}
 
     async def scan(self) -> dict[str, int | None]:
         odds = 1.0 if self._first else 0.8
         self._first = False
         seen: dict[str, int | None] = {
-            mac: self._rng.randint(-90, -40) for mac in self._known if self._rng.random() < odds
+            mac: self._signal[mac] + self._rng.randint(-2, 2)
+            for mac in self._known if self._rng.random() < odds
         }
         for _ in range(self._rng.randint(0, 2)):
             mac = ":".join(f"{self._rng.randint(0, 255):02X}" for _ in range(6))
@@ -332,10 +359,12 @@ class SimulatedScan:
 
 
 def make_scanner(kind: str, known: Mapping[str, str], *, duration: float,
-                 adapter: str | None = None, mode: str = "active") -> Scanner | None:
-    """The scanner for ``kind`` (one of KINDS; "auto" is bleak); None for "none"."""
+                 adapter: str | None = None, mode: str = "active",
+                 place: str = "") -> Scanner | None:
+    """The scanner for ``kind`` (one of KINDS; "auto" is bleak); None for "none".
+    ``place`` (the Pi's device name) sets the simulated scanner's steady signals."""
     if kind == "none":
         return None
     if kind == "simulated":
-        return SimulatedScan(known)
+        return SimulatedScan(known, place=place)
     return BleakScan(duration, adapter, mode)

@@ -35,6 +35,9 @@ OPTIONS: tuple[Option, ...] = (
     config.URL_OPTION,
     Option("device", "device identity = MQTT user name (default: the --credentials "
            "directory's name, else this host's name)", metavar="NAME"),
+    Option("room", "the room this Pi stands in, shown with its temperature and as the room "
+           "of the people it hears best (1-64 printable characters; default: the device "
+           "name)", metavar="NAME"),
     Option("credentials", "a device bundle directory holding ca.crt, password and "
            "fernet.key (made by `homewatch device add --bundle`)", convert=config.path,
            metavar="DIR"),
@@ -88,6 +91,7 @@ OPTIONS: tuple[Option, ...] = (
 class PublisherSettings:
     connection: ConnectionSettings
     device: str
+    room: str
     keyring: Secret
     key_file: Path | None
     interval: float
@@ -133,6 +137,18 @@ def _scan_duration(v: Mapping[str, Any], args: argparse.Namespace,
     return duration
 
 
+MAX_ROOM = 64
+
+
+def validate_room(room: str) -> str:
+    """A room name: 1-64 printable characters (spaces inside allowed), trimmed."""
+    trimmed = room.strip()
+    if not trimmed or len(trimmed) > MAX_ROOM or not trimmed.isprintable():
+        raise ConfigError(f"--room: {room!r} is not a room name (1-{MAX_ROOM} printable "
+                          "characters, e.g. Kitchen)")
+    return trimmed
+
+
 def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSettings:
     args = parser().parse_args(argv)
     v = config.resolve(OPTIONS, args, environ)
@@ -148,6 +164,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         validate_name(device)
     except ProvisionError as exc:
         raise ConfigError(f"device: {exc}") from None
+    room = validate_room(v["room"]) if v["room"] is not None else device
     if v["demo"]:
         if {v["temperature"], v["scanner"]} - {"auto", "simulated"}:
             raise ConfigError("--demo invents every reading: leave --temperature and "
@@ -185,6 +202,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
     return PublisherSettings(
         connection=connection,
         device=device,
+        room=room,
         keyring=keyring,
         key_file=key_file,
         interval=v["interval"],

@@ -7,7 +7,8 @@
 #    (root only: 0700, secrets 0600);
 # 2. the known-devices file -> /etc/homewatch/known-devices (0600; an empty one if none);
 # 3. a virtualenv in /opt/homewatch with `homewatch[ble]` from this checkout (or --source);
-# 4. deploy/homewatch-publisher.service -> /etc/systemd/system/, then
+# 4. deploy/homewatch-publisher.service -> /etc/systemd/system/ (with --room, a drop-in
+#    homewatch-publisher.service.d/room.conf setting HOMEWATCH_ROOM), then
 #    `systemctl daemon-reload && systemctl enable --now homewatch-publisher`.
 #
 # Run again without a bundle to upgrade the program and the unit; the credentials stay.
@@ -19,6 +20,8 @@ usage() {
     cat <<'EOF'
 usage: sudo scripts/install-pi.sh [BUNDLE.tar.gz] [options]
   --known-devices FILE  install this known-devices file (MAC or irk:KEY, then a name)
+  --room NAME           the room this Pi stands in (default: its device name); kept
+                        in a drop-in, so upgrades keep it
   --source SPEC         what pip installs (default: this checkout); e.g.
                         'homewatch @ git+https://example.org/homewatch.git'
   --wheels DIR          install offline from a directory of wheels (pip --no-index)
@@ -31,11 +34,12 @@ EOF
 
 die() { echo "install-pi: error: $*" >&2; exit "${2:-1}"; }
 
-bundle="" known="" source="$here" wheels="" root="" start=1 force=0
+bundle="" known="" room="" source="$here" wheels="" root="" start=1 force=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         -h|--help) usage; exit 0 ;;
         --known-devices) known=${2:?}; shift ;;
+        --room) room=${2:?}; shift ;;
         --source) source=${2:?}; shift ;;
         --wheels) wheels=${2:?}; shift ;;
         --root) root=${2:?}; shift ;;
@@ -51,6 +55,9 @@ done
 [[ -z $bundle || -f $bundle ]] || die "bundle not found: $bundle" 2
 [[ -z $known || -f $known ]] || die "known-devices file not found: $known" 2
 [[ -z $wheels || -d $wheels ]] || die "wheel directory not found: $wheels" 2
+if [[ $room == *[\"\\%[:cntrl:]]* ]]; then
+    die "--room: use a name without quotes, backslashes or %" 2
+fi
 
 etc=$root/etc/homewatch
 device=$etc/device
@@ -103,6 +110,13 @@ echo "program: $prefix ($("$prefix/bin/homewatch-publisher" --version))"
 # 4. the service
 install -d -m 755 "$unitdir"
 install -m 644 "$here/deploy/homewatch-publisher.service" "$unitdir/"
+if [[ -n $room ]]; then
+    install -d -m 755 "$unitdir/homewatch-publisher.service.d"
+    printf '[Service]\nEnvironment="HOMEWATCH_ROOM=%s"\n' "$room" \
+        >"$unitdir/homewatch-publisher.service.d/room.conf"
+    chmod 644 "$unitdir/homewatch-publisher.service.d/room.conf"
+    echo "room: $room"
+fi
 if [[ -n $root ]]; then
     systemctl --root="$root" enable homewatch-publisher.service
     echo "staged under $root: enabled, not started"

@@ -21,6 +21,7 @@ from homewatch.history.sqlite import SqliteHistory
 from homewatch.mqtt import Connection
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
+from subscriber.rooms import Rooms
 from subscriber.settings import SubscriberSettings, build
 from subscriber.sinks import Sink
 from subscriber.sinks.console import ConsoleSink
@@ -45,7 +46,9 @@ def _run(settings: SubscriberSettings) -> int:
     opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
                     max_late=settings.max_late, skew=settings.clock_skew, replay=state.load())
     sinks: list[Sink] = [ConsoleSink(sys.stdout, as_json=settings.json)]
-    sub = Subscriber(opener, sinks, state=state)
+    sub = Subscriber(opener, sinks, state=state,
+                     rooms=Rooms(hysteresis=settings.room_hysteresis,
+                                 dwell=settings.room_dwell))
     base = settings.connection.url.base
     conn = Connection(settings.connection, on_message=sub.on_message,
                       on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),

@@ -28,12 +28,13 @@ from homewatch.envelope import STATUS_KIND, Opener, ReplayGuard
 from homewatch.errors import EnvelopeError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.secrets import ensure_private_dir, write_private_file
-from subscriber.rooms import Rooms, room_of_reading
+from subscriber.rooms import Person, Rooms, room_of_reading
 from subscriber.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 30.0
+REMOVED_RECHECK = 10.0  # seconds between looks for Pis whose key ring is gone
 STATUSES = {b"online": "online", b"offline": "offline"}
 
 
@@ -171,6 +172,7 @@ class Subscriber:
         self.duplicates = 0  # copies of readings already shown: dropped, not rejections
         self.rejection_log = RejectionLog()
         self._unacked: list[tuple[int, int]] = []  # settled, waiting for end_batch()
+        self._removed_checked = time.monotonic()
 
     def add_sink(self, sink: Sink) -> None:
         """One more output (before the connection starts)."""
@@ -232,9 +234,7 @@ class Subscriber:
         if reading.kind == "devices" and isinstance(reading.data, list):
             at = reading.taken_at if reading.taken_at is not None else float(reading.sent_at)
             entries = [e for e in reading.data if isinstance(e, dict)]
-            for person in self.rooms.report(reading.device, at, entries, reading.simulated):
-                for sink in self.sinks:
-                    sink.person(person)
+            self._people(self.rooms.report(reading.device, at, entries, reading.simulated))
         if self.state is not None:
             self.state.record(reading.device, reading.seq, reading.sent_at)
         self.accepted += 1
@@ -258,8 +258,27 @@ class Subscriber:
             raise EnvelopeError("malformed", "status must be 'online' or 'offline'")
         for sink in self.sinks:
             sink.status(topic, device, status)
+        # An offline Pi no longer vouches for whom it had home (see subscriber.rooms).
+        self._people(self.rooms.status(device, status == "online", time.time()))
         self.statuses += 1
         return True
+
+    def _people(self, changes: Sequence[Person]) -> None:
+        for person in changes:
+            for sink in self.sinks:
+                sink.person(person)
+
+    def _check_removed(self) -> None:
+        """A Pi whose key ring is gone (removed) no longer vouches for anyone: offline
+        for the fusion, as it is in the history."""
+        if time.monotonic() - self._removed_checked < REMOVED_RECHECK:
+            return
+        self._removed_checked = time.monotonic()
+        for pi in self.rooms.pis:
+            if self.rooms.online(pi) is not False and not self.opener.has_key(pi):
+                log.info("%s has no key ring any more (removed): it no longer vouches for "
+                         "anyone being home", pi)
+                self._people(self.rooms.status(pi, False, time.time()))
 
     def run(self, stop: threading.Event, *, count: int = 0,
             heartbeat: Heartbeat | None = None,
@@ -273,6 +292,7 @@ class Subscriber:
                 heartbeat.beat(connected is None or connected.is_set())
             with self._lock:
                 self.rejection_log.tick()
+                self._check_removed()
                 if self.state is not None and self.state.snapshot_due():
                     # What the snapshot records as shown must be in the sinks first: it
                     # may fall between two messages of a batch, before end_batch.

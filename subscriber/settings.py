@@ -14,6 +14,7 @@ from homewatch.errors import ConfigError, ProvisionError
 from homewatch.history import DEFAULT_RETENTION_DAYS
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import SUBSCRIBER, validate_name
+from subscriber.rooms import DEFAULT_DWELL, DEFAULT_HYSTERESIS
 
 DESCRIPTION = """Subscribe to every device's readings, verify and decrypt them, print them.
 
@@ -59,6 +60,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("history-retention", "keep each raw reading (and its 5-minute rollup) this many "
            "days; hourly and daily rollups are kept for good",
            default=DEFAULT_RETENTION_DAYS, convert=config.positive_float, metavar="DAYS"),
+    Option("room-hysteresis", "a person moves to another room only when a Pi there hears "
+           "them better by at least this much (smoothed signal)", default=DEFAULT_HYSTERESIS,
+           convert=config.nonneg_float, metavar="DB"),
+    Option("room-dwell", "... and has heard them better for at least this long (the "
+           "readings' own times)", default=DEFAULT_DWELL, convert=config.nonneg_float,
+           metavar="SECONDS"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),
     *config.COMMON_OPTIONS,
@@ -76,6 +83,8 @@ class SubscriberSettings:
     state_dir: Path
     history: Path | None  # None: --no-history
     history_retention_days: float
+    room_hysteresis: float
+    room_dwell: float
     count: int
     health_file: Path | None
     show_settings: bool
@@ -126,6 +135,8 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         state_dir=state_dir,
         history=None if v["no-history"] else v["history"] or state_dir / "history.db",
         history_retention_days=v["history-retention"],
+        room_hysteresis=v["room-hysteresis"],
+        room_dwell=v["room-dwell"],
         count=v["count"],
         health_file=v["health-file"],
         show_settings=v["show-settings"],

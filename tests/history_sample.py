@@ -19,6 +19,8 @@ EVIL_PERSON = "<img src=x onerror=alert(2)>"
 FRANK = "Franks Phone"
 KITCHEN_NOW = 21.5  # the kitchen's latest temperature
 SCANNER_ERROR = "<i>no adapter</i> & \"hci0\""
+KITCHEN_ROOM = "Kitchen <em>&</em> \"dining\""  # a room name is markup too
+EVIL_ROOM = "<script>alert(3)</script>"
 KEY_AGE_DAYS = 41
 REJECTED = {(KITCHEN, "decrypt"): 3, (KITCHEN, "replay"): 1, (None, "unknown-device"): 7}
 
@@ -60,6 +62,10 @@ def write(writer: HistoryWriter, now: float) -> Sample:
         at = now - hours * 3600
         writer.presence(KITCHEN, at, [Sighting(name=ANNA, state="home" if home else "away",
                                                last_seen=at if home else at - 180)])
+    writer.pi_room(KITCHEN, now - 3 * DAY, KITCHEN_ROOM)
+    writer.pi_room(EVIL_PI, now - 2 * DAY, EVIL_ROOM)
+    writer.person_room(ANNA, now - 2 * 3600, KITCHEN_ROOM, KITCHEN)
+    writer.person_room(EVIL_PERSON, now - DAY, EVIL_ROOM, EVIL_PI)
     writer.presence(EVIL_PI, now - DAY, [Sighting(name=EVIL_PERSON, state="home",
                                                   last_seen=now - DAY)])
     writer.presence(DEMO_PI, now - 3 * 3600, [Sighting(name=FRANK, state="away",

@@ -40,6 +40,13 @@ def run(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
      "not a Fernet key"),
     ("publisher", [URL, "--device", "pi-kitchen", "--interval", "2", "--scan-duration", "3"],
      {}, "--scan-duration (3 s) must not be longer than --interval (2 s)"),
+    ("publisher", [URL, "--device", "pi-kitchen", "--room", "x" * 65], {},
+     "--room: 'xxx"),
+    ("publisher", [URL, "--device", "pi-kitchen"], {"HOMEWATCH_ROOM": "  "},
+     "is not a room name (1-64 printable characters"),
+    ("publisher", [URL, "--device", "pi-kitchen", "--room", "Kitchen\x1b[2J"], {},
+     "is not a room name"),
+    ("subscriber", [URL, "--room-dwell", "-1"], {}, "--room-dwell"),
     ("subscriber", [], {}, "missing broker URL"),
     ("subscriber", [URL, "--ttl", "0"], {}, "--ttl: must be greater than 0"),
     ("subscriber", [URL, "--keys-dir", "nowhere"], {}, "keys directory not found"),
@@ -70,6 +77,23 @@ def test_settings_order_is_defaults_then_env_then_cli(workdir: Path,
     env["HOMEWATCH_URL"] = "mqtts://other:1234/flat"
     assert str(pub_settings.build([], env).connection.url) == "mqtts://other:1234/flat"
     assert str(pub_settings.build([URL], env).connection.url) == URL
+
+
+def test_a_pis_room_is_a_setting_and_defaults_to_its_device_name(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--room (or HOMEWATCH_ROOM) names the Pi's room, trimmed; without it the room is
+    the device name. The subscriber's --room-hysteresis and --room-dwell default to 5 dB
+    and 30 s."""
+    monkeypatch.chdir(workdir)
+    base = [URL, "--device", "pi-kitchen"]
+    assert pub_settings.build(base, {}).room == "pi-kitchen"
+    assert pub_settings.build(base, {"HOMEWATCH_ROOM": " Living room "}).room == "Living room"
+    assert pub_settings.build([*base, "--room", "Küche"], {"HOMEWATCH_ROOM": "x"}).room == (
+        "Küche")
+    s = sub_settings.build([URL], {})
+    assert (s.room_hysteresis, s.room_dwell) == (5.0, 30.0)
+    s = sub_settings.build([URL, "--room-hysteresis", "8"], {"HOMEWATCH_ROOM_DWELL": "60"})
+    assert (s.room_hysteresis, s.room_dwell) == (8.0, 60.0)
 
 
 def test_scan_duration_may_equal_the_interval_and_the_default_fits_a_short_one(

@@ -162,7 +162,8 @@ def test_demo_reading_appears_decrypted_in_the_subscriber_log(running: Stack) ->
     line = next(x for x in logs.splitlines() if x.startswith("Topic:home/demo-pi/temperature"))
     assert line.endswith(" [demo]"), line  # invented data, marked as the demo's
     payload = json.loads(line.split(",Payload:", 1)[1].removesuffix(" [demo]"))
-    assert set(payload) == {"temperature", "timestamp"}
+    assert set(payload) == {"temperature", "timestamp", "room"}
+    assert payload["room"] == "demo-pi"  # a Pi's room is its device name unless set
     running.wait_in_logs("subscriber", "Topic:home/demo-pi/devices,Payload:[")
 
 

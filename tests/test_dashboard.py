@@ -292,8 +292,9 @@ def test_names_from_pis_are_escaped_everywhere(user: WebClient) -> None:
 def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
                                                  user: WebClient,
                                                  history_db: tuple[Path, Sample]) -> None:
-    """Now: each person home or away since when and seen by which Pi; each Pi's
-    temperature, online state, scanner state; the demo Pi and its person marked demo."""
+    """Now: each person home or away since when, seen by which Pi and in which room
+    (none unless home); each Pi's room, temperature, online state, scanner state; the
+    demo Pi and its person marked demo; room names escaped."""
     now = user.get("/api/now").json()
     sample_now = history_db[1].now
     people = {p["name"]: p for p in now["people"]}
@@ -305,6 +306,9 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert (evil["state"], evil["home"], evil["seen_by"], evil["unconfirmed_by"]) == (
         "unknown", False, [], [hs.EVIL_PI])
     assert evil["since"] == pytest.approx(sample_now - 3600, abs=1)
+    assert people[hs.ANNA]["room"] == hs.KITCHEN_ROOM
+    assert people[hs.ANNA]["room_since"] == pytest.approx(sample_now - 2 * 3600, abs=1)
+    assert evil["room"] is None and people[hs.FRANK]["room"] is None  # not home: no room
     pis = {p["name"]: p for p in now["pis"]}
     kitchen = pis[hs.KITCHEN]
     assert kitchen["temperature"] == hs.KITCHEN_NOW and kitchen["online"] is True
@@ -312,6 +316,8 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert pis[hs.EVIL_PI]["online"] is False
     assert pis[hs.EVIL_PI]["scanner_detail"] == hs.SCANNER_ERROR
     assert pis[hs.DEMO_PI]["simulated"] == "demo"
+    assert (kitchen["room"], pis[hs.EVIL_PI]["room"], pis[hs.DEMO_PI]["room"]) == (
+        hs.KITCHEN_ROOM, hs.EVIL_ROOM, None)
     assert now["invented"] == [hs.DEMO_PI] and now["simulated"] == "demo"
     page = user.get("/").text
     assert '<span class="value">21.5</span>' in page
@@ -319,6 +325,12 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert '<span class="badge unknown">not seen</span>' in page
     assert ('last seen home by <span class="name">&lt;script&gt;alert(1)&lt;/script&gt;'
             '</span> offline') in page
+    kitchen_room = "Kitchen &lt;em&gt;&amp;&lt;/em&gt; &#34;dining&#34;"
+    assert f'<span class="badge ok">home</span> <span class="room">· {kitchen_room}</span>' \
+        in page
+    assert f'<dt>Room</dt><dd><span class="room">{kitchen_room}</span> since ' in page
+    assert '<span class="room">&lt;script&gt;alert(3)&lt;/script&gt;</span>' in page
+    assert "alert(3)</script>" not in page
 
 
 def test_temperature_api_for_every_range(user: WebClient,

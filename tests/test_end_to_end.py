@@ -110,14 +110,16 @@ def test_subscriber_prints_decrypted_readings_in_the_tutorial_format(
         kinds.append(m.group(1))
         data = json.loads(m.group(2))
         if m.group(1) == "temperature":
-            assert set(data) == {"temperature", "timestamp"}
+            assert set(data) == {"temperature", "timestamp", "room"}
+            assert data["room"] == "pi-kitchen"  # the device name, no --room given
             assert 15 <= data["temperature"] <= 28
         elif m.group(1) == "scanner":
             assert data == {"state": "ok", "scanner": "simulated"}
         else:
-            for d in data:  # the tutorial's shape, plus state and last-seen time
-                assert (d["name"], d["mac"], d["state"]) == ("Franks Phone",
-                                                            "88:29:9C:00:61:A9", "home")
+            for d in data:  # the tutorial's shape, plus state, last-seen time, room, signal
+                assert (d["name"], d["mac"], d["state"], d["room"]) == (
+                    "Franks Phone", "88:29:9C:00:61:A9", "home", "pi-kitchen")
+                assert isinstance(d["rssi"], int) and -90 <= d["rssi"] <= -40
                 assert d["last_seen"] > 1.7e9
     assert kinds.count("temperature") == 3 and kinds.count("devices") == 3
     assert kinds.count("scanner") == 1

@@ -503,6 +503,107 @@ def test_now_shows_each_pi(writer: SqliteHistory, db: Path, clock: Clock) -> Non
                                                                              None, None)
 
 
+def test_each_persons_room_and_each_pis_room_are_kept(writer: SqliteHistory, db: Path,
+                                                      clock: Clock) -> None:
+    """A Pi's room and a person's room changes (from the subscriber's rooms fusion) are
+    kept: now() shows the person's room and since when while they are home, none once
+    they are not; every change is a row (no room: not home)."""
+    writer.pi_room("pi-a", T0, "Kitchen")
+    writer.pi_room("pi-b", T0, "Garage")
+    anna(writer, "pi-a", T0 + 10, "home")
+    anna(writer, "pi-b", T0 + 10, "home")
+    writer.person_room("Anna", T0 + 10, "Kitchen", "pi-a")
+    writer.person_room("Anna", T0 + 20, "Kitchen", "pi-a")  # again: still since T0 + 10
+    writer.commit()
+    with open_reader(db) as r:
+        now = r.now(clock.now)
+    assert [(p.name, p.room) for p in now.pis] == [("pi-a", "Kitchen"), ("pi-b", "Garage")]
+    assert (now.people[0].state, now.people[0].room, now.people[0].room_since) == (
+        "home", "Kitchen", T0 + 10)
+    writer.person_room("Anna", T0 + 60, "Garage", "pi-b")
+    writer.person_room("Anna", T0 + 50, "Hall", "pi-b")  # older than the latest: ignored
+    writer.commit()
+    with open_reader(db) as r:
+        assert (r.now(clock.now).people[0].room, r.now(clock.now).people[0].room_since) == (
+            "Garage", T0 + 60)
+    anna(writer, "pi-a", T0 + 200, "away")
+    anna(writer, "pi-b", T0 + 200, "away")
+    writer.person_room("Anna", T0 + 200, None)
+    writer.commit()
+    with open_reader(db) as r:
+        person = r.now(clock.now).people[0]
+    assert (person.state, person.room, person.room_since) == ("away", None, None)
+    assert rows(db, "SELECT ts - ?, room, device_id FROM room_change ORDER BY ts", T0) == [
+        (10.0, "Kitchen", 1), (20.0, "Kitchen", 1), (60.0, "Garage", 2), (200.0, None, None)]
+
+
+def test_a_room_is_shown_only_while_the_history_has_them_home(
+        writer: SqliteHistory, db: Path, clock: Clock) -> None:
+    """When the history's own fusion has the person unknown (their Pi went offline),
+    the last recorded room is not shown."""
+    anna(writer, "pi-a", T0 + 10, "home")
+    writer.person_room("Anna", T0 + 10, "Kitchen", "pi-a")
+    writer.availability("pi-a", T0 + 20, False)
+    writer.commit()
+    with open_reader(db) as r:
+        person = r.now(clock.now).people[0]
+    assert (person.state, person.room) == ("unknown", None)
+
+
+def test_a_version_1_database_is_upgraded_in_place(db: Path, clock: Clock) -> None:
+    """A history written by the version before rooms (schema 1) is migrated when the
+    subscriber opens it: everything in it is kept and rooms can be recorded."""
+    db.parent.mkdir(mode=0o700)
+    con = sqlite3.connect(db, isolation_level=None)
+    schema.migrate(con, db, schema.MIGRATIONS[:1])
+    assert con.execute("PRAGMA user_version").fetchone() == (1,)
+    con.close()
+    with SqliteHistory(db, clock=clock) as old:  # the v1 data, written through v1 tables
+        old.temperature("pi-a", T0, 20.5)
+        anna(old, "pi-a", T0 + 1, "home")
+        old.commit()
+    # Put it back to exactly version 1's shape: as an old subscriber left it.
+    con = sqlite3.connect(db, isolation_level=None)
+    con.executescript("DROP TABLE room_change; ALTER TABLE device DROP COLUMN room; "
+                      "ALTER TABLE person DROP COLUMN room; "
+                      "ALTER TABLE person DROP COLUMN room_since; "
+                      "ALTER TABLE person DROP COLUMN room_at; PRAGMA user_version = 1;")
+    con.close()
+    with pytest.raises(StorageError, match="not migrated it yet"):
+        open_reader(db)
+    with SqliteHistory(db, clock=clock) as writer:
+        assert rows(db, "PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
+        writer.pi_room("pi-a", T0 + 2, "Kitchen")
+        writer.person_room("Anna", T0 + 2, "Kitchen", "pi-a")
+        writer.commit()
+    with open_reader(db) as r:
+        now = r.now(clock.now)
+        assert r.temperature("pi-a", T0, T0 + 60)[0].mean == 20.5
+    assert (now.pis[0].temperature, now.pis[0].room) == (20.5, "Kitchen")
+    assert (now.people[0].state, now.people[0].room) == ("home", "Kitchen")
+
+
+def test_the_history_sink_records_room_changes_from_the_fusion(
+        writer: SqliteHistory, db: Path, clock: Clock) -> None:
+    """The subscriber's history sink keeps each fused person change's room (none unless
+    home); a name or room the store refuses is counted, not written, and the sink goes
+    on."""
+    from subscriber.rooms import Person
+    from subscriber.sinks.history import HistorySink
+
+    sink = HistorySink(writer, clock=clock)
+    anna(writer, "pi-a", T0 + 1, "home")
+    sink.person(Person("Anna", "home", "Kitchen", "pi-a", T0 + 1))
+    sink.person(Person("x" * 65, "home", "Kitchen", "pi-a", T0 + 2))
+    sink.person(Person("Bob", "home", "Kitchen", "pi-a", T0 + 2))  # in no presence report
+    sink.person(Person("Anna", "unknown", None, None, T0 + 3))
+    sink.flush()
+    assert rows(db, "SELECT ts - ?, room FROM room_change", T0) == [(1.0, "Kitchen"),
+                                                                    (3.0, None)]
+    assert sink.unrecorded["room"] == 1
+    assert rows(db, "SELECT name FROM person") == [("Anna",)]
+
+
 def test_availability_and_scanner_are_kept_as_changes(writer: SqliteHistory, db: Path) -> None:
     """Repeated statuses are one change; an older status than the latest changes
     nothing."""
@@ -957,6 +1058,12 @@ def test_reader_and_writer_satisfy_the_interface(writer: SqliteHistory, db: Path
     ("presence", ("pi-a", T0, [Sighting(name=f"p{i}", state="home") for i in range(65)])),
     ("presence", ("pi-a", T0, [Sighting(name="Anna", state="home", last_seen=1e300)])),
     ("scanner", ("pi-a", T0, "s" * 65)),
+    ("pi_room", ("pi-a", T0, "r" * 65)),
+    ("pi_room", ("pi-a", T0, "")),
+    ("person_room", ("x" * 65, T0, "Kitchen", "pi-a")),
+    ("person_room", ("Anna", T0, "r" * 65, "pi-a")),
+    ("person_room", ("Anna", 1e20, "Kitchen", "pi-a")),
+    ("person_room", ("Anna", T0, "Kitchen", "p" * 65)),
 ])
 def test_values_out_of_range_are_refused_before_anything_is_written(
         writer: SqliteHistory, db: Path, call: str, args: tuple[Any, ...]) -> None:

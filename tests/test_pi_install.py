@@ -144,6 +144,10 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     assert env_file
     env = dict(line.split("=", 1) for line in (root / env_file.group(1).lstrip("/"))
                .read_text().splitlines() if line and not line.startswith("#"))
+    drop_in = root / "etc" / "systemd" / "system" / "homewatch-publisher.service.d" / "room.conf"
+    env.update(line.split("=", 1) for line in re.findall(r'^Environment="([^"]+)"$',
+                                                         drop_in.read_text(), re.M))
+    assert env["HOMEWATCH_ROOM"] == "Kitchen"  # --room Kitchen, in a drop-in
     exec_start = re.search(r"^ExecStart=(\S+) --credentials %d$", unit, re.M)
     assert exec_start
     program = root / exec_start.group(1).lstrip("/")
@@ -155,12 +159,14 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     assert r.returncode == 0, r.stderr
     assert "2 reading(s), 5 message(s) sent, 5 acknowledged" in r.stderr, r.stderr
     assert "1 known device(s)" in r.stderr
+    assert "this Pi's room: Kitchen" in r.stderr
 
     # Again with the same bundle: refused without --force; without a bundle: an upgrade.
     r = sh(install, pi)
     assert r.returncode == 1 and "--force" in r.stderr, r.stderr
     r = sh(f"~/homewatch-src/scripts/install-pi.sh --root {root} --wheels {WHEELS}", pi)
     assert r.returncode == 0, r.stderr
+    assert drop_in.read_text().count("HOMEWATCH_ROOM=Kitchen") == 1  # an upgrade keeps it
     check = tmp_path / "homewatch-publisher.service"  # the installed unit, run from here
     check.write_text(unit.replace(exec_start.group(1), str(program)))
     r = subprocess.run(["systemd-analyze", "verify", str(check)], capture_output=True,
@@ -173,7 +179,8 @@ def test_install_script_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
     script = str(ROOT / "scripts" / "install-pi.sh")
     for args, message in ((["--root", str(tmp_path)], "no credentials in"),
                           (["missing.tar.gz", "--root", str(tmp_path)], "bundle not found"),
-                          (["--frobnicate"], "unknown option")):
+                          (["--frobnicate"], "unknown option"),
+                          (["--room", 'Kitchen"x', "--root", str(tmp_path)], "--room:")):
         r = subprocess.run([script, *args], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         errors = [line for line in r.stderr.splitlines() if "install-pi: error:" in line]

@@ -80,3 +80,48 @@ def test_bleak_scan_without_bluez_is_a_scanner_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     with pytest.raises(ScannerError):
         asyncio.run(presence.BleakScan(0.5).scan())
+
+
+def test_report_carries_the_room_and_the_latest_signal_of_those_home() -> None:
+    """Each entry names the Pi's room; a device that is home carries the signal heard
+    from it lately (also a weaker one, below the threshold, while it is still home); an
+    away device carries none."""
+    now = [0.0]
+    tracker = presence.PresenceTracker(presence.Known(macs={"AA:BB:CC:DD:EE:01": "Anna",
+                                                            "AA:BB:CC:DD:EE:02": "Bob"}),
+                                       rssi_threshold=-80, away_after=60,
+                                       clock=lambda: now[0])
+    tracker.observe("AA:BB:CC:DD:EE:01", -55)
+    tracker.observe("AA:BB:CC:DD:EE:02", -60)
+    now[0] = 30
+    tracker.observe("AA:BB:CC:DD:EE:01", -62)
+    report = tracker.report("Kitchen")
+    assert [(d["name"], d["room"], d["rssi"]) for d in report] == [("Anna", "Kitchen", -62),
+                                                                   ("Bob", "Kitchen", -60)]
+    now[0] = 50
+    tracker.observe("AA:BB:CC:DD:EE:01", -85)  # weak: does not count as seen, but heard
+    now[0] = 61
+    tracker.tick()
+    anna, bob = tracker.report("Kitchen")
+    assert (anna["state"], anna["rssi"]) == ("home", -85)
+    assert bob["state"] == "away" and "rssi" not in bob
+    assert "room" not in tracker.report()[0]  # the tutorial's shape when no room is given
+
+
+def test_simulated_signals_are_steady_per_device_and_pi() -> None:
+    """The simulated scanner hears each known device at its own strength, within 2 dB
+    from scan to scan, and a second Pi at another (a demo's rooms do not jump about)."""
+    known = {"AA:BB:CC:DD:EE:01": "Anna", "AA:BB:CC:DD:EE:02": "Bob"}
+    scan = presence.SimulatedScan(known, random.Random(1), place="pi-kitchen")
+    for _ in range(50):
+        seen = asyncio.run(scan.scan())
+        for mac in known:
+            if mac in seen:
+                centre = presence.simulated_signal(mac, "pi-kitchen")
+                assert -85 <= centre <= -45
+                assert abs((seen[mac] or 0) - centre) <= 2
+    assert presence.simulated_signal("AA:BB:CC:DD:EE:01", "pi-kitchen") == (
+        presence.simulated_signal("aa:bb:cc:dd:ee:01", "pi-kitchen"))
+    centres = {presence.simulated_signal(mac, pi) for mac in known
+               for pi in ("pi-kitchen", "pi-garage", "pi-attic")}
+    assert len(centres) > 1

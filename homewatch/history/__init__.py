@@ -79,6 +79,14 @@ class HistoryWriter(Protocol):
     def key_updated(self, device: str, at: float) -> None:
         """When ``device``'s key ring was last written (provisioned or rotated)."""
 
+    def pi_room(self, device: str, at: float, room: str) -> None:
+        """Pi ``device`` says it stands in ``room`` (its readings name it)."""
+
+    def person_room(self, name: str, at: float, room: str | None,
+                    device: str | None = None) -> None:
+        """Person ``name`` is in ``room`` from ``at`` on, the Pi ``device`` hearing them
+        best there (None, None: not home); kept as changes."""
+
     def commit(self) -> None:
         """Make everything written since the last commit durable (raises StorageError)."""
 
@@ -107,6 +115,8 @@ class PersonNow:
     last_seen: float | None
     unconfirmed_by: tuple[str, ...] = ()  # unknown: the Pis that last had them home
     simulated: Simulated = None
+    room: str | None = None  # home: the room they are in (the Pi that hears them best)
+    room_since: float | None = None  # when they came into it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +132,7 @@ class PiNow:
     scanner_state: str | None
     scanner_detail: str
     simulated: Simulated = None  # the mark of its latest reading
+    room: str | None = None  # the room it says it stands in (None: it has not said)
 
 
 @dataclass(frozen=True, kw_only=True)

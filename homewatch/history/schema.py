@@ -24,7 +24,7 @@ from urllib.parse import quote
 from homewatch.errors import StorageError
 from homewatch.history import Simulated
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SIM_CODES: Mapping[Simulated, int] = {None: 0, "simulated": 1, "demo": 2}
 SIM_NAMES: Mapping[int, Simulated] = {v: k for k, v in SIM_CODES.items()}
@@ -88,7 +88,20 @@ _V1 = (
         PRIMARY KEY (day, device_id, reason)) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)  # MIGRATIONS[v]: from version v to v + 1
+# Rooms (several Pis): the room each Pi says it stands in, and each person's room as the
+# subscriber's fusion chose it (subscriber/rooms.py): the latest on the person's row, and
+# every change (room NULL: not home; device_id: the Pi that heard them best in it).
+_V2 = (
+    """ALTER TABLE device ADD COLUMN room TEXT""",
+    """ALTER TABLE person ADD COLUMN room TEXT""",
+    """ALTER TABLE person ADD COLUMN room_since REAL""",
+    """ALTER TABLE person ADD COLUMN room_at REAL""",
+    """CREATE TABLE room_change (
+        person_id INTEGER NOT NULL, ts REAL NOT NULL, room TEXT, device_id INTEGER,
+        PRIMARY KEY (person_id, ts)) WITHOUT ROWID""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)  # [v]: from version v to v + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 WRITER_BUSY_TIMEOUT = 10.0  # seconds a commit waits for readers (their queries are short)

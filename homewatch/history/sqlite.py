@@ -346,6 +346,48 @@ class SqliteHistory:
                          (at, self._device(device)))
 
     @_storage
+    def pi_room(self, device: str, at: float, room: str) -> None:
+        """The room Pi ``device`` says it stands in (kept when it changes). ValueError
+        (nothing written) for a room name that is not 1 to MAX_NAME characters."""
+        _check_time("room at", at)
+        _check_name("Pi", device)
+        _check_name("room", room)
+        dev = self._device(device)
+        self._db.execute("UPDATE device SET room = ? WHERE id = ? AND room IS NOT ?",
+                         (room, dev, room))
+
+    @_storage
+    def person_room(self, name: str, at: float, room: str | None,
+                    device: str | None = None) -> None:
+        """Person ``name``'s room from ``at`` on (None: not home), as a change; one older
+        than the latest recorded, or of a person no presence report has named (kept),
+        is ignored. ValueError (nothing written) for a name or room that is not 1 to
+        MAX_NAME characters or a time out of range."""
+        _check_time("room change at", at)
+        _check_name("person", name)
+        if room is not None:
+            _check_name("room", room)
+        if device is not None:
+            _check_name("Pi", device)
+        self._begin()
+        person = self._persons.get(name)
+        if person is None:
+            row = self._db.execute("SELECT id FROM person WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return  # people come from presence reports, within their bounds
+            person = self._persons[name] = int(row[0])
+        old_room, old_since, old_at = self._db.execute(
+            "SELECT room, room_since, room_at FROM person WHERE id = ?", (person,)).fetchone()
+        if old_at is not None and at < old_at:
+            return
+        dev = self._device(device) if device is not None else None
+        self._db.execute("INSERT OR REPLACE INTO room_change VALUES (?, ?, ?, ?)",
+                         (person, at, room, dev))
+        since = old_since if room == old_room and old_at is not None else at
+        self._db.execute("UPDATE person SET room = ?, room_since = ?, room_at = ? "
+                         "WHERE id = ?", (room, since, at, person))
+
+    @_storage
     def commit(self) -> None:
         """Write the batch's rollups and states, delete what retention says is due, and
         make it all durable in one commit."""

@@ -69,10 +69,11 @@ class SqliteHistoryReader:
             names = _names(db, "device")
             pis = tuple(_pi_now(row) for row in db.execute(
                 "SELECT name, online, status_since, temp_centi, temp_at, last_seen, "
-                "scanner_state, scanner_detail, last_sim FROM device ORDER BY name"))
-            people = tuple(_person_now(db, person, name, names)
-                           for person, name in db.execute(
-                               "SELECT id, name FROM person ORDER BY name").fetchall())
+                "scanner_state, scanner_detail, last_sim, room FROM device ORDER BY name"))
+            people = tuple(_person_now(db, person, name, names, room, room_since)
+                           for person, name, room, room_since in db.execute(
+                               "SELECT id, name, room, room_since FROM person "
+                               "ORDER BY name").fetchall())
         return Now(at=at, people=people, pis=pis)
 
     def temperature(self, device: str, start: float, end: float, *,
@@ -188,21 +189,24 @@ def _names(db: sqlite3.Connection, table: str) -> dict[int, str]:
 
 
 def _pi_now(row: Any) -> PiNow:
-    name, online, since, centi, temp_at, last, scanner, detail, sim = row
+    name, online, since, centi, temp_at, last, scanner, detail, sim, room = row
     return PiNow(name=name, online=None if online is None else bool(online),
                  status_since=since, temperature=None if centi is None else centi / 100,
                  temperature_at=temp_at, last_reading_at=last, scanner_state=scanner,
-                 scanner_detail=detail, simulated=schema.SIM_NAMES.get(sim or 0))
+                 scanner_detail=detail, simulated=schema.SIM_NAMES.get(sim or 0),
+                 room=room)
 
 
 NOW_LOOKBACK = 86400.0  # now(): the first window searched for when the state began
 
 
 def _person_now(db: sqlite3.Connection, person: int, name: str,
-                names: Mapping[int, str]) -> PersonNow:
+                names: Mapping[int, str], room: str | None = None,
+                room_since: float | None = None) -> PersonNow:
     """The person's state after everything recorded (a report taken a little ahead of
     the caller's clock counts); ``since`` is when the current span began, found by
-    widening a window back from the latest change until the span starts inside it."""
+    widening a window back from the latest change until the span starts inside it.
+    ``room``: the latest the subscriber recorded, shown only while they are home."""
     rows = db.execute("SELECT last_seen, sim FROM presence_state WHERE person_id = ?",
                       (person,)).fetchall()
     last_seen = max((s for s, _ in rows if s is not None), default=None)
@@ -229,7 +233,9 @@ def _person_now(db: sqlite3.Connection, person: int, name: str,
     return PersonNow(name=name, state=state, home=state == "home", since=since,
                      seen_by=pis(now.seen_by) if now else (), last_seen=last_seen,
                      unconfirmed_by=pis(now.unconfirmed_by) if now else (),
-                     simulated=schema.SIM_NAMES[max((s for _, s in rows), default=0)])
+                     simulated=schema.SIM_NAMES[max((s for _, s in rows), default=0)],
+                     room=room if state == "home" else None,
+                     room_since=room_since if state == "home" and room else None)
 
 
 def _pis_of(db: sqlite3.Connection, person: int) -> list[int]:

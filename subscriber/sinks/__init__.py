@@ -31,8 +31,10 @@ class Sink(Protocol):
         """A rejected message; ``device`` is None unless the topic names a known one."""
 
     def person(self, person: Person) -> None:
-        """A person's fused state changed (arrived, left, moved to another room): see
-        :mod:`subscriber.rooms`. Called after ``reading()`` of the report that did it."""
+        """A person's fused state changed (arrived, left, moved to another room, not
+        seen: ``unknown`` once only Pis that no longer vouch had them home): see
+        :mod:`subscriber.rooms`. Called after ``reading()`` or ``status()`` of the report
+        or status that did it (or when a removed Pi's key ring is found gone)."""
 
     def flush(self) -> None:
         """Make what was handed over durable; raises StorageError when it cannot."""

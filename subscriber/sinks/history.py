@@ -1,5 +1,6 @@
-"""The history sink: every accepted reading and status, written to the history store
-(:mod:`homewatch.history`) that the dashboard reads.
+"""The history sink: every accepted reading and status, and each person's room as the
+rooms fusion chose it, written to the history store (:mod:`homewatch.history`) that the
+dashboard reads.
 
 What a Pi sends is authenticated, but its content is still checked here: a reading whose
 data does not have the expected shape, or that the store refuses (a value or time out of
@@ -20,7 +21,7 @@ from typing import Any, cast
 
 from homewatch.envelope import Reading
 from homewatch.history import HistoryWriter, Sighting, Simulated
-from subscriber.rooms import Person
+from subscriber.rooms import Person, room_of_reading
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,10 @@ class HistorySink:
                 return False
             self.writer.scanner(reading.device, at, state, detail, simulated=sim)
         # Other kinds (``strangers``: keyed hashes, opt-in) are not kept.
+        if reading.kind in ("temperature", "devices"):
+            room = room_of_reading(data)
+            if room is not None:
+                self.writer.pi_room(reading.device, at, room)
         return True
 
     def status(self, topic: str, device: str, status: str) -> None:
@@ -118,8 +123,16 @@ class HistorySink:
         self.writer.rejected(device, reason, self.clock())
 
     def person(self, person: Person) -> None:
-        """The history fuses people from the stored reports itself (see
-        :mod:`homewatch.history.fusion`)."""
+        """A person's room changed (or they are no longer home: no room): kept as a
+        change. Their home/away/unknown the history fuses from the stored reports itself
+        (see :mod:`homewatch.history.fusion`), the same way."""
+        room = person.room if person.state == "home" else None
+        try:
+            self.writer.person_room(person.name, person.at, room,
+                                    person.pi if room is not None else None)
+        except (ValueError, OverflowError, TypeError) as exc:
+            self.unrecorded["room"] += 1
+            log.debug("room of %r not kept: %s", person.name[:64], exc)
 
     def flush(self) -> None:
         self._check_keys()
