@@ -262,6 +262,7 @@ class Receiver:
         self.bodies: list[dict[str, object]] = []
         self.paths: list[str] = []
         self.statuses: list[int] = []
+        self.started = 0  # requests received (answered or not)
         self.hang = threading.Event()
         self.release = threading.Event()
         receiver = self
@@ -269,6 +270,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.started += 1
                 if receiver.hang.is_set():
                     receiver.release.wait(30)
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
