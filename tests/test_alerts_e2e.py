@@ -5,6 +5,7 @@ loopback receiving the webhook's POSTs; the alerts land in the history database.
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from homewatch.envelope import seal
 from homewatch.history.sqlite import SqliteHistoryReader
 from homewatch.secrets import load_keyring
-from tests.helpers import Broker, paho_client, password, running, stop_client
+from tests.helpers import Broker, clean_env, paho_client, password, running, stop_client
 from tests.test_alerts import Receiver
 from tests.test_end_to_end import read_lines, subscriber_cmd, wait_subscribed
 
@@ -156,3 +157,20 @@ def test_a_hanging_webhook_never_delays_readings(
         "20.0", "21.0", "22.0", "23.0", "24.0"]
     assert receiver.bodies == []  # the alert was still hanging all along
 
+
+
+def test_a_bad_or_missing_alerts_file_stops_the_subscriber_with_one_line(
+        broker: Broker, workdir: Path) -> None:
+    """A bad alerts file: exit 2, one line naming the file and the line; a named file
+    that does not exist: exit 2 too (only the default one is optional)."""
+    bad = workdir / "alerts.toml"
+    bad.write_text('[[rule]]\nwhen = "arrives"\nperson = "Anna"\nfor = "5m"\n')
+    for path, expected in ((bad, f"alerts file {bad}: line 4: rule 1: 'for' does not "
+                                 "belong in a arrives rule"),
+                           (workdir / "nope.toml", "alerts file not found: ")):
+        proc = subprocess.run(subscriber_cmd(broker, workdir, "--alerts", str(path)),
+                              cwd=workdir, env=clean_env(), capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("subscriber: error: " + expected), proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
