@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -359,3 +359,32 @@ def test_a_full_queue_drops_the_oldest_undelivered_and_counts_it(
     bodies = receiver.wait(3)
     hook.close(2)
     assert [b["rule"] for b in bodies] == ["a0", "a3", "a4"]
+
+
+def test_a_redirect_is_a_failure_never_followed_and_a_stop_waits_only_its_grace(
+        receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    """A 302 answer is a failed delivery (logged, not followed; with retry_for 0 given
+    up and reported failed); at close, an alert stuck in a hanging POST gets the grace
+    period, then is reported as not delivered."""
+    cfg = parse_alerts(f'[webhook]\nurl = "{receiver.url}/hook"\nretry_for = 0\n'
+                       'timeout = 30\n', Path("a"))
+    assert cfg.webhook is not None
+    results: list[tuple[int | None, str]] = []
+    hook = Webhook(cfg.webhook, on_result=lambda ref, state, at: results.append((ref, state)))
+    receiver.statuses = [302]
+    hook.send(an_alert("moved"), 1)
+    until_true(lambda: results == [(1, "failed")])
+    assert "failed (HTTP 302); given up" in caplog.text and receiver.started == 1
+    receiver.hang.set()
+    hook.send(an_alert("stuck"), 2)
+    until_true(lambda: receiver.started == 2)
+    hook.close(0.5)
+    assert receiver.bodies == []  # close returned while the POST still hangs
+    assert "1 alert(s) not delivered when stopping" in caplog.text
+
+
+def until_true(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

@@ -136,12 +136,14 @@ def test_an_arrival_alert_is_posted_once_retried_after_a_500_and_kept_in_the_his
 
 def test_a_hanging_webhook_never_delays_readings(
         broker: Broker, workdir: Path, certs: Path, receiver: Receiver) -> None:
-    """While the webhook does not answer, the subscriber keeps showing readings."""
+    """While the webhook does not answer, the subscriber keeps showing readings; an
+    alerts file every user may read is warned about (it may hold a secret URL)."""
     receiver.hang.set()
-    cmd = subscriber_cmd(broker, workdir, "--no-history", "--alerts",
-                         str(alerts_file(workdir, receiver)))
+    path = alerts_file(workdir, receiver)
+    path.chmod(0o644)
+    cmd = subscriber_cmd(broker, workdir, "--no-history", "--alerts", str(path))
     with running(cmd, cwd=workdir) as sub:
-        wait_subscribed(sub)
+        early = "".join(wait_subscribed(sub))
         drain(sub.stderr)
         pi = Pi(broker, certs)
         try:
@@ -156,6 +158,7 @@ def test_a_hanging_webhook_never_delays_readings(
     assert [line.split("temperature\": ")[1][:4] for line in lines[1:]] == [
         "20.0", "21.0", "22.0", "23.0", "24.0"]
     assert receiver.bodies == []  # the alert was still hanging all along
+    assert f"alerts file {path} is readable by every user" in early
 
 
 
