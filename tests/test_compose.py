@@ -727,11 +727,11 @@ def test_the_demos_alert_reaches_a_webhook_on_the_stacks_network(
                       'when = "temperature-above"\npi = "demo-pi"\ncelsius = -50\n')
     alerts.chmod(0o600)
     try:
+        running.make("up")  # (which removes containers of no service of its own)
+        assert alerts.stat().st_mode & 0o777 == 0o640 and alerts.stat().st_gid == 10001
         subprocess.run([*compose, "up", "-d", "--no-deps", "alerts-receiver"],
                        cwd=running.dir, env=clean_env(), check=True, capture_output=True,
                        timeout=300)
-        running.make("up")
-        assert alerts.stat().st_mode & 0o777 == 0o640 and alerts.stat().st_gid == 10001
         subprocess.run([*compose, "restart", "subscriber"], cwd=running.dir,
                        env=clean_env(), check=True, capture_output=True, timeout=120)
         logs = running.wait_in_logs("alerts-receiver", '"rule": "demo warm"', timeout=90)
