@@ -336,6 +336,7 @@ def test_recent_alerts_on_the_now_page_and_in_the_api(user: WebClient,
     assert arrived["delivered_at"] == pytest.approx(sample_now - 2 * 3600 + 1, abs=1)
     assert data["simulated"] == "demo"
     page = user.get("/").text
+    assert page.count('id="alerts"') == 1 and "<title>Now · Homewatch</title>" in page
     section = page[page.index('id="alerts"'):]
     assert hs.EVIL_ALERT not in section
     assert "&lt;b&gt;kitchen&lt;/b&gt; &amp; &#34;hot&#34;: 30.0 °C" in section
