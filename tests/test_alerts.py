@@ -16,7 +16,7 @@ import pytest
 from homewatch.errors import ConfigError
 from homewatch.history.sqlite import SqliteHistory, SqliteHistoryReader
 from subscriber.alert_engine import STALE, Alert, Engine
-from subscriber.alert_rules import mask_url, parse_alerts
+from subscriber.alert_rules import mask_url, parse_alerts, parse_duration
 from subscriber.rooms import Person
 from subscriber.webhook import Webhook
 
@@ -85,6 +85,8 @@ def test_a_good_file_gives_every_rule_and_hides_the_webhook_url() -> None:
     assert "secret-topic" not in str(cfg) and "secret-topic" not in repr(cfg)
     assert "https://ntfy.example/***" in str(cfg)
     assert mask_url("http://127.0.0.1:8080/hook?token=x") == "http://127.0.0.1:8080/***"
+    assert [parse_duration(d, "for") for d in (600, "90s", "10m", "1.5h", "1d")] == [
+        600, 90, 600, 5400, 86400]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

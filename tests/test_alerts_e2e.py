@@ -124,7 +124,7 @@ def test_an_arrival_alert_is_posted_once_retried_after_a_500_and_kept_in_the_his
     assert arrival["simulated"] == "demo" and "[demo data, not measured]" in str(
         arrival["message"])
     text = "".join(log)
-    assert "failed (HTTP 500); retrying" in text
+    assert "failed (HTTP 500); retrying in 1 s" in text
     assert f"http://127.0.0.1:{receiver.server.server_address[1]}/***" in text
     assert "secret-token" not in text
     with SqliteHistoryReader(db) as r:
@@ -177,3 +177,19 @@ def test_a_bad_or_missing_alerts_file_stops_the_subscriber_with_one_line(
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("subscriber: error: " + expected), proc.stderr
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_show_settings_names_the_alerts_file_and_masks_its_url(
+        broker: Broker, workdir: Path, receiver: Receiver) -> None:
+    """--show-settings prints the alerts file, its rule count and the webhook's URL
+    with its path (the secret) masked."""
+    path = alerts_file(workdir, receiver)
+    proc = subprocess.run(subscriber_cmd(broker, workdir, "--alerts", str(path),
+                                         "--show-settings"),
+                          cwd=workdir, env=clean_env(), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    port = receiver.server.server_address[1]
+    assert (f"alerts={path} (2 rule(s), webhook http://127.0.0.1:{port}/*** (json))"
+            in proc.stdout.splitlines())
+    assert "secret-token" not in proc.stdout
