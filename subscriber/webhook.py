@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from homewatch.history import AlertDelivery
 from subscriber.alert_engine import Alert
 from subscriber.alert_rules import WebhookSettings
 
@@ -75,7 +76,7 @@ class Webhook:
     called from the delivery thread once an alert is delivered or given up."""
 
     def __init__(self, settings: WebhookSettings, *,
-                 on_result: Callable[[int | None, str, float], None] | None = None,
+                 on_result: Callable[[int | None, AlertDelivery, float], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.on_result = on_result
@@ -131,7 +132,7 @@ class Webhook:
         if left:
             log.warning("%d alert(s) not delivered when stopping", left)
 
-    def _result(self, ref: int | None, state: str) -> None:
+    def _result(self, ref: int | None, state: AlertDelivery) -> None:
         if self.on_result is not None:
             try:
                 self.on_result(ref, state, self.clock())

@@ -149,14 +149,13 @@ class AlertsSink:
             log.error("alert (%s) not recorded in the history: %s", alert.rule, exc)
             return None
 
-    def _delivered(self, ref: int | None, delivery: str, at: float) -> None:
+    def _delivered(self, ref: int | None, delivery: AlertDelivery, at: float) -> None:
         """The webhook's thread: what became of a delivery."""
-        if self.store is None or ref is None or delivery not in (
-                "delivered", "failed", "dropped"):
+        if self.store is None or ref is None:
             return
         try:
             with self._store_lock:
-                self.store.alert_delivery(ref, delivery, at)  # type: ignore[arg-type]
+                self.store.alert_delivery(ref, delivery, at)
                 self.store.commit()
         except (StorageError, ValueError) as exc:
             log.error("alert delivery not recorded in the history: %s", exc)
