@@ -13,7 +13,15 @@ from dataclasses import asdict
 from typing import Any
 
 from dashboard.inventory import Certificates
-from homewatch.history import RANGES, Bucket, DeviceReport, Interval, Now, Simulated
+from homewatch.history import (
+    RANGES,
+    AlertRecord,
+    Bucket,
+    DeviceReport,
+    Interval,
+    Now,
+    Simulated,
+)
 
 DEFAULT_RANGE = "24h"
 UNIT = "°C"
@@ -51,6 +59,16 @@ def now_view(now: Now) -> JSON:
     return {"at": now.at, "people": people, "pis": pis, "invented": invented,
             "simulated": mark_of([*(p.simulated for p in now.pis),
                                   *(p.simulated for p in now.people)])}
+
+
+RECENT_ALERTS = 10  # on the Now page
+API_ALERTS = 100  # /api/alerts
+
+
+def alerts_view(at: float, alerts: list[AlertRecord]) -> JSON:
+    """The latest alerts, newest first; ``simulated`` marks those invented data caused."""
+    return {"at": at, "alerts": [asdict(a) for a in alerts],
+            "simulated": mark_of(a.simulated for a in alerts)}
 
 
 def temperature_view(device: str, range_name: str, start: float, end: float,

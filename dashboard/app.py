@@ -396,8 +396,12 @@ async def _devices(request: web.Request) -> api.JSON:
 
 
 async def now_page(request: web.Request) -> web.StreamResponse:
-    view = await _now(request)
-    return render(request, "now.html", now=view, invented=view["invented"])
+    dash = request.app[DASHBOARD]
+    at = dash.clock()
+    now, alerts = await dash.history.call(lambda r: (r.now(at), r.alerts(api.RECENT_ALERTS)))
+    view = api.now_view(now)
+    return render(request, "now.html", now=view, invented=view["invented"],
+                  alerts=api.alerts_view(at, alerts))
 
 
 async def history_page(request: web.Request) -> web.StreamResponse:
@@ -437,6 +441,13 @@ async def api_presence(request: web.Request) -> web.StreamResponse:
     return web.json_response(api.presence_view(range_name, start, end, people))
 
 
+async def api_alerts(request: web.Request) -> web.StreamResponse:
+    dash = request.app[DASHBOARD]
+    at = dash.clock()
+    alerts = await dash.history.call(lambda r: r.alerts(api.API_ALERTS))
+    return web.json_response(api.alerts_view(at, alerts))
+
+
 async def api_devices(request: web.Request) -> web.StreamResponse:
     return web.json_response(await _devices(request))
 
@@ -470,6 +481,7 @@ def make_app(dash: Dashboard) -> web.Application:
     app.router.add_get("/api/temperature", api_temperature)
     app.router.add_get("/api/presence", api_presence)
     app.router.add_get("/api/devices", api_devices)
+    app.router.add_get("/api/alerts", api_alerts)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_static("/static", STATIC, follow_symlinks=False)
     return app

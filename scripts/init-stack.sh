@@ -36,4 +36,11 @@ esac
 demo=()
 if [[ ${DEMO:-1} == 1 ]]; then demo=(--demo-device "${DEMO_DEVICE:-demo-pi}"); fi
 homewatch server init --app-gid 10001 "${demo[@]+"${demo[@]}"}" | sed 's/^/init: identities: /'
+# The alerts file (optional; it may hold a secret webhook URL): readable by the
+# subscriber's group only, whatever the editor that wrote it left.
+alerts="$certs/clients/subscriber/alerts.toml"
+if [[ -f $alerts ]]; then
+    chgrp 10001 "$alerts" && chmod 640 "$alerts"
+    echo "init: alerts file certs/clients/subscriber/alerts.toml: 0640 to the app group"
+fi
 echo "init: certs/ ready"

@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from homewatch import config
@@ -24,6 +26,7 @@ from subscriber.app import ReplayState, Subscriber
 from subscriber.rooms import Rooms
 from subscriber.settings import SubscriberSettings, build
 from subscriber.sinks import Sink
+from subscriber.sinks.alerts import AlertsSink
 from subscriber.sinks.console import ConsoleSink
 from subscriber.sinks.history import HistorySink
 
@@ -59,6 +62,8 @@ def _run(settings: SubscriberSettings) -> int:
         sub.add_sink(HistorySink(history, keys_dir=settings.keys_dir))
         log.info("keeping the history in %s (raw readings for %g days)", settings.history,
                  settings.history_retention_days)
+    if settings.alerts is not None:
+        sub.add_sink(alerts_sink(settings, sub))
     sub.ack = conn.ack
     heartbeat = Heartbeat(settings.health_file)
     failure: Exception | None = None
@@ -86,6 +91,30 @@ def _run(settings: SubscriberSettings) -> int:
     sub.close()
     log.info("stopped: %s", sub.summary())
     return 0
+
+
+def alerts_sink(settings: SubscriberSettings, sub: Subscriber) -> AlertsSink:
+    """The alerts file's rules, over this subscriber's people and rooms; alerts recorded
+    in the history through a writer of their own (this sink writes from its thread)."""
+    assert settings.alerts is not None
+    store = SqliteHistory(settings.history, retention=False) \
+        if settings.history is not None else None
+    cfg = settings.alerts
+    check_private(cfg.path)
+    log.info("alerts: %d rule(s) from %s, %s", len(cfg.rules), cfg.path,
+             f"sent to {cfg.webhook.masked}" if cfg.webhook else "no webhook (logged and "
+             "recorded only)")
+    return AlertsSink(cfg, store=store, room_of=sub.rooms.room_of)
+
+
+def check_private(path: Path) -> None:
+    """The alerts file may hold a secret URL: warn when every user may read it."""
+    try:
+        if path.stat().st_mode & stat.S_IROTH:
+            log.warning("alerts file %s is readable by every user and may hold a secret "
+                        "URL; run: chmod 600 %s", path, path)
+    except OSError:
+        pass
 
 
 def discard_unwritable_output() -> None:

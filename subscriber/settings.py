@@ -14,6 +14,7 @@ from homewatch.errors import ConfigError, ProvisionError
 from homewatch.history import DEFAULT_RETENTION_DAYS
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import SUBSCRIBER, validate_name
+from subscriber.alert_rules import AlertsConfig, load_alerts
 from subscriber.rooms import DEFAULT_DWELL, DEFAULT_HYSTERESIS
 
 DESCRIPTION = """Subscribe to every device's readings, verify and decrypt them, print them.
@@ -66,6 +67,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("room-dwell", "... and has heard them better for at least this long (the "
            "readings' own times)", default=DEFAULT_DWELL, convert=config.nonneg_float,
            metavar="SECONDS"),
+    Option("alerts", "the alerts file: rules and webhook (default: alerts.toml in the "
+           "identity directory, used when it exists; see the README's Alerts)",
+           convert=config.path, metavar="FILE"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),
     *config.COMMON_OPTIONS,
@@ -85,6 +89,7 @@ class SubscriberSettings:
     history_retention_days: float
     room_hysteresis: float
     room_dwell: float
+    alerts: AlertsConfig | None  # None: no alerts file
     count: int
     health_file: Path | None
     show_settings: bool
@@ -137,8 +142,20 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         history_retention_days=v["history-retention"],
         room_hysteresis=v["room-hysteresis"],
         room_dwell=v["room-dwell"],
+        alerts=_alerts(v["alerts"], client_dir),
         count=v["count"],
         health_file=v["health-file"],
         show_settings=v["show-settings"],
         log_level=v["log-level"],
     )
+
+
+def _alerts(given: Path | None, client_dir: Path) -> AlertsConfig | None:
+    """The alerts file named (it must exist), else the identity directory's
+    ``alerts.toml`` when there (none: no alerts). A bad file is a ConfigError (exit 2)."""
+    path = given or client_dir / "alerts.toml"
+    if given is None and not path.exists():
+        return None
+    if not path.is_file():
+        raise ConfigError(f"alerts file not found: {path}")
+    return load_alerts(path)

@@ -1,7 +1,7 @@
 """A history that exercises every part of the dashboard, written through the real
 history writer: a year of one Pi's temperatures, a Pi whose name is markup, a demo Pi,
 people whose names are markup and quotes, comings and goings, scanner and availability
-changes, rejected messages and a rotated key."""
+changes, rejected messages, a rotated key and two alerts (one caused by demo data)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ SCANNER_ERROR = "<i>no adapter</i> & \"hci0\""
 KITCHEN_ROOM = "Kitchen <em>&</em> \"dining\""  # a room name is markup too
 EVIL_ROOM = "<script>alert(3)</script>"
 KEY_AGE_DAYS = 41
+EVIL_ALERT = "<b>kitchen</b> & \"hot\""  # an alert message quoting a Pi's room name
 REJECTED = {(KITCHEN, "decrypt"): 3, (KITCHEN, "replay"): 1, (None, "unknown-device"): 7}
 
 
@@ -74,5 +75,11 @@ def write(writer: HistoryWriter, now: float) -> Sample:
     for (device, reason), n in REJECTED.items():
         for _ in range(n):
             writer.rejected(device, reason, now - 600)
+    writer.commit()
+    alert = writer.alert(f"{ANNA} arrives", "arrives", f"{ANNA} arrived", now - 2 * 3600,
+                         ANNA)
+    writer.alert_delivery(alert, "delivered", now - 2 * 3600 + 1)
+    writer.alert("hot", "temperature-above", f"{EVIL_ALERT}: 30.0 °C [demo data, not "
+                 "measured]", now - 1800, DEMO_PI, delivery="none", simulated="demo")
     writer.commit()
     return sample

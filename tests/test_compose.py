@@ -688,3 +688,63 @@ def test_make_down_leaves_no_container_or_network_and_purge_removes_volumes(
     # publisher state and the history
     running.make("purge", "FORCE=1")
     assert running.sdk.volumes.list(filters=label) == []
+
+
+RECEIVER = """\
+services:
+  alerts-receiver:
+    image: ${HOMEWATCH_IMAGE:-homewatch:local}
+    user: "10001:10001"
+    read_only: true
+    command:
+      - python3
+      - -c
+      - |
+        import http.server
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                print("POST", self.path, body.decode(), flush=True)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+        http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Hook).serve_forever()
+"""
+
+
+def test_the_demos_alert_reaches_a_webhook_on_the_stacks_network(
+        running: Stack, docker_compose_command: str, tmp_path: Path) -> None:
+    """An alerts file in certs/clients/subscriber (0600, root's): `make up` makes it
+    readable by the app group, and the restarted subscriber POSTs the demo Pi's alert,
+    marked demo, to a webhook receiver on the stack's network (a container of the
+    stack's own image, added by an override file)."""
+    override = tmp_path / "receiver.yml"
+    override.write_text(RECEIVER)
+    compose = [*docker_compose_command.split(), "-f", str(running.dir / "docker-compose.yml"),
+               "-f", str(override)]
+    alerts = running.certs / "clients" / "subscriber" / "alerts.toml"
+    alerts.write_text('[webhook]\nurl = "http://alerts-receiver:8080/demo-hook"\n'
+                      'allow_http = true\n\n[[rule]]\nname = "demo warm"\n'
+                      'when = "temperature-above"\npi = "demo-pi"\ncelsius = -50\n')
+    alerts.chmod(0o600)
+    try:
+        running.make("up")  # (which removes containers of no service of its own)
+        assert alerts.stat().st_mode & 0o777 == 0o640 and alerts.stat().st_gid == 10001
+        subprocess.run([*compose, "up", "-d", "--no-deps", "alerts-receiver"],
+                       cwd=running.dir, env=clean_env(), check=True, capture_output=True,
+                       timeout=300)
+        subprocess.run([*compose, "restart", "subscriber"], cwd=running.dir,
+                       env=clean_env(), check=True, capture_output=True, timeout=120)
+        logs = running.wait_in_logs("alerts-receiver", '"rule": "demo warm"', timeout=90)
+        (line,) = [x for x in logs.splitlines() if '"demo warm"' in x]
+        assert line.startswith("POST /demo-hook {")
+        body = json.loads(line.split(" ", 2)[2])
+        assert (body["kind"], body["device"], body["demo"], body["simulated"]) == (
+            "temperature-above", "demo-pi", True, "demo")
+        assert body["message"].endswith("[demo data, not measured]")
+        sub = running.wait_in_logs("subscriber", "alert delivered to", timeout=30)
+        assert "http://alerts-receiver:8080/***" in sub and "demo-hook" not in sub
+    finally:
+        alerts.unlink(missing_ok=True)
+        subprocess.run([*compose, "rm", "-sf", "alerts-receiver"], cwd=running.dir,
+                       env=clean_env(), capture_output=True, timeout=120)

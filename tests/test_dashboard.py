@@ -40,7 +40,7 @@ from tests.web import DashboardProcess, Response, WebClient
 
 PAGES = ("/", "/history", "/history?range=1y", "/devices")
 APIS = ("/api/now", f"/api/temperature?device={hs.KITCHEN}&range=24h",
-        "/api/presence?range=7d", "/api/devices")
+        "/api/presence?range=7d", "/api/devices", "/api/alerts")
 
 
 @pytest.fixture
@@ -331,6 +331,30 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert f'<dt>Room</dt><dd><span class="room">{kitchen_room}</span> since ' in page
     assert '<span class="room">&lt;script&gt;alert(3)&lt;/script&gt;</span>' in page
     assert "alert(3)</script>" not in page
+
+
+def test_recent_alerts_on_the_now_page_and_in_the_api(user: WebClient,
+                                                      history_db: tuple[Path, Sample]) -> None:
+    """/api/alerts lists the recorded alerts newest first, with rule, subject, delivery
+    and the demo mark; the Now page shows them escaped, the demo one marked."""
+    data = user.get("/api/alerts").json()
+    sample_now = history_db[1].now
+    hot, arrived = data["alerts"]
+    assert (hot["rule"], hot["kind"], hot["subject"], hot["delivery"], hot["simulated"]) == (
+        "hot", "temperature-above", hs.DEMO_PI, "none", "demo")
+    assert hot["at"] == pytest.approx(sample_now - 1800, abs=1)
+    assert (arrived["subject"], arrived["delivery"], arrived["simulated"]) == (
+        hs.ANNA, "delivered", None)
+    assert arrived["delivered_at"] == pytest.approx(sample_now - 2 * 3600 + 1, abs=1)
+    assert data["simulated"] == "demo"
+    page = user.get("/").text
+    assert page.count('id="alerts"') == 1 and "<title>Now · Homewatch</title>" in page
+    section = page[page.index('id="alerts"'):]
+    assert hs.EVIL_ALERT not in section
+    assert "&lt;b&gt;kitchen&lt;/b&gt; &amp; &#34;hot&#34;: 30.0 °C" in section
+    assert '<span class="sim" title="invented data, not measured">demo</span>' in section
+    assert section.index("hot") < section.index("arrived")
+    assert "no webhook" in section and "sent" in section
 
 
 def test_temperature_api_for_every_range(user: WebClient,

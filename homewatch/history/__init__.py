@@ -87,6 +87,15 @@ class HistoryWriter(Protocol):
         """Person ``name`` is in ``room`` from ``at`` on, the Pi ``device`` hearing them
         best there (None, None: not home); kept as changes."""
 
+    def alert(self, rule: str, kind: str, message: str, at: float, subject: str = "", *,
+              delivery: AlertDelivery = "pending", simulated: Simulated = None) -> int:
+        """An alert raised (see :mod:`subscriber.sinks.alerts`); its id, for
+        :meth:`alert_delivery`. ValueError (nothing written) for a time out of range or
+        an empty or too long rule, kind, message or subject."""
+
+    def alert_delivery(self, alert_id: int, delivery: AlertDelivery, at: float) -> None:
+        """What became of alert ``alert_id``'s delivery (``delivered`` at ``at``)."""
+
     def commit(self) -> None:
         """Make everything written since the last commit durable (raises StorageError)."""
 
@@ -94,6 +103,25 @@ class HistoryWriter(Protocol):
 
 
 PresenceState = Literal["home", "away", "unknown"]
+AlertDelivery = Literal["pending", "delivered", "failed", "dropped", "none"]
+ALERT_DELIVERIES: tuple[AlertDelivery, ...] = ("pending", "delivered", "failed", "dropped",
+                                              "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertRecord:
+    """An alert the subscriber raised: which rule, what it said, about whom (a person or
+    a Pi), and whether its webhook took it (``delivery``; ``none``: no webhook)."""
+
+    id: int
+    at: float
+    rule: str
+    kind: str
+    message: str
+    subject: str
+    delivery: AlertDelivery
+    delivered_at: float | None = None
+    simulated: Simulated = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,5 +228,8 @@ class HistoryReader(Protocol):
 
     def rejections(self) -> Mapping[tuple[str | None, str], int]:
         """Rejected messages since the history began, per (device, reason)."""
+
+    def alerts(self, limit: int = 20) -> list[AlertRecord]:
+        """The latest ``limit`` alerts, newest first."""
 
     def close(self) -> None: ...

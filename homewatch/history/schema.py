@@ -24,7 +24,7 @@ from urllib.parse import quote
 from homewatch.errors import StorageError
 from homewatch.history import Simulated
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SIM_CODES: Mapping[Simulated, int] = {None: 0, "simulated": 1, "demo": 2}
 SIM_NAMES: Mapping[int, Simulated] = {v: k for k, v in SIM_CODES.items()}
@@ -101,7 +101,23 @@ _V2 = (
         PRIMARY KEY (person_id, ts)) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)  # [v]: from version v to v + 1
+
+# Version 3: the alerts the subscriber raised (subscriber/sinks/alerts.py). ``subject``:
+# the person or Pi it is about; ``delivery``: pending, delivered, failed (given up),
+# dropped (its queue was full), none (no webhook configured); ``sim`` as elsewhere.
+_V3 = (
+    """CREATE TABLE alert (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, rule TEXT NOT NULL,
+        kind TEXT NOT NULL, message TEXT NOT NULL, subject TEXT NOT NULL DEFAULT '',
+        sim INTEGER NOT NULL, delivery TEXT NOT NULL, delivered_at REAL)""",
+    """CREATE INDEX alert_at ON alert (at)""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1,
+    _V2,
+    _V3,
+)  # MIGRATIONS[v]: from version v to v + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 WRITER_BUSY_TIMEOUT = 10.0  # seconds a commit waits for readers (their queries are short)

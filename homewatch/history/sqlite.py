@@ -71,7 +71,14 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from homewatch.errors import ConfigError
-from homewatch.history import DEFAULT_RETENTION_DAYS, Sighting, Simulated, schema
+from homewatch.history import (
+    ALERT_DELIVERIES,
+    DEFAULT_RETENTION_DAYS,
+    AlertDelivery,
+    Sighting,
+    Simulated,
+    schema,
+)
 from homewatch.history.fusion import Change, decode_ids, encode_ids, sweep
 from homewatch.history.sqlite_reader import SqliteHistoryReader, open_reader, resolution
 
@@ -92,6 +99,7 @@ MAX_NAME = 64  # characters of a Pi's or a person's name
 MAX_SIGHTINGS = 64  # entries in one presence report
 MAX_PERSONS = 256  # people the history keeps; new names beyond it are not recorded
 MAX_DETAIL = 256  # characters of a scanner status detail (longer ones are cut)
+MAX_MESSAGE = 512  # characters of an alert's message
 
 
 def _check_time(what: str, at: float) -> None:
@@ -160,7 +168,8 @@ class SqliteHistory:
 
     def __init__(self, path: Path | str, retention_days: float = DEFAULT_RETENTION_DAYS, *,
                  clock: Callable[[], float] = time.time,
-                 busy_timeout: float = schema.WRITER_BUSY_TIMEOUT) -> None:
+                 busy_timeout: float = schema.WRITER_BUSY_TIMEOUT,
+                 retention: bool = True) -> None:
         if not retention_days > 0:
             raise ConfigError(f"history retention must be a positive number of days, "
                               f"not {retention_days}")
@@ -168,7 +177,8 @@ class SqliteHistory:
         self.retention_days = retention_days
         self._clock = clock
         self._db = schema.open_writer(self.path, busy_timeout=busy_timeout)
-        self._next_retention = 0.0
+        # retention=False: a second writer of the same file (the alerts') deletes nothing
+        self._next_retention = 0.0 if retention else math.inf
         self._persons_refused = 0
         self._closed = False
         self._reset()
@@ -386,6 +396,38 @@ class SqliteHistory:
         since = old_since if room == old_room and old_at is not None else at
         self._db.execute("UPDATE person SET room = ?, room_since = ?, room_at = ? "
                          "WHERE id = ?", (room, since, at, person))
+
+    @_storage
+    def alert(self, rule: str, kind: str, message: str, at: float, subject: str = "", *,
+              delivery: AlertDelivery = "pending", simulated: Simulated = None) -> int:
+        """An alert raised; its id. ValueError (nothing written) for a time out of
+        range, an unknown delivery state, or a rule, kind, subject or message that is
+        empty or longer than MAX_NAME (the message: MAX_MESSAGE) characters."""
+        _check_time("alert at", at)
+        for what, text, limit in (("rule", rule, MAX_NAME), ("kind", kind, MAX_NAME),
+                                  ("message", message, MAX_MESSAGE)):
+            if not (isinstance(text, str) and 0 < len(text) <= limit):
+                raise ValueError(f"an alert's {what} must be 1 to {limit} characters")
+        if not (isinstance(subject, str) and len(subject) <= MAX_NAME):
+            raise ValueError(f"an alert's subject must be at most {MAX_NAME} characters")
+        if delivery not in ALERT_DELIVERIES:
+            raise ValueError(f"an alert's delivery must be one of {ALERT_DELIVERIES}")
+        self._begin()
+        cur = self._db.execute(
+            "INSERT INTO alert (at, rule, kind, message, subject, sim, delivery) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, rule, kind, message, subject, schema.SIM_CODES[simulated], delivery))
+        return int(cur.lastrowid or 0)
+
+    @_storage
+    def alert_delivery(self, alert_id: int, delivery: AlertDelivery, at: float) -> None:
+        """What became of an alert's delivery (``delivered_at`` = ``at`` when delivered)."""
+        _check_time("alert delivery at", at)
+        if delivery not in ALERT_DELIVERIES:
+            raise ValueError(f"an alert's delivery must be one of {ALERT_DELIVERIES}")
+        self._begin()
+        self._db.execute("UPDATE alert SET delivery = ?, delivered_at = ? WHERE id = ?",
+                         (delivery, at if delivery == "delivered" else None, alert_id))
 
     @_storage
     def commit(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from homewatch.history import (
+    AlertRecord,
     Bucket,
     DeviceReport,
     Interval,
@@ -157,6 +158,17 @@ class SqliteHistoryReader:
                                             schema.UNKNOWN_DEVICE: None}
             return {(names.get(dev), reason): count for dev, reason, count in db.execute(
                 "SELECT device_id, reason, sum(count) FROM rejection GROUP BY 1, 2")}
+
+    def alerts(self, limit: int = 20) -> list[AlertRecord]:
+        """The latest ``limit`` alerts, newest first."""
+        with self._read() as db:
+            return [AlertRecord(id=i, at=at, rule=rule, kind=kind, message=message,
+                                subject=subject, delivery=delivery, delivered_at=delivered,
+                                simulated=schema.SIM_NAMES.get(sim))
+                    for i, at, rule, kind, message, subject, sim, delivery, delivered
+                    in db.execute("SELECT id, at, rule, kind, message, subject, sim, "
+                                  "delivery, delivered_at FROM alert ORDER BY at DESC, "
+                                  "id DESC LIMIT ?", (max(0, min(limit, 1000)),))]
 
     def close(self) -> None:
         with self._lock:

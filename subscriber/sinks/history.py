@@ -77,6 +77,7 @@ class HistorySink:
         self._key_times: dict[str, float] = {}
         self._keys_checked = -math.inf
         self._check_keys()  # every device with a key ring is known before its first message
+        self.writer.commit()  # (not holding the write lock until the first batch)
 
     def reading(self, reading: Reading) -> None:
         try:
