@@ -41,6 +41,10 @@ class Pi:
         self.ring = load_keyring(certs / "clients" / DEVICE / "fernet.key")
         self.client, _ = paho_client(broker, certs, DEVICE, password(certs, DEVICE))
         self.seq = int(time.time() * 1000)
+        # Online, as a real publisher says when it connects (a retained "offline" left by
+        # an earlier test would otherwise keep it from vouching for anyone).
+        self.client.publish(f"home/{DEVICE}/status", b"online", qos=1,
+                            retain=True).wait_for_publish(5)
 
     def send(self, kind: str, data: Any, simulated: str | None = None) -> None:
         self.seq += 1
