@@ -25,6 +25,7 @@ from subscriber.settings import SubscriberSettings, build
 from subscriber.sinks import Sink
 from subscriber.sinks.console import ConsoleSink
 from subscriber.sinks.history import HistorySink
+from subscriber.sinks.homeassistant import HomeAssistantSink
 
 log = logging.getLogger("subscriber")
 
@@ -56,6 +57,16 @@ def _run(settings: SubscriberSettings) -> int:
         sub.add_sink(HistorySink(history, keys_dir=settings.keys_dir))
         log.info("keeping the history in %s (raw readings for %g days)", settings.history,
                  settings.history_retention_days)
+    if settings.homeassistant:
+        def publish(topic: str, payload: bytes) -> object:
+            return conn.publish(topic, payload, qos=1, retain=True)
+
+        sub.add_sink(HomeAssistantSink(
+            publish, state_file=settings.state_dir / "homeassistant.json",
+            keys_dir=settings.keys_dir, discovery_prefix=settings.discovery_prefix,
+            bridge_prefix=settings.bridge_prefix))
+        log.info("Home Assistant bridge on: discovery configs under %s/, plaintext states "
+                 "under %s/", settings.discovery_prefix, settings.bridge_prefix)
     sub.ack = conn.ack
     heartbeat = Heartbeat(settings.health_file)
     failure: Exception | None = None
