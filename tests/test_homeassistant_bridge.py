@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from homewatch.envelope import seal
@@ -227,7 +226,7 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
                for t, p in retained(ha_broker, ha_certs, f"{DISCOVERY}/#").items()
                if p and any(n in t for n in ("demo_pi", "franks_phone", "annas_watch"))}
     assert set(configs) == DEMO_ENTITIES
-    for (component, uid), body in configs.items():
+    for (_component, uid), body in configs.items():
         assert body["unique_id"] == body["object_id"] == uid
         assert body["origin"] == {"name": "Homewatch", "sw_version": body["origin"]["sw_version"]}
     temperature = configs[("sensor", "homewatch_demo_pi_temperature")]

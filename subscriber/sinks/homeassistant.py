@@ -222,7 +222,7 @@ class HomeAssistantSink:
             "icon": "mdi:bluetooth", "entity_category": "diagnostic"})
 
     def _pi_attrs(self, device: str, pi: _Owner) -> None:
-        attributes = {"device": device, "simulated": pi.mark, "source": "homewatch",
+        attributes = {"pi": device, "simulated": pi.mark, "source": "homewatch",
                       **self._pi_attributes.get(device, {})}
         self._state(pi, f"pi/{pi.id}/attributes", json.dumps(attributes, sort_keys=True))
 
