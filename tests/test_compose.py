@@ -612,7 +612,8 @@ def test_make_add_homeassistant_switches_the_bridge_on_and_prints_the_settings(
 def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack) -> None:
     """BROKER_CONF=mosquitto-mtls.conf in .env + `make up` (as the README says): the
     broker is recreated, the health check, the subscriber and the demo publisher carry on
-    with their certificates; a client with only a password is now refused."""
+    with their certificates; a client with only a password is now refused;
+    `make add-homeassistant` names Home Assistant's client certificate, which connects."""
     with open(running.dir / ".env", "a") as env:
         env.write("BROKER_CONF=mosquitto-mtls.conf\n")
     assert "Homewatch is up." in running.make("up").stdout
@@ -631,6 +632,15 @@ def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack
     client, rc = paho_client(running, running.certs, "demo-pi", pw)  # type: ignore[arg-type]
     stop_client(client)
     assert rc is None
+    # Home Assistant (connected by test_make_add_homeassistant_...) is told its certificate
+    out = running.make("add-homeassistant").stdout
+    ha = running.certs / "clients" / "homeassistant"
+    assert f"upload {ha.relative_to(running.dir)}/client.crt" in out
+    client, rc = paho_client(running, running.certs, "homeassistant",  # type: ignore[arg-type]
+                             (ha / "password").read_text().strip(),
+                             cert=(ha / "client.crt", ha / "client.key"))
+    stop_client(client)
+    assert rc is not None and not rc.is_failure
 
 
 # -- the dashboard, as `make up` started it ------------------------------------------

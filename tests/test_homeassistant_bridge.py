@@ -106,8 +106,25 @@ class Watcher:
             time.sleep(0.05)
         raise AssertionError(f"{what}: not within {timeout} s; got {self.latest()}")
 
+    def wait_live(self, topic: str, payload: bytes, timeout: float = 30.0) -> None:
+        """Until ``payload`` arrives on ``topic`` as a live message (not a retained copy
+        from before this subscription)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.drain()
+            if (topic, payload, False) in self.seen:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no live {payload!r} on {topic} within {timeout} s")
+
     def close(self) -> None:
         stop_client(self.client)
+
+
+def bridge_ready(watch: Watcher, pi: str) -> None:
+    """The bridge's subscription is active: the Pi's retained ``online`` status reached
+    it and it passed it on (a reading sent before that would be lost for a new session)."""
+    watch.wait_live(f"{BRIDGE}/pi/{fold(pi)}/status", b"online")
 
 
 def retained(broker: Broker, certs: Path, topic_filter: str,
@@ -205,8 +222,12 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
     and one device tracker per person, each marked demo, with Home Assistant's keys; the
     temperature state is a number, both people are home; no room sensor with one Pi."""
     keys = keys_of(ha_certs, ha_workdir, "demo-pi")
+    publish_as(ha_broker, ha_certs, "demo-pi", "home/demo-pi/status", b"online", retain=True)
+    ready = Watcher(ha_broker, ha_certs, (f"{BRIDGE}/#",))
     with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
         wait_subscribed(sub)
+        bridge_ready(ready, "demo-pi")
+        ready.close()
         pub = subprocess.run(
             python_m("publisher", ha_broker.url("localhost"), "--device", "demo-pi",
                      "--demo", "--count", "2", "--interval", "0.3", "--known-devices",
@@ -240,7 +261,7 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
     device = temperature["device"]
     assert isinstance(device, dict)
     assert device["identifiers"] == ["homewatch_pi_demo_pi"]
-    assert device["name"] == "demo-pi (demo)" and "demo" in device["model"]
+    assert device["name"] == "demo-pi (demo)" and "demo: invented" in device["model"]
     assert device["manufacturer"] == "Homewatch"
     for uid in ("homewatch_demo_pi_connectivity", "homewatch_demo_pi_scanner"):
         (body,) = [b for (c, u), b in configs.items() if u == uid]
@@ -267,9 +288,10 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
 
 def test_a_tracker_turns_home_and_not_home_and_odd_names_get_safe_ids(
         ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
-    """A person a Pi reports home is `home`, then `not_home` once it reports them away;
-    a name with spaces, accents, '/', '+' and '#' gets an id of [a-z0-9_] only, and
-    keeps its real name as the display name; invented data is not marked when real."""
+    """A person a Pi reports home is `home`, then `not_home` once it reports them away,
+    and stays when the Pi no longer lists them; a name with spaces, accents, '/', '+' and
+    '#' gets an id of [a-z0-9_] only and keeps its real name as the display name; real
+    data is not marked as invented."""
     name = "Zoë's Phone/#+"
     pid = fold(name)
     assert pid == "zoe_s_phone"
@@ -277,19 +299,26 @@ def test_a_tracker_turns_home_and_not_home_and_odd_names_get_safe_ids(
     watch = Watcher(ha_broker, ha_certs, (f"{DISCOVERY}/#", f"{BRIDGE}/#"))
     pi = Pi(ha_broker, ha_certs, "pi-hall")
     try:
+        pi.status("online")
         with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
             wait_subscribed(sub)
+            bridge_ready(watch, "pi-hall")
             pi.devices((name, "home", -60))
             state = f"{BRIDGE}/person/{pid}/state"
             watch.wait("home", lambda got: got.get(state) == b"home")
-            pi.devices((name, "away", -60))
+            pi.devices((name, "away", -60), ("Other Otto", "home", -70))
             latest = watch.wait("not_home", lambda got: got.get(state) == b"not_home")
+            pi.devices(("Other Otto", "home", -70))  # no longer reported: still there
+            pi.send("temperature", {"temperature": 20.0, "timestamp": time.time()})
+            latest = watch.wait("the temperature", lambda got: got.get(
+                f"{BRIDGE}/pi/pi_hall/temperature") == b"20.0")
     finally:
         pi.close()
         watch.close()
     tracker = config(latest, "device_tracker", f"homewatch_person_{pid}")
     assert tracker["device"] == {"identifiers": [f"homewatch_person_{pid}"], "name": name,
                                  "manufacturer": "Homewatch", "model": "known Bluetooth device"}
+    assert latest[state] == b"not_home"  # a name a Pi stops reporting is not removed
     assert all(c in "abcdefghijklmnopqrstuvwxyz0123456789_/" for c in
                "".join(t for t in latest if t.startswith(BRIDGE)))
 
@@ -307,6 +336,7 @@ def test_a_pi_going_offline_makes_its_entities_unavailable(
         pi.status("online")
         with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
             wait_subscribed(sub)
+            bridge_ready(watch, "pi-porch")
             pi.send("temperature", {"temperature": 19.5, "timestamp": time.time()})
             latest = watch.wait("online", lambda got: got.get(status) == b"online" and
                                 f"{BRIDGE}/pi/pi_porch/temperature" in got)
@@ -330,16 +360,23 @@ def test_a_pi_going_offline_makes_its_entities_unavailable(
 def test_room_sensors_exist_only_with_more_than_one_pi(
         ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
     """With two Pis a person also gets a room sensor, whose state is the room of a Pi
-    that has them home (with one Pi there is none: the demo Pi's test)."""
+    that has them home (with one Pi there is none: the demo Pi's test); simulated
+    sightings are marked so."""
     keys = keys_of(ha_certs, ha_workdir, "pi-hall", "pi-porch")
     watch = Watcher(ha_broker, ha_certs, (f"{DISCOVERY}/#", f"{BRIDGE}/#"))
     hall, porch = Pi(ha_broker, ha_certs, "pi-hall"), Pi(ha_broker, ha_certs, "pi-porch")
     room = f"{BRIDGE}/person/roaming_rita/room"
     try:
+        hall.status("online")
+        porch.status("online")
         with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
             wait_subscribed(sub)
-            hall.devices(("Roaming Rita", "home", -50))
-            porch.devices(("Roaming Rita", "home", -80))
+            bridge_ready(watch, "pi-hall")
+            bridge_ready(watch, "pi-porch")
+            hall.send("devices", [{"name": "Roaming Rita", "state": "home", "rssi": -50}],
+                      simulated="simulated")
+            porch.send("devices", [{"name": "Roaming Rita", "state": "home", "rssi": -80}],
+                       simulated="simulated")
             latest = watch.wait("a room", lambda got: got.get(room) in (b"pi-hall",
                                                                         b"pi-porch"))
     finally:
@@ -348,6 +385,10 @@ def test_room_sensors_exist_only_with_more_than_one_pi(
         watch.close()
     body = config(latest, "sensor", "homewatch_person_roaming_rita_room")
     assert body["state_topic"] == room and body["name"] == "Room"
+    assert body["device"]["name"] == "Roaming Rita (simulated)"  # type: ignore[index]
+    assert "invented" in body["device"]["model"]  # type: ignore[index]
+    assert json.loads(latest[f"{BRIDGE}/person/roaming_rita/attributes"])[
+        "simulated"] == "simulated"
 
 
 def test_a_removed_pi_and_the_people_only_it_saw_leave_home_assistant(
@@ -368,8 +409,10 @@ def test_a_removed_pi_and_the_people_only_it_saw_leave_home_assistant(
     shared = f"{DISCOVERY}/device_tracker/homewatch_person_shared_sam/config"
     state = ha_workdir / "state"
     try:
+        porch.status("online")
         with running(bridge_cmd(ha_broker, state, keys), cwd=ha_workdir) as sub:
             wait_subscribed(sub)
+            bridge_ready(watch, "pi-porch")
             gone.send("temperature", {"temperature": 21.0, "timestamp": time.time()})
             gone.devices(("Guest Gone", "home", -70), ("Shared Sam", "home", -70))
             porch.devices(("Shared Sam", "home", -60))
@@ -392,8 +435,10 @@ def test_a_removed_pi_and_the_people_only_it_saw_leave_home_assistant(
         back = Pi(ha_broker, ha_certs, "pi-back")
         back_config = f"{DISCOVERY}/sensor/homewatch_pi_back_temperature/config"
         try:
+            watch.seen.clear()
             with running(bridge_cmd(ha_broker, state, keys), cwd=ha_workdir) as sub:
                 wait_subscribed(sub)
+                bridge_ready(watch, "pi-porch")
                 back.send("temperature", {"temperature": 18.0, "timestamp": time.time()})
                 watch.wait("pi-back's config", lambda got: bool(got.get(back_config)))
         finally:
@@ -417,6 +462,7 @@ def test_the_homeassistant_identity_reads_the_bridge_but_not_the_readings(
     """Subscribed to home/#, homewatch/# and homeassistant/#, the homeassistant identity
     receives what the subscriber publishes under the two bridge prefixes, and nothing of
     the encrypted readings (or a Pi's status) under home/."""
+    publish_as(ha_broker, ha_certs, "pi-porch", "home/pi-porch/status", b"online", retain=True)
     spy = Watcher(ha_broker, ha_certs, ("home/#", f"{BRIDGE}/#", f"{DISCOVERY}/#", "#"))
     try:
         publish_as(ha_broker, ha_certs, "pi-porch", "home/pi-porch/temperature", b"secret")
