@@ -5,6 +5,7 @@ Exit codes: 0 stopped cleanly, 1 broker/TLS failure, 2 bad settings or input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,10 +16,10 @@ from types import FrameType
 
 from homewatch import config
 from homewatch.envelope import Opener
-from homewatch.errors import StoppedError, StorageError
+from homewatch.errors import HomewatchError, StoppedError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.history.sqlite import SqliteHistory
-from homewatch.mqtt import Connection
+from homewatch.mqtt import Connection, Will
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
 from subscriber.settings import SubscriberSettings, build
@@ -48,9 +49,17 @@ def _run(settings: SubscriberSettings) -> int:
     sinks: list[Sink] = [ConsoleSink(sys.stdout, as_json=settings.json)]
     sub = Subscriber(opener, sinks, state=state)
     base = settings.connection.url.base
+    bridge_status = f"{settings.bridge_prefix}/status"  # the Home Assistant bridge's
+
+    def bridge_online() -> None:
+        conn.publish(bridge_status, b"online", qos=1, retain=True)
+
     conn = Connection(settings.connection, on_message=sub.on_message,
                       on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),
-                      on_failure=stop.set, manual_ack=True)
+                      on_failure=stop.set, manual_ack=True,
+                      will=Will(topic=bridge_status, payload=b"offline")
+                      if settings.homeassistant else None,
+                      on_connected=bridge_online if settings.homeassistant else None)
     if settings.history is not None:  # (after the connection's settings were checked)
         history = SqliteHistory(settings.history,
                                 retention_days=settings.history_retention_days)
@@ -83,6 +92,10 @@ def _run(settings: SubscriberSettings) -> int:
         if failure is not None:
             heartbeat.fail(str(failure))
         heartbeat.clear()
+        if settings.homeassistant and conn.connected.is_set():
+            # Home Assistant shows the bridge's entities unavailable from now on
+            with contextlib.suppress(HomewatchError, RuntimeError, ValueError):
+                conn.publish(bridge_status, b"offline", qos=1, retain=True).wait_for_publish(2)
         conn.stop()  # what arrived was shown and acknowledged as it came
     if failure is not None:
         # Nothing after the failure was acknowledged: the broker keeps it for our

@@ -252,12 +252,14 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
         assert body["origin"] == {"name": "Homewatch", "sw_version": body["origin"]["sw_version"]}
     temperature = configs[("sensor", "homewatch_demo_pi_temperature")]
     assert {k: temperature[k] for k in ("device_class", "unit_of_measurement", "state_class",
-                                        "state_topic", "availability_topic",
-                                        "payload_available", "payload_not_available")} == {
+                                        "state_topic", "availability",
+                                        "availability_mode")} == {
         "device_class": "temperature", "unit_of_measurement": "°C",
         "state_class": "measurement", "state_topic": "homewatch/pi/demo_pi/temperature",
-        "availability_topic": "homewatch/pi/demo_pi/status", "payload_available": "online",
-        "payload_not_available": "offline"}
+        "availability": [{"topic": t, "payload_available": "online",
+                          "payload_not_available": "offline"}
+                         for t in ("homewatch/status", "homewatch/pi/demo_pi/status")],
+        "availability_mode": "all"}
     device = temperature["device"]
     assert isinstance(device, dict)
     assert device["identifiers"] == ["homewatch_pi_demo_pi"]
@@ -349,12 +351,49 @@ def test_a_pi_going_offline_makes_its_entities_unavailable(
         pi.close()
         watch.close()
     for uid in ("homewatch_pi_porch_temperature", "homewatch_pi_porch_scanner"):
-        assert config(latest, "sensor", uid)["availability_topic"] == status
+        body = config(latest, "sensor", uid)
+        assert status in [a["topic"] for a in body["availability"]]  # type: ignore[attr-defined]
+        assert body["availability_mode"] == "all"
     assert config(latest, "binary_sensor", "homewatch_pi_porch_connectivity")[
         "state_topic"] == status
     # unmarked: real readings are not called demo
     assert config(latest, "sensor", "homewatch_pi_porch_temperature")["device"][  # type: ignore[index]
         "name"] == "pi-porch"
+
+
+def test_every_entity_is_unavailable_while_the_bridge_is_gone(
+        ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
+    """Every entity's availability includes the bridge's own status: `online` while the
+    subscriber runs, `offline` when it stops and (its last will) when it is killed, so
+    Home Assistant does not show stale states as current."""
+    keys = keys_of(ha_certs, ha_workdir, "pi-hall")
+    watch = Watcher(ha_broker, ha_certs, (f"{DISCOVERY}/#", f"{BRIDGE}/#"))
+    pi = Pi(ha_broker, ha_certs, "pi-hall")
+    bridge = f"{BRIDGE}/status"
+    try:
+        pi.status("online")
+        for ending in ("SIGTERM", "kill -9"):
+            with running(bridge_cmd(ha_broker, ha_workdir / "state", keys),
+                         cwd=ha_workdir) as sub:
+                wait_subscribed(sub)
+                watch.wait_live(bridge, b"online")
+                pi.devices(("Bridge Bea", "home", -60))
+                watch.wait("a tracker", lambda got: got.get(
+                    f"{BRIDGE}/person/bridge_bea/state") == b"home")
+                if ending == "kill -9":
+                    sub.kill()
+            watch.wait_live(bridge, b"offline")
+            watch.seen.clear()
+    finally:
+        pi.close()
+        watch.close()
+    latest = retained(ha_broker, ha_certs, f"{DISCOVERY}/#")
+    configs = [json.loads(p) for t, p in latest.items()
+               if p and ("pi_hall" in t or "bridge_bea" in t)]
+    assert len(configs) == 4  # temperature, connectivity, scanner, tracker
+    for body in configs:
+        assert {"topic": bridge, "payload_available": "online",
+                "payload_not_available": "offline"} in body["availability"]
 
 
 def test_room_sensors_exist_only_with_more_than_one_pi(

@@ -9,7 +9,9 @@ ACL lets the ``homeassistant`` identity only read them), all retained, QoS 1:
   ``sensor``, a connectivity ``binary_sensor`` and the scanner state (a ``sensor``); per
   known person one device with a ``device_tracker`` (``bluetooth_le``) and, when there
   is more than one Pi, a ``sensor`` with their room;
-- states under ``<bridge>/`` (``homewatch/`` by default): ``pi/<id>/temperature``,
+- states under ``<bridge>/`` (``homewatch/`` by default): ``status`` (the bridge's own
+  availability, part of every entity's: ``online`` while the subscriber is connected,
+  ``offline`` when it stops and as its last will), ``pi/<id>/temperature``,
   ``pi/<id>/status`` (``online``/``offline``: the connectivity sensor, and the
   availability of the Pi's other entities), ``pi/<id>/scanner``, ``pi/<id>/attributes``,
   ``person/<id>/state`` (``home``/``not_home``), ``person/<id>/room`` and
@@ -179,6 +181,17 @@ class HomeAssistantSink:
     def close(self) -> None:
         self._save()
 
+    @property
+    def status_topic(self) -> str:
+        """The bridge's own availability: ``online`` while the subscriber is connected,
+        ``offline`` when it stops (and as its last will when it dies)."""
+        return f"{self.bridge}/status"
+
+    @property
+    def _bridge_available(self) -> dict[str, str]:
+        return {"topic": self.status_topic, "payload_available": "online",
+                "payload_not_available": "offline"}
+
     # -- Pis -------------------------------------------------------------------------
     def _pi(self, device: str, simulated: str | None) -> _Owner:
         pi = self.pis.get(device)
@@ -207,14 +220,16 @@ class HomeAssistantSink:
             "origin": ORIGIN,
             "json_attributes_topic": f"{base}/attributes",
         }
-        available = {"availability_topic": f"{base}/status", "payload_available": "online",
-                     "payload_not_available": "offline"}
+        available = {"availability": [self._bridge_available, {
+            "topic": f"{base}/status", "payload_available": "online",
+            "payload_not_available": "offline"}], "availability_mode": "all"}
         self._config(pi, "sensor", f"homewatch_{pi.id}_temperature", {
             **common, **available, "name": "Temperature", "state_topic": f"{base}/temperature",
             "device_class": "temperature", "unit_of_measurement": "°C",
             "state_class": "measurement"})
         self._config(pi, "binary_sensor", f"homewatch_{pi.id}_connectivity", {
-            **common, "name": "Connectivity", "state_topic": f"{base}/status",
+            **common, "availability": [self._bridge_available], "name": "Connectivity",
+            "state_topic": f"{base}/status",
             "device_class": "connectivity", "payload_on": "online", "payload_off": "offline",
             "entity_category": "diagnostic"})
         self._config(pi, "sensor", f"homewatch_{pi.id}_scanner", {
@@ -248,6 +263,7 @@ class HomeAssistantSink:
                                  f"known Bluetooth device, {mark}: invented sightings")},
             "origin": ORIGIN,
             "json_attributes_topic": f"{base}/attributes",
+            "availability": [self._bridge_available],
         }
         self._config(owner, "device_tracker", f"homewatch_person_{owner.id}", {
             **common, "name": None, "state_topic": f"{base}/state", "payload_home": "home",
