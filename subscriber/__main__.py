@@ -20,6 +20,7 @@ from homewatch.errors import HomewatchError, StoppedError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.history.sqlite import SqliteHistory
 from homewatch.mqtt import Connection, Will
+from homewatch.provision import BRIDGE_PREFIX, DISCOVERY_PREFIX
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
 from subscriber.settings import SubscriberSettings, build
@@ -76,6 +77,11 @@ def _run(settings: SubscriberSettings) -> int:
             bridge_prefix=settings.bridge_prefix))
         log.info("Home Assistant bridge on: discovery configs under %s/, plaintext states "
                  "under %s/", settings.discovery_prefix, settings.bridge_prefix)
+        if (settings.discovery_prefix, settings.bridge_prefix) != (DISCOVERY_PREFIX,
+                                                                   BRIDGE_PREFIX):
+            log.warning("the ACL `homewatch` makes lets the subscriber write only %s/# and "
+                        "%s/#: give it (and Home Assistant, read) the prefixes you chose in "
+                        "your own broker's ACL", DISCOVERY_PREFIX, BRIDGE_PREFIX)
     sub.ack = conn.ack
     heartbeat = Heartbeat(settings.health_file)
     failure: Exception | None = None

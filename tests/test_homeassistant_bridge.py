@@ -602,3 +602,16 @@ def test_add_homeassistant_keeps_the_password_and_the_file_is_private(
     assert pw.read_text() == before and pw.stat().st_mode & 0o777 == 0o600
     acl = (ha_certs / "broker" / "acl").read_text()
     assert "user homeassistant\ntopic read homeassistant/#\ntopic read homewatch/#\n" in acl
+
+
+def test_the_homeassistant_identity_can_be_removed(tmp_path: Path) -> None:
+    """`homewatch device remove homeassistant --force` (the README's way back) takes the
+    identity out of the password and ACL files and deletes its password."""
+    gen_certs(tmp_path)
+    homewatch_cli(tmp_path, "homeassistant", "add")
+    assert "user homeassistant" in (tmp_path / "broker" / "acl").read_text()
+    r = homewatch_cli(tmp_path, "device", "remove", "homeassistant", "--force")
+    assert "removed homeassistant" in r.stdout
+    assert "homeassistant" not in (tmp_path / "broker" / "passwd").read_text()
+    assert "user homeassistant" not in (tmp_path / "broker" / "acl").read_text()
+    assert not (tmp_path / "clients" / "homeassistant").exists()

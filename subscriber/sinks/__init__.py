@@ -9,7 +9,8 @@ raises :class:`~homewatch.errors.StorageError`; the subscriber then stops withou
 acknowledging, and the broker keeps the messages for its persistent session.
 
 Sinks: :mod:`.console` (the tutorial's lines on stdout), :mod:`.history` (the history
-store the dashboard reads).
+store the dashboard reads), :mod:`.homeassistant` (opt-in: discovery configs and
+plaintext states for Home Assistant, through the subscriber's own connection).
 """
 
 from __future__ import annotations

@@ -120,6 +120,9 @@ class HomeAssistantSink:
         self._rings: set[str] | None = None
         self._checked = -math.inf
         self._last: dict[str, bytes] = {}  # state topic -> last payload (this run)
+        self._sent: set[str] = set()  # configs published in this run (once at least: the
+        # broker may have lost its retained messages since the state file was written)
+        self._announced: set[str] = set()  # Pis whose configs are up to date
         self._pi_attributes: dict[str, dict[str, Any]] = {}
         self._person_state: dict[str, Person] = {}
         self._dirty = False
@@ -205,7 +208,10 @@ class HomeAssistantSink:
         if simulated is not None and pi.mark != MARKS.get(simulated):
             pi.mark = MARKS.get(simulated)
             self._dirty = True
-        self._pi_configs(device, pi)
+            self._announced.discard(device)
+        if device not in self._announced:  # not for every reading: only when it changed
+            self._pi_configs(device, pi)
+            self._announced.add(device)
         return pi
 
     def _pi_configs(self, device: str, pi: _Owner) -> None:
@@ -300,6 +306,7 @@ class HomeAssistantSink:
         for device in sorted(set(self.pis) - rings):
             log.info("Home Assistant: %s was removed (no key ring): its entities go", device)
             self._remove(self.pis.pop(device))
+            self._announced.discard(device)
             self._pi_attributes.pop(device, None)
             for name, owner in list(self.people.items()):
                 owner.pis.discard(device)
@@ -334,10 +341,12 @@ class HomeAssistantSink:
         topic = self._config_topic(component, unique_id)
         text = json.dumps({**body, "unique_id": unique_id, "object_id": unique_id},
                           ensure_ascii=False, sort_keys=True)
-        if owner.configs.get(topic) == text:
+        if owner.configs.get(topic) == text and topic in self._sent:
             return
-        owner.configs[topic] = text
-        self._dirty = True
+        if owner.configs.get(topic) != text:
+            owner.configs[topic] = text
+            self._dirty = True
+        self._sent.add(topic)
         self._send(topic, text.encode("utf-8"))
 
     def _unpublish_config(self, owner: _Owner, topic: str) -> None:
