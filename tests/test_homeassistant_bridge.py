@@ -282,7 +282,7 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
     assert latest[f"{BRIDGE}/person/franks_phone/state"] == b"home"
     assert latest[f"{BRIDGE}/person/annas_watch/state"] == b"home"
     attributes = json.loads(latest[f"{BRIDGE}/person/annas_watch/attributes"])
-    assert attributes["simulated"] == "demo" and attributes["name"] == "Annas Watch"
+    assert attributes["simulated"] == "demo" and attributes["person"] == "Annas Watch"
     assert json.loads(latest[f"{BRIDGE}/pi/demo_pi/attributes"])["simulated"] == "demo"
     # the publisher stopped cleanly: it said offline, and the bridge passed it on
     assert latest[f"{BRIDGE}/pi/demo_pi/status"] == b"offline"

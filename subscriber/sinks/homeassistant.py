@@ -174,7 +174,7 @@ class HomeAssistantSink:
         if self._many_pis():
             self._state(owner, f"person/{owner.id}/room", person.room or "away")
         self._state(owner, f"person/{owner.id}/attributes", json.dumps({
-            "name": person.name, "room": person.room, "pi": person.pi,
+            "person": person.name, "room": person.room, "pi": person.pi,
             "simulated": person.simulated, "source": "homewatch"}))
 
     def flush(self) -> None:
