@@ -615,3 +615,33 @@ def test_the_homeassistant_identity_can_be_removed(tmp_path: Path) -> None:
     assert "homeassistant" not in (tmp_path / "broker" / "passwd").read_text()
     assert "user homeassistant" not in (tmp_path / "broker" / "acl").read_text()
     assert not (tmp_path / "clients" / "homeassistant").exists()
+
+
+def test_a_pi_reporting_hundreds_of_names_cannot_flood_home_assistant(
+        ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
+    """A Pi (lying, or with a stolen key) reporting 300 different people gets at most
+    256 device trackers published, as many as the history keeps; the subscriber runs on."""
+    keys = keys_of(ha_certs, ha_workdir, "pi-porch")
+    temperature = f"{BRIDGE}/pi/pi_porch/temperature"
+    watch = Watcher(ha_broker, ha_certs, (f"{BRIDGE}/person/#", temperature,
+                                          f"{BRIDGE}/pi/pi_porch/status"))
+    pi = Pi(ha_broker, ha_certs, "pi-porch")
+    try:
+        pi.status("online")
+        with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
+            wait_subscribed(sub)
+            bridge_ready(watch, "pi-porch")
+            for start in range(0, 300, 50):
+                pi.send("devices", [{"name": f"Flood {i:03d}", "state": "home"}
+                                    for i in range(start, start + 50)])
+            pi.send("temperature", {"temperature": 20.5, "timestamp": time.time()})
+            # the bridge publishes in the order it handles: after the temperature, nothing
+            # more of the flood comes
+            watch.wait_live(temperature, b"20.5", timeout=60)
+            latest = watch.latest()
+            assert sub.poll() is None
+    finally:
+        pi.close()
+        watch.close()
+    flooded = {t.split("/")[2] for t in latest if t.endswith("/state") and "flood_" in t}
+    assert len(flooded) == 256

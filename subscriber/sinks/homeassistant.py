@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], object]  # topic, payload: retained, QoS 1
 
 KEYS_RECHECK = 5.0  # seconds between looks at the key rings (a removed Pi)
+MAX_PEOPLE = 256  # as many as the history keeps: a lying Pi cannot flood Home Assistant
 STATE_VERSION = 1
 ORIGIN = {"name": "Homewatch", "sw_version": __version__}
 MARKS = {"demo": "demo", "simulated": "simulated"}
@@ -117,6 +118,7 @@ class HomeAssistantSink:
         self.pis: dict[str, _Owner] = {}
         self.people: dict[str, _Owner] = {}
         self.failures = 0
+        self._too_many = 0  # people not published: beyond MAX_PEOPLE
         self._rings: set[str] | None = None
         self._checked = -math.inf
         self._last: dict[str, bytes] = {}  # state topic -> last payload (this run)
@@ -150,8 +152,9 @@ class HomeAssistantSink:
         elif reading.kind == "devices" and isinstance(data, list):
             for entry in data:
                 name = entry.get("name") if isinstance(entry, dict) else None
-                if isinstance(name, str) and name:
-                    self._person(name).pis.add(reading.device)
+                owner = self._person(name) if isinstance(name, str) and name else None
+                if owner is not None:
+                    owner.pis.add(reading.device)
         self._pi_attrs(reading.device, pi)
 
     def status(self, topic: str, device: str, status: str) -> None:
@@ -248,9 +251,15 @@ class HomeAssistantSink:
         self._state(pi, f"pi/{pi.id}/attributes", json.dumps(attributes, sort_keys=True))
 
     # -- people ----------------------------------------------------------------------
-    def _person(self, name: str) -> _Owner:
+    def _person(self, name: str) -> _Owner | None:
         owner = self.people.get(name)
         if owner is None:
+            if len(self.people) >= MAX_PEOPLE:
+                self._too_many += 1
+                if self._too_many in (1, 100, 10000):
+                    log.warning("Home Assistant: %d people already; %r (and %d more so far) "
+                                "not published", MAX_PEOPLE, name[:64], self._too_many)
+                return None
             owner = self.people[name] = _Owner(id=self._new_id(name, self.people))
             self._dirty = True
         return owner
