@@ -7,7 +7,7 @@ PORT ?= 8883
 .PHONY: help install test bench bench-history soak lint certs broker
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: ## install Homewatch with its test and dev tools into the current Python
 	$(PYTHON) -m pip install -e '.[ble,test,dev]'
@@ -35,7 +35,7 @@ certs: ## make the CA and broker certificate if missing (scripts/gen-certs.sh)
 broker: ## run the broker with a local mosquitto on 127.0.0.1:$(PORT) (no Docker)
 	scripts/local-broker.sh --port $(PORT)
 
-.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert dashboard-password
+.PHONY: up down logs status add-device remove-device purge doctor offline-images broker-cert dashboard-password add-homeassistant
 NAME ?=
 COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
@@ -62,6 +62,9 @@ add-device: ## provision a Pi on the running stack: make add-device NAME=pi-kitc
 remove-device: ## remove a device and refuse it from now on: make remove-device NAME=pi-kitchen FORCE=1
 	@if [ -z "$(NAME)" ] || [ "$(FORCE)" != 1 ]; then echo "usage: make remove-device NAME=pi-kitchen FORCE=1 (deletes its credentials)" >&2; exit 2; fi
 	scripts/admin.sh homewatch device remove "$(NAME)" --force --reload
+
+add-homeassistant: ## connect Home Assistant: its read-only identity, the bridge on, and what to enter in its MQTT integration
+	scripts/add-homeassistant.sh
 
 doctor: ## audit the running stack: certificates, permissions, anonymous, TLS, ACL isolation
 	scripts/admin.sh doctor

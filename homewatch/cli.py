@@ -4,6 +4,7 @@
     homewatch device list
     homewatch device remove NAME --force [--reload]
     homewatch server init [--app-gid GID] [--demo-device NAME]
+    homewatch homeassistant add [--reload]
     homewatch dashboard password [--stdin]
     homewatch dashboard inventory
     homewatch health FILE [--max-age SECONDS]
@@ -74,6 +75,13 @@ def _parser() -> OneLineParser:
     init.add_argument("--app-gid", type=int, metavar="GID",
                       help="group of the app containers' user (10001 in the image)")
     init.add_argument("--demo-device", metavar="NAME", help="also make this demo device")
+
+    ha = sub.add_parser("homeassistant", help="the identity Home Assistant connects as")
+    hsub = ha.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
+    hadd = hsub.add_parser("add", help="make the 'homeassistant' identity if missing (it may "
+                           "only read the bridge's topics); an existing one keeps its password")
+    hadd.add_argument("--reload", action="store_true",
+                      help="reload the Compose stack's broker (SIGHUP via the Docker SDK)")
 
     web = sub.add_parser("dashboard", help="the dashboard's household password")
     wsub = web.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
@@ -198,6 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          demo_device=args.demo_device)
             made += dashboard_access.init_dashboard(layout, app_gid=args.app_gid)
             lines.append("made: " + ", ".join(made) if made else "all identities present")
+        elif args.command == "homeassistant":
+            ha, new = provision.add_homeassistant(layout, base=args.base)
+            lines.append(f"{'provisioned' if new else 'kept'} {ha.name} (reads only "
+                         f"{provision.DISCOVERY_PREFIX}/# and {provision.BRIDGE_PREFIX}/#)")
+            lines.append(f"  password: {ha.password_file}")
+            if args.reload:
+                lines.append(_reload())
         elif args.command == "dashboard" and args.action == "inventory":
             path = dashboard_access.write_inventory(layout)
             lines.append(f"refreshed {path}" if path else

@@ -383,6 +383,14 @@ def _probe(t: Target, layout: provision.Layout, a: str, b: str) -> Check:
     base = t.url.base
     observer, ok1 = _client(t, layout, provision.SUBSCRIBER)
     device, ok2 = _client(t, layout, a)
+    ha = None  # Home Assistant's identity, when made: it must see nothing of the above
+    ha_seen: queue.Queue[str] = queue.Queue()
+    if layout.password(provision.HOMEASSISTANT).exists():
+        ha, ok3 = _client(t, layout, provision.HOMEASSISTANT)
+        ha.on_message = lambda c, u, m: (ha_seen.put(m.topic) if m.topic.startswith(
+            f"{base}/") or f"/{a}/" in m.topic else None)  # not the bridge's own
+        ha.subscribe("#", 1)
+        ok2 = ok2 and ok3
     try:
         if not (ok1 and ok2):
             return Check(name, False, "probe identities could not connect after a reload",
@@ -395,6 +403,9 @@ def _probe(t: Target, layout: provision.Layout, a: str, b: str) -> Check:
         device.subscribe(f"{base}/#", 1)
         device.subscribe("$SYS/#", 1)
         time.sleep(0.5)
+        for forged in (f"{provision.DISCOVERY_PREFIX}/sensor/{a}/config",
+                       f"{provision.BRIDGE_PREFIX}/{a}/probe"):  # a stolen Pi's entities
+            device.publish(forged, b"forged", qos=1).wait_for_publish(5)
         device.publish(f"{base}/{b}/probe", b"cross", qos=1).wait_for_publish(5)
         device.publish(f"{base}/{a}/probe", b"own", qos=1).wait_for_publish(5)
         topics: list[str] = []
@@ -412,10 +423,16 @@ def _probe(t: Target, layout: provision.Layout, a: str, b: str) -> Check:
         if not spied.empty():
             return Check(name, False, f"a device could read {spied.get()}",
                          "devices must have no read rule in the ACL")
+        if not ha_seen.empty():
+            return Check(name, False, f"the homeassistant identity received {ha_seen.get()}",
+                         "regenerate the ACL (make add-homeassistant) and reload: it may "
+                         "only read what the subscriber publishes for it")
         return Check(name, True, "a probe device could not write another's topics nor "
-                     "read anything ($SYS included)")
+                     "read anything ($SYS included)" + (
+                         "; Home Assistant's identity received none of its writes nor the "
+                         "sealed readings" if ha is not None else ""))
     finally:
-        for c in (observer, device):
+        for c in (observer, device, *([ha] if ha is not None else [])):
             c.disconnect()
             c.loop_stop()
 

@@ -5,6 +5,7 @@ Exit codes: 0 stopped cleanly, 1 broker/TLS failure, 2 bad settings or input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -17,10 +18,11 @@ from types import FrameType
 
 from homewatch import config
 from homewatch.envelope import Opener
-from homewatch.errors import StoppedError, StorageError
+from homewatch.errors import HomewatchError, StoppedError, StorageError
 from homewatch.health import Heartbeat
 from homewatch.history.sqlite import SqliteHistory
-from homewatch.mqtt import Connection
+from homewatch.mqtt import Connection, Will
+from homewatch.provision import BRIDGE_PREFIX, DISCOVERY_PREFIX
 from homewatch.secrets import KeyStore
 from subscriber.app import ReplayState, Subscriber
 from subscriber.rooms import Rooms
@@ -29,6 +31,7 @@ from subscriber.sinks import Sink
 from subscriber.sinks.alerts import AlertsSink
 from subscriber.sinks.console import ConsoleSink
 from subscriber.sinks.history import HistorySink
+from subscriber.sinks.homeassistant import HomeAssistantSink
 
 log = logging.getLogger("subscriber")
 
@@ -53,15 +56,38 @@ def _run(settings: SubscriberSettings) -> int:
                      rooms=Rooms(hysteresis=settings.room_hysteresis,
                                  dwell=settings.room_dwell))
     base = settings.connection.url.base
+    bridge_status = f"{settings.bridge_prefix}/status"  # the Home Assistant bridge's
+
+    def bridge_online() -> None:
+        conn.publish(bridge_status, b"online", qos=1, retain=True)
+
     conn = Connection(settings.connection, on_message=sub.on_message,
                       on_read_batch=sub.end_batch, subscriptions=((f"{base}/#", 1),),
-                      on_failure=stop.set, manual_ack=True)
+                      on_failure=stop.set, manual_ack=True,
+                      will=Will(topic=bridge_status, payload=b"offline")
+                      if settings.homeassistant else None,
+                      on_connected=bridge_online if settings.homeassistant else None)
     if settings.history is not None:  # (after the connection's settings were checked)
         history = SqliteHistory(settings.history,
                                 retention_days=settings.history_retention_days)
         sub.add_sink(HistorySink(history, keys_dir=settings.keys_dir))
         log.info("keeping the history in %s (raw readings for %g days)", settings.history,
                  settings.history_retention_days)
+    if settings.homeassistant:
+        def publish(topic: str, payload: bytes) -> object:
+            return conn.publish(topic, payload, qos=1, retain=True)
+
+        sub.add_sink(HomeAssistantSink(
+            publish, state_file=settings.state_dir / "homeassistant.json",
+            keys_dir=settings.keys_dir, discovery_prefix=settings.discovery_prefix,
+            bridge_prefix=settings.bridge_prefix))
+        log.info("Home Assistant bridge on: discovery configs under %s/, plaintext states "
+                 "under %s/", settings.discovery_prefix, settings.bridge_prefix)
+        if (settings.discovery_prefix, settings.bridge_prefix) != (DISCOVERY_PREFIX,
+                                                                   BRIDGE_PREFIX):
+            log.warning("the ACL `homewatch` makes lets the subscriber write only %s/# and "
+                        "%s/#: give it (and Home Assistant, read) the prefixes you chose in "
+                        "your own broker's ACL", DISCOVERY_PREFIX, BRIDGE_PREFIX)
     if settings.alerts is not None:
         sub.add_sink(alerts_sink(settings, sub))
     sub.ack = conn.ack
@@ -80,6 +106,10 @@ def _run(settings: SubscriberSettings) -> int:
         if failure is not None:
             heartbeat.fail(str(failure))
         heartbeat.clear()
+        if settings.homeassistant and conn.connected.is_set():
+            # Home Assistant shows the bridge's entities unavailable from now on
+            with contextlib.suppress(HomewatchError, RuntimeError, ValueError):
+                conn.publish(bridge_status, b"offline", qos=1, retain=True).wait_for_publish(2)
         conn.stop()  # what arrived was shown and acknowledged as it came
     if failure is not None:
         # Nothing after the failure was acknowledged: the broker keeps it for our

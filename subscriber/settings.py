@@ -13,7 +13,14 @@ from homewatch.envelope import MAX_LATE
 from homewatch.errors import ConfigError, ProvisionError
 from homewatch.history import DEFAULT_RETENTION_DAYS
 from homewatch.mqtt import ConnectionSettings
-from homewatch.provision import SUBSCRIBER, validate_name
+from homewatch.provision import (
+    BRIDGE_PREFIX,
+    DISCOVERY_PREFIX,
+    SUBSCRIBER,
+    overlaps,
+    validate_name,
+)
+from homewatch.url import validate_base
 from subscriber.alert_rules import AlertsConfig, load_alerts
 from subscriber.rooms import DEFAULT_DWELL, DEFAULT_HYSTERESIS
 
@@ -70,6 +77,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("alerts", "the alerts file: rules and webhook (default: alerts.toml in the "
            "identity directory, used when it exists; see the README's Alerts)",
            convert=config.path, metavar="FILE"),
+    Option("homeassistant", "Home Assistant bridge: publish discovery configs and the "
+           "decrypted states, in plain text, for Home Assistant's MQTT integration (README: "
+           "Home Assistant)", default=False, flag=True),
+    Option("discovery-prefix", "Home Assistant's discovery prefix (the stack's ACL lets "
+           "only the subscriber write it)", default=DISCOVERY_PREFIX, metavar="TOPIC"),
+    Option("bridge-prefix", "where the bridge publishes its plaintext states (the stack's "
+           "ACL lets only the subscriber write it)", default=BRIDGE_PREFIX, metavar="TOPIC"),
     Option("count", "exit after this many accepted readings (0: run until stopped)",
            default=0, convert=int, metavar="N"),
     *config.COMMON_OPTIONS,
@@ -91,6 +105,9 @@ class SubscriberSettings:
     room_dwell: float
     alerts: AlertsConfig | None  # None: no alerts file
     count: int
+    homeassistant: bool
+    discovery_prefix: str
+    bridge_prefix: str
     health_file: Path | None
     show_settings: bool
     log_level: str
@@ -130,6 +147,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         clean_session=False,
     )
     state_dir = v["state-dir"] or config.default_state_dir("subscriber")
+    _check_prefixes(url.base, v["discovery-prefix"], v["bridge-prefix"])
     return SubscriberSettings(
         connection=connection,
         keys_dir=keys_dir,
@@ -144,6 +162,9 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SubscriberS
         room_dwell=v["room-dwell"],
         alerts=_alerts(v["alerts"], client_dir),
         count=v["count"],
+        homeassistant=v["homeassistant"],
+        discovery_prefix=v["discovery-prefix"],
+        bridge_prefix=v["bridge-prefix"],
         health_file=v["health-file"],
         show_settings=v["show-settings"],
         log_level=v["log-level"],
@@ -159,3 +180,20 @@ def _alerts(given: Path | None, client_dir: Path) -> AlertsConfig | None:
     if not path.is_file():
         raise ConfigError(f"alerts file not found: {path}")
     return load_alerts(path)
+
+
+def _check_prefixes(base: str, discovery: str, bridge: str) -> None:
+    """Plain topics (no wildcard, no ``$``), and none inside another: the readings' base,
+    the discovery prefix and the bridge's prefix are three separate trees, so that the
+    ACL can keep devices out of the two the bridge writes."""
+    for option, prefix in (("--discovery-prefix", discovery), ("--bridge-prefix", bridge)):
+        try:
+            validate_base(prefix)
+        except ConfigError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+        if overlaps(prefix, base):
+            raise ConfigError(f"{option} {prefix!r} overlaps the base topic {base!r}: devices "
+                              "write under the base; choose separate trees")
+    if overlaps(discovery, bridge):
+        raise ConfigError(f"--discovery-prefix {discovery!r} and --bridge-prefix {bridge!r} "
+                          "overlap; choose separate trees")

@@ -555,10 +555,66 @@ def test_broker_cert_adds_a_name_and_reloads_without_a_restart(running: Stack) -
     assert inventory["dashboard"]["not_after"] == served.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+HA_DEMO_CONFIGS = {
+    "homeassistant/sensor/homewatch_demo_pi_temperature/config",
+    "homeassistant/binary_sensor/homewatch_demo_pi_connectivity/config",
+    "homeassistant/sensor/homewatch_demo_pi_scanner/config",
+    "homeassistant/device_tracker/homewatch_person_franks_phone/config",
+    "homeassistant/device_tracker/homewatch_person_annas_watch/config",
+}
+
+
+def test_make_add_homeassistant_switches_the_bridge_on_and_prints_the_settings(
+        running: Stack) -> None:
+    """`make add-homeassistant` makes the homeassistant identity (password file 0600,
+    never printed), reloads the broker, turns the subscriber's bridge on (HOMEASSISTANT=1
+    in .env), and prints broker, port, user, password file and CA file; with that
+    identity the demo Pi's retained discovery configs and its temperature (a number) are
+    readable; run again, it keeps the password."""
+    broker_started = running.container("broker").attrs["State"]["StartedAt"]
+    out = running.make("add-homeassistant").stdout
+    pw_file = running.certs / "clients" / "homeassistant" / "password"
+    secret = pw_file.read_text().strip()
+    assert pw_file.stat().st_mode & 0o777 == 0o600 and pw_file.stat().st_uid == os.getuid()
+    assert secret and secret not in out
+    assert re.search(r"Broker: +\S+", out) and f"Port:                        {running.port}" \
+        in out
+    for text in ("Username:                    homeassistant",
+                 "cat certs/clients/homeassistant/password", "upload certs/ca.crt",
+                 "reloaded the broker"):
+        assert text in out, out
+    assert "HOMEASSISTANT=1" in (running.dir / ".env").read_text().splitlines()
+    sub = running.container("subscriber")
+    assert "HOMEWATCH_HOMEASSISTANT=1" in sub.attrs["Config"]["Env"]
+    assert running.container("broker").attrs["State"]["StartedAt"] == broker_started
+
+    client, rc = paho_client(running, running.certs, "homeassistant",  # type: ignore[arg-type]
+                             secret)
+    assert rc is not None and not rc.is_failure, rc
+    got: dict[str, bytes] = {}
+    client.on_message = lambda c, u, m: got.__setitem__(m.topic, bytes(m.payload))
+    client.subscribe([("homeassistant/#", 1), ("homewatch/#", 1), ("home/#", 1)])
+    try:
+        deadline = time.monotonic() + 90
+        while not (set(got) >= HA_DEMO_CONFIGS and "homewatch/pi/demo_pi/temperature" in got):
+            assert time.monotonic() < deadline, (sorted(got), running.logs("subscriber")[-3000:])
+            time.sleep(0.5)
+    finally:
+        stop_client(client)
+    body = json.loads(got["homeassistant/sensor/homewatch_demo_pi_temperature/config"])
+    assert body["device"]["name"] == "demo-pi (demo)"
+    assert 0 < float(got["homewatch/pi/demo_pi/temperature"]) < 50
+    assert not any(topic.startswith("home/") for topic in got)  # the readings stay sealed
+
+    again = running.make("add-homeassistant").stdout
+    assert "kept homeassistant" in again and pw_file.read_text().strip() == secret
+
+
 def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack) -> None:
     """BROKER_CONF=mosquitto-mtls.conf in .env + `make up` (as the README says): the
     broker is recreated, the health check, the subscriber and the demo publisher carry on
-    with their certificates; a client with only a password is now refused."""
+    with their certificates; a client with only a password is now refused;
+    `make add-homeassistant` names Home Assistant's client certificate, which connects."""
     with open(running.dir / ".env", "a") as env:
         env.write("BROKER_CONF=mosquitto-mtls.conf\n")
     assert "Homewatch is up." in running.make("up").stdout
@@ -577,6 +633,15 @@ def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack
     client, rc = paho_client(running, running.certs, "demo-pi", pw)  # type: ignore[arg-type]
     stop_client(client)
     assert rc is None
+    # Home Assistant (connected by test_make_add_homeassistant_...) is told its certificate
+    out = running.make("add-homeassistant").stdout
+    ha = running.certs / "clients" / "homeassistant"
+    assert f"upload {ha.relative_to(running.dir)}/client.crt" in out
+    client, rc = paho_client(running, running.certs, "homeassistant",  # type: ignore[arg-type]
+                             (ha / "password").read_text().strip(),
+                             cert=(ha / "client.crt", ha / "client.key"))
+    stop_client(client)
+    assert rc is not None and not rc.is_failure
 
 
 # -- the dashboard, as `make up` started it ------------------------------------------

@@ -159,3 +159,16 @@ def test_doctor_reports_a_stopped_broker_as_not_reachable_and_judges_nothing_tha
         assert f"PASS  {name}" in r.stdout
     assert "tls_version" not in r.stdout
     assert r.stdout.rstrip().endswith("3 passed, 1 failed, 5 not checked")
+
+
+def test_doctor_probes_the_homeassistant_identity_when_there_is_one(
+        sound: tuple[Broker, Path]) -> None:
+    """With `homewatch homeassistant add` done, the isolation probe also checks that
+    Home Assistant's identity receives neither the sealed readings nor a probe device's
+    writes into the discovery and bridge prefixes."""
+    broker, certs = sound
+    homewatch_cli(certs, "homeassistant", "add")
+    broker.reload()
+    r = doctor(broker, certs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Home Assistant's identity received none of its writes" in r.stdout

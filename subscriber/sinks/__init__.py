@@ -10,7 +10,9 @@ acknowledging, and the broker keeps the messages for its persistent session.
 
 Sinks: :mod:`.console` (the tutorial's lines on stdout), :mod:`.history` (the history
 store the dashboard reads), :mod:`.alerts` (the alerts file's rules; webhook deliveries
-on threads of its own, never blocking the caller).
+on threads of its own, never blocking the caller), :mod:`.homeassistant` (opt-in:
+discovery configs and plaintext states for Home Assistant, through the subscriber's own
+connection).
 """
 
 from __future__ import annotations
