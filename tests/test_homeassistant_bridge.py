@@ -220,7 +220,8 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
     """The real demo publisher as demo-pi: the homeassistant identity finds exactly the
     demo Pi's retained discovery configs (temperature, connectivity, scanner: one device)
     and one device tracker per person, each marked demo, with Home Assistant's keys; the
-    temperature state is a number, both people are home; no room sensor with one Pi."""
+    temperature state is a number; once the Pi stopped, both people are unknown (not
+    home, not away); no room sensor with one Pi."""
     keys = keys_of(ha_certs, ha_workdir, "demo-pi")
     publish_as(ha_broker, ha_certs, "demo-pi", "home/demo-pi/status", b"online", retain=True)
     ready = Watcher(ha_broker, ha_certs, (f"{BRIDGE}/#",))
@@ -279,8 +280,11 @@ def test_the_demo_pi_appears_as_one_device_with_its_entities_and_numeric_tempera
     assert franks["device"]["name"] == "Franks Phone (demo)"  # type: ignore[index]
     value = float(latest[f"{BRIDGE}/pi/demo_pi/temperature"])
     assert 10 <= value <= 35
-    assert latest[f"{BRIDGE}/person/franks_phone/state"] == b"home"
-    assert latest[f"{BRIDGE}/person/annas_watch/state"] == b"home"
+    # The only Pi that saw them stopped (its status is offline): nobody knows whether they
+    # left, so each tracker is reset to Home Assistant's unknown, neither home nor away.
+    assert franks["payload_reset"] == "unknown"
+    assert latest[f"{BRIDGE}/person/franks_phone/state"] == b"unknown"
+    assert latest[f"{BRIDGE}/person/annas_watch/state"] == b"unknown"
     attributes = json.loads(latest[f"{BRIDGE}/person/annas_watch/attributes"])
     assert attributes["simulated"] == "demo" and attributes["person"] == "Annas Watch"
     assert json.loads(latest[f"{BRIDGE}/pi/demo_pi/attributes"])["simulated"] == "demo"
