@@ -4,6 +4,7 @@ the host and through the Docker SDK. pytest-docker tears it down at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -16,7 +17,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ from tests.helpers import (
     paho_client,
     python_m,
     stop_client,
+    stop_process,
 )
+from tests.homeassistant import HomeAssistant, MqttSettings
 
 pytestmark = pytest.mark.compose
 
@@ -608,6 +611,181 @@ def test_make_add_homeassistant_switches_the_bridge_on_and_prints_the_settings(
 
     again = running.make("add-homeassistant").stdout
     assert "kept homeassistant" in again and pw_file.read_text().strip() == secret
+
+
+# -- the real Home Assistant on this stack (tests/homeassistant.py) --------------------
+
+E2E_PI = "pi-e2e"  # a second Pi: `make add-device`, its publisher run on the host
+E2E_MAC = "C0:FF:EE:00:E2:E0"
+E2E_PERSON = "Eve Keys"  # only pi-e2e knows her: the demo Pi never vouches for her
+E2E_AWAY_AFTER = 5  # pi-e2e's away timeout (s), short for the test
+E2E_IDS = ("homewatch_pi_e2e_", "homewatch_person_eve_keys")  # its unique ids start so
+
+
+def printed_ha_settings(out: str) -> dict[str, str]:
+    """What `make add-homeassistant` tells the user to enter, as it printed it."""
+    patterns = {"broker": r"^\s*Broker:\s+(\S+)\s*$", "port": r"^\s*Port:\s+(\d+)\s*$",
+                "username": r"^\s*Username:\s+(\S+)\s*$",
+                "password_file": r"^\s*Password:\s+the line in (\S+)\s*$",
+                "ca": r"Broker certificate validation: Custom; upload (\S+)\s*$"}
+    fields = {}
+    for key, pattern in patterns.items():
+        m = re.search(pattern, out, re.MULTILINE)
+        assert m, f"no {key} in:\n{out}"
+        fields[key] = m.group(1)
+    return fields
+
+
+def ha_number(state: dict[str, Any]) -> float | None:
+    """A state as a number; None when it is none (unknown, unavailable)."""
+    try:
+        return float(state["state"])
+    except ValueError:
+        return None
+
+
+def ha_is(value: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda state: state["state"] == value
+
+
+def forge_then_read(running: Stack, creds: Path, forged: str) -> None:
+    """As the device of ``creds`` (a stolen Pi), on one connection: a retained discovery
+    config for ``forged``, then a sealed temperature reading of 23.5."""
+    from homewatch.envelope import seal
+    from homewatch.secrets import load_keyring
+
+    device = creds.name
+    client, rc = paho_client(running, running.certs, device,  # type: ignore[arg-type]
+                             (creds / "password").read_text().strip(),
+                             client_id=f"forger-{uuid.uuid4().hex[:6]}")
+    assert rc is not None and not rc.is_failure, rc
+    try:
+        client.publish(f"homeassistant/sensor/{forged}/config", json.dumps({
+            "name": "Forged", "unique_id": forged, "object_id": forged,
+            "state_topic": f"home/{device}/forged"}), qos=1, retain=True).wait_for_publish(10)
+        topic = f"home/{device}/temperature"
+        client.publish(topic, seal(
+            load_keyring(creds / "fernet.key"), topic=topic, device=device,
+            seq=1,  # below the publisher's own, which start at its clock in ms
+            data={"temperature": 23.5, "timestamp": time.time()}, taken=time.time()),
+            qos=1).wait_for_publish(10)
+    finally:
+        stop_client(client)
+
+
+def test_the_real_home_assistant_shows_the_stacks_entities_and_states(
+        running: Stack, home_assistant_mqtt: Callable[[MqttSettings], HomeAssistant],
+        tmp_path: Path) -> None:
+    """The real Home Assistant, set up with what `make add-homeassistant` prints, shows
+    the demo Pi's temperature as a number and its known devices home; a discovery config
+    a device publishes never becomes an entity; a person whom a second Pi (`make
+    add-device`; real bleak, mocked BlueZ) stops hearing is not_home after its away
+    timeout; `make remove-device` makes that Pi's entities disappear; the demo Pi
+    stopping makes its entities unavailable, until it is back."""
+    from tests.bluez import MockBlueZ
+    from tests.test_ble import advertising
+
+    r = running.make("add-homeassistant")
+    printed = printed_ha_settings(r.stdout)
+    host = printed["broker"]
+    # This stack's broker is published on 127.0.0.1 only (MQTT_BIND in the fixture's
+    # .env): the script prints this server's LAN address, for a Home Assistant elsewhere
+    # on the LAN, and says to use 127.0.0.1 for one on this server, which this one is.
+    if "then use 127.0.0.1 as the broker" in r.stderr:
+        host = "127.0.0.1"
+    ha = home_assistant_mqtt(MqttSettings(
+        host=host, port=int(printed["port"]), ca=running.dir / printed["ca"],
+        username=printed["username"], password_file=running.dir / printed["password_file"],
+        discovery_prefix="homeassistant"))
+
+    # The demo Pi: its temperature a number in °C, its known devices home.
+    temperature = ha.wait_for_unique_id("homewatch_demo_pi_temperature", timeout=60,
+                                        where=lambda s: ha_number(s) is not None)
+    assert 0 < (ha_number(temperature) or 0) < 50, temperature
+    assert temperature["attributes"]["unit_of_measurement"] == "°C"
+    assert temperature["attributes"]["device_class"] == "temperature"
+    ha.wait_for_unique_id("homewatch_demo_pi_connectivity", where=ha_is("on"))
+    for person in ("franks_phone", "annas_watch"):
+        ha.wait_for_unique_id(f"homewatch_person_{person}", where=ha_is("home"))
+
+    # A second Pi, provisioned while the stack runs. Its identity forges a discovery
+    # config, then sends a reading on the same connection: the broker handles one
+    # connection's messages in order, so once the bridge's entity for that reading is in
+    # Home Assistant, the forged config was dealt with before it, and made nothing.
+    running.make("add-device", f"NAME={E2E_PI}", f"URL={running.url('localhost')}")
+    with tarfile.open(running.dir / "bundles" / f"{E2E_PI}.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    creds = tmp_path / E2E_PI
+    forged = f"homewatch_forged_{uuid.uuid4().hex[:8]}"
+    forge_then_read(running, creds, forged)
+    ha.wait_for_unique_id("homewatch_pi_e2e_temperature")
+    assert not [e for e in ha.entity_registry() if e["unique_id"] == forged]
+    assert not [s for s in ha.states() if forged in s["entity_id"]]
+    assert ha.log_count(forged) == 0  # its MQTT client (paho, logged) never even got it
+
+    # Its publisher: real bleak scanning a mocked BlueZ in which Eve's keys advertise,
+    # until they stop.
+    (tmp_path / "bluez").mkdir()
+    bluez = MockBlueZ(tmp_path / "bluez")
+    known = tmp_path / "known-devices"
+    known.write_text(f"{E2E_MAC} {E2E_PERSON}\n")
+    log_file = tmp_path / "publisher.log"
+    eve = "homewatch_person_eve_keys"
+    with contextlib.ExitStack() as stack:
+        stack.callback(bluez.close)
+        bluez.add_adapter()
+        log = stack.enter_context(open(log_file, "w"))
+        pub = subprocess.Popen(
+            python_m("publisher", "--credentials", str(creds), "--scanner", "bleak",
+                     "--temperature", "simulated", "--interval", "1", "--scan-duration", "0.8",
+                     "--away-after", str(E2E_AWAY_AFTER), "--known-devices", str(known),
+                     "--state-dir", str(tmp_path / "state")),
+            cwd=tmp_path, env=clean_env({"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}),
+            stdout=log, stderr=subprocess.STDOUT)
+        stack.callback(stop_process, pub, 15)
+        try:
+            with advertising(bluez, E2E_MAC):
+                ha.wait_for_unique_id(eve, where=ha_is("home"), timeout=60)
+                ha.wait_for_unique_id("homewatch_pi_e2e_temperature",
+                                      where=lambda s: ha_number(s) is not None)
+            ha.wait_for_unique_id(eve, where=ha_is("not_home"))
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- pi-e2e's publisher ---\n"
+                                 f"{log_file.read_text()[-3000:]}") from None
+        away = re.search(rf"{E2E_PERSON} is away \(not seen for (\d+) s\)",
+                         log_file.read_text())
+        assert away and int(away.group(1)) >= E2E_AWAY_AFTER, log_file.read_text()[-3000:]
+    assert pub.returncode == 0, log_file.read_text()[-3000:]
+
+    # `make remove-device`: that Pi's entities, and those of the person only it saw, go.
+    theirs = {e["unique_id"]: e["entity_id"] for e in ha.entity_registry()
+              if e["unique_id"].startswith(E2E_IDS)}
+    assert {"homewatch_pi_e2e_temperature", "homewatch_pi_e2e_connectivity",
+            "homewatch_pi_e2e_scanner", eve} <= set(theirs), theirs
+    running.make("remove-device", f"NAME={E2E_PI}", "FORCE=1")
+
+    def e2e_entities_gone(states: list[dict[str, Any]]) -> bool:
+        return not ({s["entity_id"] for s in states} & set(theirs.values())) and not [
+            e for e in ha.entity_registry() if e["unique_id"].startswith(E2E_IDS)]
+    ha.wait_for(e2e_entities_gone, timeout=60)
+    assert not [d for d in ha.device_registry() if ["mqtt", "homewatch_pi_pi_e2e"] in
+                d["identifiers"]]
+
+    # The demo Pi stops (its publisher says offline as it goes): its entities are
+    # unavailable, its connectivity off, and nobody vouches for its people any more.
+    publisher = running.container("publisher")
+    publisher.stop(timeout=20)
+    try:
+        for entity in ("temperature", "scanner"):
+            ha.wait_for_unique_id(f"homewatch_demo_pi_{entity}", where=ha_is("unavailable"))
+        ha.wait_for_unique_id("homewatch_demo_pi_connectivity", where=ha_is("off"))
+        for person in ("franks_phone", "annas_watch"):
+            ha.wait_for_unique_id(f"homewatch_person_{person}", where=ha_is("unknown"))
+    finally:
+        running.sdk.containers.get(publisher.id).start()
+    ha.wait_for_unique_id("homewatch_demo_pi_temperature", timeout=60,
+                          where=lambda s: ha_number(s) is not None)
+    ha.wait_for_unique_id("homewatch_person_franks_phone", where=ha_is("home"))
 
 
 def test_switching_the_stack_to_mutual_tls_keeps_readings_flowing(running: Stack) -> None:
