@@ -86,10 +86,11 @@ class Sensor:
 
 
 def settings(broker: Broker, certs: Path, *, ca: Path | None = None,
-             password_file: Path | None = None, prefix: str = PREFIX) -> MqttSettings:
+             password_file: Path | None = None, prefix: str = PREFIX,
+             user: str = "subscriber") -> MqttSettings:
     return MqttSettings(host=broker.host, port=broker.port, ca=ca or certs / "ca.crt",
-                        username="subscriber",
-                        password_file=password_file or certs / "clients" / "subscriber" /
+                        username=user,
+                        password_file=password_file or certs / "clients" / user /
                         "password",
                         discovery_prefix=prefix)
 
@@ -198,23 +199,29 @@ def own(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
 
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
-    """Provisioned with base ``homeassistant``: the subscriber identity may only read
-    ``homeassistant/#`` (as Home Assistant's own identity will), and a device named
-    ``sensor`` may write ``homeassistant/sensor/#``, where sensors' discovery configs
-    go under Home Assistant's default prefix."""
-    yield from own_broker(tmp_path, "homeassistant", ("subscriber", "sensor"))
+    """The stack's own identities: the subscriber (which may write Home Assistant's
+    default discovery prefix and the bridge's) and the read-only ``homeassistant``
+    identity that ``make add-homeassistant`` makes."""
+    certs = tmp_path / "certs"
+    gen_certs(certs)
+    homewatch_cli(certs, "device", "add", "subscriber")
+    homewatch_cli(certs, "homeassistant", "add")
+    broker = Broker(certs=certs, workdir=tmp_path / "broker").start()
+    yield certs, broker
+    broker.stop()
 
 
 def test_with_the_default_prefix_and_a_read_only_identity_a_sensor_appears(
         read_only: tuple[Path, Broker], home_assistant_mqtt: Connect) -> None:
     """Home Assistant set up as a user would (default discovery prefix, birth message on)
-    with an identity that may only read shows a sensor discovered under
-    ``homeassistant/``, with its reading."""
+    with the read-only ``homeassistant`` identity shows a sensor the subscriber's identity
+    published under ``homeassistant/``, with its state under ``homewatch/``."""
     certs, broker = read_only
-    ha = home_assistant_mqtt(settings(broker, certs, prefix="homeassistant"))
-    publisher = Retained(broker, certs, user="sensor")
+    ha = home_assistant_mqtt(settings(broker, certs, prefix="homeassistant",
+                                      user="homeassistant"))
+    publisher = Retained(broker, certs, user="subscriber")
     try:
-        sensor = Sensor(prefix="homeassistant", topics="homeassistant/sensor/readings")
+        sensor = Sensor(prefix="homeassistant", topics="homewatch/test")
         show(publisher, sensor, "18.75")
         state = ha.wait_for_unique_id(f"homewatch-{sensor.object_id}",
                                       where=lambda s: number(s) == 18.75)
