@@ -51,7 +51,7 @@ def _run(settings: SubscriberSettings) -> int:
     state = ReplayState(settings.state_dir / f"{settings.connection.client_id}.replay.json")
     opener = Opener(keys, base=settings.connection.url.base, ttl=settings.ttl,
                     max_late=settings.max_late, skew=settings.clock_skew, replay=state.load())
-    sinks: list[Sink] = [ConsoleSink(sys.stdout, as_json=settings.json)]
+    sinks: list[Sink] = []  # the console is added last: see below
     sub = Subscriber(opener, sinks, state=state,
                      rooms=Rooms(hysteresis=settings.room_hysteresis,
                                  dwell=settings.room_dwell))
@@ -90,6 +90,10 @@ def _run(settings: SubscriberSettings) -> int:
                         "your own broker's ACL", DISCOVERY_PREFIX, BRIDGE_PREFIX)
     if settings.alerts is not None:
         sub.add_sink(alerts_sink(settings, sub))
+    # Last: sinks flush in order, so a batch's lines are shown only once the history has
+    # it, just before its replay record is written (a kill -9 between showing and
+    # recording, which shows it again after the restart, has microseconds, not a commit).
+    sub.add_sink(ConsoleSink(sys.stdout, as_json=settings.json))
     sub.ack = conn.ack
     heartbeat = Heartbeat(settings.health_file)
     failure: Exception | None = None

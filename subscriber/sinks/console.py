@@ -50,19 +50,21 @@ def format_status(topic: str, device: str, status: str, *, as_json: bool) -> str
 
 
 class ConsoleSink:
-    """Lines on a text stream; a stream that cannot be written is a StorageError."""
+    """Lines on a text stream, written out by ``flush()`` (once per batch): a batch is
+    shown all at once, right before it is recorded as shown, never line by line while
+    the rest of it is still being handled. A stream that cannot be written is a
+    StorageError."""
 
     def __init__(self, out: TextIO, *, as_json: bool) -> None:
         self.out = out
         self.as_json = as_json
+        self._lines: list[str] = []
 
     def reading(self, reading: Reading) -> None:
-        self._write(self.out.write, format_reading(reading, as_json=self.as_json) + "\n")
+        self._lines.append(format_reading(reading, as_json=self.as_json) + "\n")
 
     def status(self, topic: str, device: str, status: str) -> None:
-        self._write(self.out.write, format_status(topic, device, status,
-                                                  as_json=self.as_json) + "\n")
-        self._write(self.out.flush)
+        self._lines.append(format_status(topic, device, status, as_json=self.as_json) + "\n")
 
     def rejected(self, topic: str, device: str | None, reason: str) -> None:
         """Rejections go to the log (rate-limited there), not to the readings' stream."""
@@ -71,6 +73,9 @@ class ConsoleSink:
         """The fused state is for the sinks that act on it; the console shows reports."""
 
     def flush(self) -> None:
+        lines, self._lines = "".join(self._lines), []
+        if lines:
+            self._write(self.out.write, lines)
         self._write(self.out.flush)
 
     def close(self) -> None:
