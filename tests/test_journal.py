@@ -1,0 +1,195 @@
+"""The publisher's RAM journal (``publisher.journal``): gentle on the SD card, and what it
+may cost. Real broker, real subscriber, real publisher processes; the journal on a tmpfs
+(/dev/shm here, /run/homewatch on a Pi). A power cut is simulated by deleting the journal
+while the publisher is killed (a tmpfs is empty after a power cut)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from publisher.journal import filesystem_of
+from tests.test_faults import Scenario, finish
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def scenario(certs: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Scenario(certs, tmp_path)
+    yield s
+    s.close()
+
+
+def seqs_in(db: Path) -> set[int]:
+    """The sequence numbers an outbox file holds (read-only; the publisher is dead)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in con.execute("SELECT seq FROM outbox")}
+    finally:
+        con.close()
+
+
+def journal_file(s: Scenario) -> Path:
+    return s.journal / "pi-kitchen.journal.sqlite"
+
+
+def disk_file(s: Scenario) -> Path:
+    return s.tmp / "pub-state" / "pi-kitchen.outbox.sqlite"
+
+
+def write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError("no write_bytes")
+
+
+def test_the_test_journal_is_on_a_tmpfs(scenario: Scenario, tmp_path: Path) -> None:
+    """The journal directory the tests use is a tmpfs, and the state directory is not
+    (so what these tests measure is the real difference)."""
+    assert filesystem_of(scenario.journal) == "tmpfs"
+    assert filesystem_of(tmp_path) != "tmpfs"
+
+
+def test_killed_with_readings_only_in_the_ram_journal_loses_none(scenario: Scenario) -> None:
+    """kill -9 while unacknowledged readings are only in the RAM journal (broker away,
+    window not over): none of them is on disk, and after a restart all are delivered
+    once."""
+    s = scenario
+    s.broker.start()
+    s.subscriber()
+    s.broker.stop()
+    pub = s.publisher("--spill-after", "600")
+    pub.wait_err_count("stored", 20)
+    pub.stop(signal.SIGKILL)
+    in_ram = seqs_in(journal_file(s))
+    assert len(in_ram) >= 20
+    assert not seqs_in(disk_file(s)) & in_ram
+    s.broker.start()
+    pub = s.publisher("--spill-after", "600")
+    pub.wait_err("RAM journal")
+    time.sleep(1.0)
+    stored, lost, twice = finish(s, pub)
+    assert in_ram <= s.stored() and stored >= len(in_ram)
+    assert (lost, twice) == (0, 0), sorted(s.stored() - set(s.shown()))[:5]
+
+
+def test_outage_longer_than_the_window_moves_readings_to_disk_and_delivers_them(
+        scenario: Scenario) -> None:
+    """With the broker away longer than --spill-after, readings are moved to the durable
+    outbox on disk (they would survive a power cut) and all are delivered once it is
+    back."""
+    s = scenario
+    s.broker.start()
+    s.subscriber()
+    s.broker.stop()
+    pub = s.publisher("--spill-after", "0.5")
+    pub.wait_err("moved to the durable outbox")
+    pub.wait_err_count("stored", 20)
+    s.broker.start()
+    time.sleep(1.5)
+    stored, lost, twice = finish(s, pub)
+    assert stored >= 20
+    assert (lost, twice) == (0, 0), sorted(s.stored() - set(s.shown()))[:5]
+
+
+def test_power_cut_loses_only_the_journal_and_says_so(scenario: Scenario) -> None:
+    """A power cut (the journal deleted while the publisher is killed) during an outage
+    loses exactly the readings the journal held, the newest ones (those still within
+    --spill-after); everything older was on disk and is delivered; the restarted publisher
+    warns about the loss, counts it, and its new readings are accepted (numbers go on
+    above every lost one)."""
+    s = scenario
+    s.broker.start()
+    s.subscriber()
+    s.broker.stop()
+    pub = s.publisher("--spill-after", "1")
+    pub.wait_err("moved to the durable outbox")
+    pub.wait_err_count("stored", 40)
+    pub.stop(signal.SIGKILL)
+    in_ram, on_disk = seqs_in(journal_file(s)), seqs_in(disk_file(s))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal_file(s)}{suffix}").unlink(missing_ok=True)
+    assert in_ram and on_disk
+    assert min(in_ram) > max(on_disk)  # only the newest readings were still in RAM
+    before = s.stored()
+    s.broker.start()
+    pub = s.publisher()
+    pub.wait_err("is gone although the publisher did not stop cleanly")
+    warning = next(line for line in pub.err if "is gone although" in line)
+    assert "(1 such loss(es) so far)" in warning
+    pub.wait_err_count("stored", 10)
+    assert pub.stop() == 0
+    s.settle(s.stored() - in_ram)
+    shown = s.shown()
+    assert set(shown) == s.stored() - in_ram  # lost: exactly what the journal held
+    assert len(shown) == len(set(shown))
+    assert min(s.stored() - before) > max(in_ram)
+
+
+def measured_bytes_per_reading(s: Scenario, *extra: str) -> float:
+    """Disk bytes written (``/proc/PID/io`` write_bytes) per reading stored, after start-up,
+    by a publisher whose broker acknowledges promptly."""
+    pub = s.publisher(*extra)
+    pub.wait_err_count("stored", 20)  # start-up (imports, the outbox's creation) done
+    start_bytes, start_stored = write_bytes(pub.proc.pid), len(s.stored())
+    pub.wait_err_count("stored", start_stored + 200, timeout=60)
+    written, stored = write_bytes(pub.proc.pid), len(s.stored())
+    assert pub.stop() == 0
+    return (written - start_bytes) / (stored - start_stored)
+
+
+def test_with_the_journal_a_connected_publisher_writes_under_1_kib_per_reading(
+        scenario: Scenario) -> None:
+    """While the broker acknowledges, the publisher with the journal writes less than
+    1 KiB to disk per reading on average; without it (--spill-after 0, today's outbox)
+    more, as every reading is synced to disk."""
+    s = scenario
+    s.broker.start()
+    s.subscriber()
+    # the window far above any acknowledgement delay on a loaded machine: not a race
+    with_journal = measured_bytes_per_reading(s, "--spill-after", "60")
+    without = measured_bytes_per_reading(s, "--spill-after", "0")
+    assert with_journal < 1024, with_journal
+    assert without > 1024, without
+
+
+def test_journal_dir_that_is_not_a_tmpfs_falls_back_to_the_disk_outbox_and_says_why(
+        scenario: Scenario) -> None:
+    """A --journal-dir on a disk is not used (a journal there would wear the disk): one
+    warning says so, and every reading goes to the disk outbox as without a journal."""
+    s = scenario
+    s.broker.start()
+    s.subscriber()
+    pub = s.publisher("--journal-dir", str(s.tmp / "on-disk"))
+    pub.wait_err_count("stored", 10)
+    stored, lost, twice = finish(s, pub)
+    assert sum("not a tmpfs" in line for line in pub.err) == 1
+    assert not (s.tmp / "on-disk" / "pi-kitchen.journal.sqlite").exists()
+    assert (lost, twice) == (0, 0)
+
+
+def test_a_journal_left_behind_is_taken_over_when_the_journal_is_switched_off(
+        scenario: Scenario) -> None:
+    """A journal left by kill -9 is moved into the disk outbox when the next start has
+    the journal switched off (--spill-after 0): nothing in it is lost."""
+    s = scenario
+    s.broker.start()
+    s.subscriber()
+    s.broker.stop()
+    pub = s.publisher("--spill-after", "600")
+    pub.wait_err_count("stored", 10)
+    pub.stop(signal.SIGKILL)
+    assert seqs_in(journal_file(s))
+    s.broker.start()
+    pub = s.publisher("--spill-after", "0")
+    pub.wait_err("moving the RAM journal")
+    time.sleep(1.0)
+    stored, lost, twice = finish(s, pub)
+    assert not journal_file(s).exists()
+    assert (lost, twice) == (0, 0)
