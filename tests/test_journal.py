@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +72,7 @@ def test_killed_with_readings_only_in_the_ram_journal_loses_none(scenario: Scena
     s.broker.start()
     pub = s.publisher("--spill-after", "600")
     pub.wait_err("RAM journal")
-    time.sleep(1.0)
+    pub.wait_err_count("stored", 5)
     stored, lost, twice = finish(s, pub)
     assert in_ram <= s.stored() and stored >= len(in_ram)
     assert (lost, twice) == (0, 0), sorted(s.stored() - set(s.shown()))[:5]
@@ -92,7 +91,7 @@ def test_outage_longer_than_the_window_moves_readings_to_disk_and_delivers_them(
     pub.wait_err("moved to the durable outbox")
     pub.wait_err_count("stored", 20)
     s.broker.start()
-    time.sleep(1.5)
+    pub.wait_err("sending")  # the connection is back: what waited goes out
     stored, lost, twice = finish(s, pub)
     assert stored >= 20
     assert (lost, twice) == (0, 0), sorted(s.stored() - set(s.shown()))[:5]
@@ -168,7 +167,7 @@ def test_journal_dir_that_is_not_a_tmpfs_falls_back_to_the_disk_outbox_and_says_
     s.subscriber()
     pub = s.publisher("--journal-dir", str(s.tmp / "on-disk"))
     pub.wait_err_count("stored", 10)
-    stored, lost, twice = finish(s, pub)
+    _, lost, twice = finish(s, pub)
     assert sum("not a tmpfs" in line for line in pub.err) == 1
     assert not (s.tmp / "on-disk" / "pi-kitchen.journal.sqlite").exists()
     assert (lost, twice) == (0, 0)
@@ -189,7 +188,7 @@ def test_a_journal_left_behind_is_taken_over_when_the_journal_is_switched_off(
     s.broker.start()
     pub = s.publisher("--spill-after", "0")
     pub.wait_err("moving the RAM journal")
-    time.sleep(1.0)
-    stored, lost, twice = finish(s, pub)
+    pub.wait_err_count("stored", 5)
+    _, lost, twice = finish(s, pub)
     assert not journal_file(s).exists()
     assert (lost, twice) == (0, 0)
