@@ -24,6 +24,7 @@ and was not closed), says so in a warning and counts it (``journal_losses``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -215,6 +216,8 @@ def open_outbox(state_dir: Path, device: str, *, limit: int, journal_dir: Path |
         return disk
     try:
         ensure_private_dir(journal_dir)
+        if not os.access(journal_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
     except OSError as exc:
         log.warning("no RAM journal (%s: %s): every reading is synced to the disk outbox",
                     journal_dir, exc.strerror or exc)

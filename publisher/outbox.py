@@ -211,6 +211,7 @@ class Outbox:
                                 (self._clock() - REDELIVERY_WINDOW,)).rowcount
         if gone and self.durable:
             self.syncs += 1
+            log.debug("disk sync: %s", self.path.name)
 
     @_storage
     def close(self) -> None:
@@ -308,3 +309,4 @@ class _Tx:
         self._outbox._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         if exc_type is None and self._outbox.durable:
             self._outbox.syncs += 1
+            log.debug("disk sync: %s", self._outbox.path.name)
