@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,35 @@ def test_the_test_journal_is_on_a_tmpfs(scenario: Scenario, tmp_path: Path) -> N
     (so what these tests measure is the real difference)."""
     assert filesystem_of(scenario.journal) == "tmpfs"
     assert filesystem_of(tmp_path) != "tmpfs"
+
+
+WRITER = """
+import os, sys
+def written():
+    for line in open("/proc/self/io"):
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+before = written()
+with open(sys.argv[1], "wb") as f:
+    for _ in range(64):
+        f.write(b"x" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+print(written() - before)
+"""
+
+
+def test_write_bytes_counts_disk_writes_and_not_tmpfs_writes(scenario: Scenario) -> None:
+    """What the bench and the test below rest on: 256 KiB written (and synced) to a file
+    on a tmpfs add nothing to /proc/PID/io write_bytes; to a file on the state disk, at
+    least that much."""
+    counted = {}
+    for name, where in (("tmpfs", scenario.journal), ("disk", scenario.tmp)):
+        r = subprocess.run([sys.executable, "-c", WRITER, str(where / "probe")],
+                           capture_output=True, text=True, timeout=60, check=True)
+        counted[name] = int(r.stdout)
+    assert counted["tmpfs"] == 0
+    assert counted["disk"] >= 64 * 4096
 
 
 def test_killed_with_readings_only_in_the_ram_journal_loses_none(scenario: Scenario) -> None:
