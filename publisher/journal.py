@@ -16,9 +16,10 @@ disk write per block), so after a power cut numbering continues above every numb
 journal may have handed out, and the subscriber never takes a new reading for a replay.
 
 A power cut (or a crash of the machine) loses the journal, and with it the readings of
-the last ``spill_after`` seconds (plus one ``SPILL_EVERY``) that the broker had not
-acknowledged. The next start notices (the durable outbox says the journal was in use
-and was not closed), says so in a warning and counts it (``journal_losses``).
+the last ``spill_after`` seconds plus 1 s (the pump looks at least once a second, at most
+every ``SPILL_EVERY``) that the broker had not acknowledged. The next start notices (the
+durable outbox says the journal was in use and was not closed), says so in a warning and
+counts it (``journal_losses``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class TieredOutbox:
                         "cleanly: a power cut or a crash of the machine. The readings of "
                         "its last %g s that the broker had not acknowledged are lost "
                         "(%d such loss(es) so far); sequence numbers go on from %d",
-                        journal, spill_after, losses, disk.last_seq + 1)
+                        journal, spill_after + 1, losses, disk.last_seq + 1)
         self.journal_losses = losses
         if not existed:
             # disk.last_seq + 1 is the reservation: above anything a lost journal handed
