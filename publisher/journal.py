@@ -99,6 +99,10 @@ class TieredOutbox:
         disk.continue_from(self._reserved)
         self._looked = 0.0
         self._spilling = False
+        if existed:  # a move cut short by kill -9: the durable copy is the one kept
+            moved = disk.holding([r[0] for r in self.ram.rows(held_before=math.inf,
+                                                              acked_too=True)])
+            self.ram.remove(moved)
         if len(self.ram):
             log.info("RAM journal %s holds %d unsent reading(s) from before; sending them "
                      "first", journal, len(self.ram))

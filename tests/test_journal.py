@@ -5,15 +5,20 @@ while the publisher is killed (a tmpfs is empty after a power cut)."""
 
 from __future__ import annotations
 
+import math
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from publisher.journal import filesystem_of
+from publisher.journal import TieredOutbox, filesystem_of, open_outbox
 from tests.test_faults import Scenario, finish
 
 pytestmark = pytest.mark.broker
@@ -223,3 +228,77 @@ def test_a_journal_left_behind_is_taken_over_when_the_journal_is_switched_off(
     _, lost, twice = finish(s, pub)
     assert not journal_file(s).exists()
     assert (lost, twice) == (0, 0)
+
+
+# -- the two tiers themselves (no broker needed) -------------------------------------
+
+
+@pytest.fixture
+def ram_dir() -> Iterator[Path]:
+    where = Path(tempfile.mkdtemp(prefix="homewatch-journal-", dir="/dev/shm"))
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def tiers(state: Path, ram: Path, spill_after: float = 5.0) -> TieredOutbox:
+    outbox = open_outbox(state, "pi-a", limit=100_000, journal_dir=ram,
+                         spill_after=spill_after)
+    assert isinstance(outbox, TieredOutbox)
+    return outbox
+
+
+def power_cut(outbox: TieredOutbox) -> None:
+    """The process gone without a clean stop, and the tmpfs emptied."""
+    outbox.ram.close()
+    outbox.disk.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{outbox.path}{suffix}").unlink(missing_ok=True)
+
+
+def test_numbers_after_a_lost_journal_are_above_every_number_it_handed_out(
+        tmp_path: Path, ram_dir: Path) -> None:
+    """After a power cut that took a journal which had handed out more numbers than one
+    reserved block, numbering goes on above all of them, and the loss is counted."""
+    outbox = tiers(tmp_path, ram_dir)
+    seqs = outbox.add_many([("temperature", {"t": i}, None, None) for i in range(2500)])
+    power_cut(outbox)
+    outbox = tiers(tmp_path, ram_dir)
+    assert outbox.lost_journal and outbox.journal_losses == 1
+    assert outbox.add("temperature", {"t": 1}) > max(seqs)
+    outbox.close()
+    outbox = tiers(tmp_path, ram_dir)  # a clean stop before: no loss
+    assert not outbox.lost_journal and outbox.journal_losses == 1
+    outbox.close()
+
+
+def test_a_reading_acknowledged_after_it_moved_to_disk_is_acknowledged_there(
+        tmp_path: Path, ram_dir: Path) -> None:
+    """A slow broker: a reading moved to disk while in flight, then acknowledged, is no
+    longer waiting anywhere."""
+    outbox = tiers(tmp_path, ram_dir, spill_after=0.01)
+    seq = outbox.add("temperature", {"t": 1})
+    deadline = time.monotonic() + 10
+    while seq not in outbox.disk.holding([seq]):  # the window passes, the pump spills
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        outbox.spill(connected=True)
+    assert len(outbox) == 1 and len(outbox.ram) == 0
+    assert outbox.acknowledge([seq]) == 1
+    assert len(outbox) == 0
+    outbox.close()
+
+
+def test_a_move_cut_short_by_kill_9_keeps_one_copy(tmp_path: Path, ram_dir: Path) -> None:
+    """Readings copied to disk but not yet removed from the journal (kill -9 in between)
+    are one reading each after the restart: sent once, waiting once."""
+    outbox = tiers(tmp_path, ram_dir)
+    outbox.add_many([("temperature", {"t": i}, None, None) for i in range(3)])
+    outbox.disk.put(outbox.ram.rows(held_before=math.inf, acked_too=True))
+    outbox.ram.close()
+    outbox.disk.close()  # (no clean close: the journal stays)
+    outbox = tiers(tmp_path, ram_dir)
+    entries = outbox.after(-1, 100)
+    assert len(entries) == 3 and len(outbox) == 3
+    assert outbox.acknowledge([e.seq for e in entries]) == 3
+    assert len(outbox) == 0
+    outbox.close()
