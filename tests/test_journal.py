@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from publisher.journal import TieredOutbox, filesystem_of, open_outbox
+from publisher.settings import journal_dir
 from tests.test_faults import Scenario, finish
 
 pytestmark = pytest.mark.broker
@@ -302,3 +303,15 @@ def test_a_move_cut_short_by_kill_9_keeps_one_copy(tmp_path: Path, ram_dir: Path
     assert outbox.acknowledge([e.seq for e in entries]) == 3
     assert len(outbox) == 0
     outbox.close()
+
+
+def test_the_journal_directory_defaults_to_systemds_runtime_directory() -> None:
+    """--journal-dir: as given ('none': no journal), else $RUNTIME_DIRECTORY (systemd's
+    RuntimeDirectory=), else $XDG_RUNTIME_DIR/homewatch, else no journal."""
+    env = {"RUNTIME_DIRECTORY": "/run/homewatch", "XDG_RUNTIME_DIR": "/run/user/1000"}
+    assert journal_dir(None, env) == Path("/run/homewatch")
+    assert journal_dir(None, {"XDG_RUNTIME_DIR": "/run/user/1000"}) == Path(
+        "/run/user/1000/homewatch")
+    assert journal_dir(None, {}) is None
+    assert journal_dir("none", env) is None
+    assert journal_dir("/dev/shm/x", env) == Path("/dev/shm/x")
