@@ -17,6 +17,10 @@ starts numbering at the current time in milliseconds, so a device whose state wa
 Bounded: when ``limit`` readings wait, the oldest is dropped for each new one, with a
 counted warning; never silently.
 
+With a RAM journal in front (``publisher.journal``, on a tmpfs) only the readings the
+broker did not acknowledge promptly come here; the journal is this same class with
+``durable=False``.
+
 An SQLite error after opening (a full or read-only disk, an I/O error) is a StorageError:
 the publisher stops and exits non-zero; what was committed stays for the next start.
 """
