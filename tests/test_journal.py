@@ -6,6 +6,7 @@ while the publisher is killed (a tmpfs is empty after a power cut)."""
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import signal
 import sqlite3
@@ -198,7 +199,8 @@ def test_with_the_journal_a_connected_publisher_writes_under_1_kib_per_reading(
 def test_journal_dir_that_is_not_a_tmpfs_falls_back_to_the_disk_outbox_and_says_why(
         scenario: Scenario) -> None:
     """A --journal-dir on a disk is not used (a journal there would wear the disk): one
-    warning says so, and every reading goes to the disk outbox as without a journal."""
+    warning says so, and every reading goes to the disk outbox as without a journal (the
+    stop summary counts its disk syncs)."""
     s = scenario
     s.broker.start()
     s.subscriber()
@@ -208,6 +210,9 @@ def test_journal_dir_that_is_not_a_tmpfs_falls_back_to_the_disk_outbox_and_says_
     assert sum("not a tmpfs" in line for line in pub.err) == 1
     assert not (s.tmp / "on-disk" / "pi-kitchen.journal.sqlite").exists()
     assert (lost, twice) == (0, 0)
+    summary = next(line for line in pub.err if "stopped:" in line)
+    syncs = re.search(r"(\d+) disk sync\(s\)", summary)  # reported, one per transaction
+    assert syncs and int(syncs.group(1)) >= 10, summary
 
 
 def test_a_journal_left_behind_is_taken_over_when_the_journal_is_switched_off(
