@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,28 +136,58 @@ class Bench:
                             pubs=[pub], broker_cpu=cpu_seconds(self.broker.pid) - broker_cpu)
 
     def pi_view(self, seconds: float) -> dict[str, Any]:
-        """The real publisher at a normal rate (one reading per 2 s, simulated sources)."""
-        state = self.work / "pi-state"
+        """The real publisher at a normal rate (one reading cycle per 2 s, simulated
+        sources), connected to a broker that acknowledges at once: with the RAM journal
+        on a tmpfs (today's default on a Pi) and with the outbox alone (``--spill-after
+        0``: every reading synced to disk, the design before the journal)."""
+        journal = self.pi_run(seconds, journal=True)
+        before = self.pi_run(seconds, journal=False)
+        return {**journal, "outbox_only": before}
+
+    def pi_run(self, seconds: float, *, journal: bool) -> dict[str, Any]:
+        """One run: CPU, peak RSS, and what reached the disk in the measured window:
+        ``/proc/PID/io`` write_bytes (pages dirtied in the page cache, counted when
+        dirtied; a tmpfs write counts nothing) per reading stored, and the outbox's disk
+        syncs (its debug log, read from a pipe so the log itself writes nothing)."""
+        name = "journal" if journal else "outbox-only"
+        state = self.work / f"pi-state-{name}"
         workdir = self.work / "pi"
         workdir.mkdir(exist_ok=True)
         if not (workdir / "certs").exists():
             (workdir / "certs").symlink_to(self.certs)
+        ram = Path(tempfile.mkdtemp(prefix="homewatch-bench-journal-", dir="/dev/shm"))
         p = subprocess.Popen([sys.executable, "-m", "publisher", self.url, "--device",
                               "bench-0", "--interval", "2", "--scan-duration", "1",
                               "--temperature", "simulated", "--scanner", "simulated",
-                              "--state-dir", str(state)], cwd=workdir,
+                              "--state-dir", str(state), "--journal-dir", str(ram),
+                              "--spill-after", "5" if journal else "0",
+                              "--log-level", "debug"], cwd=workdir,
                              env={**os.environ, "PYTHONPATH": str(ROOT)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(3)  # start-up (imports, TLS) is not the steady state
-        cpu0, t0 = cpu_seconds(p.pid), time.monotonic()
-        time.sleep(seconds)
-        cpu = cpu_seconds(p.pid) - cpu0
-        elapsed = time.monotonic() - t0
-        rss = peak_rss_mib(p.pid)
-        p.terminate()
-        p.wait(30)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        counts = {"stored": 0, "disk sync": 0}
+        assert p.stderr is not None
+        reader = threading.Thread(target=count_lines, args=(p.stderr, counts), daemon=True)
+        reader.start()
+        try:
+            time.sleep(3)  # start-up (imports, TLS, the outbox's creation): not steady
+            cpu0, t0 = cpu_seconds(p.pid), time.monotonic()
+            io0, seen0 = write_bytes(p.pid), dict(counts)
+            time.sleep(seconds)
+            io1, seen1 = write_bytes(p.pid), dict(counts)
+            cpu = cpu_seconds(p.pid) - cpu0
+            elapsed = time.monotonic() - t0
+            rss = peak_rss_mib(p.pid)
+        finally:
+            p.terminate()
+            p.wait(30)
+            reader.join(5)
+            shutil.rmtree(ram, ignore_errors=True)
+        readings = max(seen1["stored"] - seen0["stored"], 1)
+        syncs = seen1["disk sync"] - seen0["disk sync"]
         return {"seconds": elapsed, "cpu_percent_of_a_core": 100 * cpu / elapsed,
-                "peak_rss_mib": rss}
+                "peak_rss_mib": rss, "readings": readings,
+                "disk_bytes_per_reading": (io1 - io0) / readings,
+                "disk_syncs": syncs, "disk_syncs_per_hour": syncs * 3600 / elapsed}
 
     def close(self) -> None:
         self.broker.terminate()
@@ -172,6 +203,22 @@ ROWS = [("msg_per_s", "delivered msg/s", "{:.0f}"),
         ("cpu_us_per_msg_subscriber", "CPU us/msg subscriber", "{:.0f}"),
         ("peak_rss_mib_publisher", "peak RSS MiB publisher", "{:.1f}"),
         ("peak_rss_mib_subscriber", "peak RSS MiB subscriber", "{:.1f}")]
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes the process caused to be written to storage so far (``/proc/PID/io``)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def count_lines(stream: Any, counts: dict[str, int]) -> None:
+    """Count the lines of ``stream`` that contain each key of ``counts``."""
+    for line in stream:
+        for key in counts:
+            if key in line:
+                counts[key] += 1
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,8 +250,8 @@ def main() -> int:
     ap.add_argument("--pi-seconds", type=float, default=30)
     ap.add_argument("--broker-conf", type=Path, help="broker configuration to measure "
                     "(default broker/mosquitto.conf)")
-    ap.add_argument("--only", choices=("flood", "steady", "fan-in"), action="append",
-                    help="run only this scenario (repeatable); the Pi view is skipped")
+    ap.add_argument("--only", choices=("flood", "steady", "fan-in", "pi"), action="append",
+                    help="run only this scenario (repeatable); pi: the Pi view")
     ap.add_argument("--repeat", type=int, default=3, help="runs per scenario and mode; "
                     "the table shows medians")
     ap.add_argument("--quick", action="store_true", help="tiny numbers (CI smoke run)")
@@ -246,12 +293,18 @@ def main() -> int:
                 print(table(f"{name} with the history on (every reading also written to "
                             "the SQLite history)", results[name]["raw"],
                             results[name]["hwh"]), flush=True)
-        if not args.only:
+        if not args.only or "pi" in args.only:
             results["pi"] = bench.pi_view(args.pi_seconds)
-            pi = results["pi"]
-            print(f"\nPi view (real publisher, one reading per 2 s, simulated sources): "
-                  f"{pi['cpu_percent_of_a_core']:.2f}% of a core, peak RSS "
-                  f"{pi['peak_rss_mib']:.1f} MiB")
+            pi, old = results["pi"], results["pi"]["outbox_only"]
+            print(f"\nPi view (real publisher, one reading cycle per 2 s, simulated "
+                  f"sources, broker acknowledging): {pi['cpu_percent_of_a_core']:.2f}% of "
+                  f"a core, peak RSS {pi['peak_rss_mib']:.1f} MiB")
+            print(f"  disk bytes per reading: {pi['disk_bytes_per_reading']:.0f} (RAM "
+                  f"journal on a tmpfs, --spill-after 5); before: "
+                  f"{old['disk_bytes_per_reading']:.0f} (outbox only, --spill-after 0)")
+            print(f"  disk syncs per hour: {pi['disk_syncs_per_hour']:.0f} (RAM journal); "
+                  f"before: {old['disk_syncs_per_hour']:.0f} (outbox only); over "
+                  f"{pi['readings']} and {old['readings']} readings")
     finally:
         bench.close()
     if "fan-in" not in results:

@@ -18,7 +18,7 @@ from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection, Will
 from publisher import presence, sensors
 from publisher.app import Publisher, run
-from publisher.outbox import Outbox
+from publisher.journal import open_outbox
 from publisher.settings import PublisherSettings, build
 
 log = logging.getLogger("publisher")
@@ -55,8 +55,8 @@ async def _main(settings: PublisherSettings) -> int:
                                     mode=settings.scan_mode, place=settings.device)
     stranger_key = (presence.stranger_key(settings.state_dir / "stranger-hash.key")
                     if settings.hash_strangers else None)
-    outbox = Outbox(settings.state_dir / f"{settings.device}.outbox.sqlite",
-                    limit=settings.outbox_limit)
+    outbox = open_outbox(settings.state_dir, settings.device, limit=settings.outbox_limit,
+                         journal_dir=settings.journal_dir, spill_after=settings.spill_after)
     pub = Publisher(settings.ring(), device=settings.device,
                     base=settings.connection.url.base, outbox=outbox,
                     key_file=settings.key_file)
@@ -130,9 +130,9 @@ async def _main(settings: PublisherSettings) -> int:
         log.warning("%d reading(s) not acknowledged; they stay in the outbox for the next "
                     "start", len(outbox))
     log.info("stopped: %d reading(s), %d message(s) sent, %d acknowledged, %d dropped "
-             "(outbox full), %d sensor error(s), %d scanner error(s)", stats.readings,
-             stats.sent, stats.acked, outbox.dropped, stats.sensor_errors,
-             stats.scanner_errors)
+             "(outbox full), %d sensor error(s), %d scanner error(s), %d disk sync(s)",
+             stats.readings, stats.sent, stats.acked, outbox.dropped, stats.sensor_errors,
+             stats.scanner_errors, outbox.syncs)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The publisher's loops.
 
-``run`` takes a reading every interval and commits it to the outbox; ``Publisher.pump``
+``run`` takes a reading every interval and commits it to the outbox (with the RAM
+journal of ``publisher.journal`` in front of it, when there is one); ``Publisher.pump``
 moves readings from the outbox to the broker, oldest first, at most ``window`` awaiting
 their PUBACK at a time (far below paho's 65,535 limit), and marks a reading acknowledged
 only when the broker acknowledged it. After a reconnect everything unacknowledged, and
@@ -28,6 +29,7 @@ from homewatch.errors import ConfigError, ScannerError, SensorError
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import load_keyring
+from publisher.journal import TieredOutbox
 from publisher.outbox import Outbox
 from publisher.presence import PresenceTracker, Scanner
 from publisher.sensors import TemperatureSource
@@ -47,7 +49,8 @@ class Stats:
 class Publisher:
     """Owns the outbox for one device and pumps it into the connection."""
 
-    def __init__(self, ring: MultiFernet, *, device: str, base: str, outbox: Outbox,
+    def __init__(self, ring: MultiFernet, *, device: str, base: str,
+                 outbox: Outbox | TieredOutbox,
                  key_file: Path | None = None, window: int = 100,
                  recheck_seconds: float = 5.0) -> None:
         self._ring = ring
@@ -154,6 +157,8 @@ class Publisher:
             self._last_sent = -1
             self._pass_done = False
             self._pass_target = self.outbox.last_seq
+        # (with the RAM journal: what waited too long for its acknowledgement goes to disk)
+        self.outbox.spill(self.connected())
         if self.conn is None or not self.connected():
             return
         if not self._pass_done and self._last_sent >= self._pass_target and all(

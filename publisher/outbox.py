@@ -17,6 +17,10 @@ starts numbering at the current time in milliseconds, so a device whose state wa
 Bounded: when ``limit`` readings wait, the oldest is dropped for each new one, with a
 counted warning; never silently.
 
+With a RAM journal in front (``publisher.journal``, on a tmpfs) only the readings the
+broker did not acknowledge promptly come here; the journal is this same class with
+``durable=False``.
+
 An SQLite error after opening (a full or read-only disk, an I/O error) is a StorageError:
 the publisher stops and exits non-zero; what was committed stays for the next start.
 """
@@ -47,7 +51,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     data TEXT NOT NULL,
     taken_at REAL NOT NULL,
     acked_at REAL,
-    sim TEXT
+    sim TEXT,
+    held REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -81,27 +86,40 @@ class Entry:
     sim: str | None = None  # "simulated"/"demo": invented by a simulated source
 
 
+# A row as stored: seq, kind, data (JSON text), taken_at, acked_at, sim, held
+Row = tuple[int, str, str, float, float | None, str | None, float | None]
+
+
 class Outbox:
+    """``durable`` False: no disk syncs (``synchronous=OFF``), for the RAM journal on a
+    tmpfs (``publisher.journal``), where a sync has nothing to wait for; such a file
+    survives ``kill -9`` of the process, not a power cut. ``syncs`` counts the
+    transactions committed with a disk sync."""
+
     def __init__(self, path: Path, *, limit: int = 100_000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, durable: bool = True) -> None:
         if limit < 1:
             raise ConfigError("the outbox limit must be at least 1")
         ensure_private_dir(path.parent)
         self.path = path
         self.limit = limit
         self.dropped = 0
+        self.durable = durable
+        self.syncs = 0
         self._clock = clock
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             path.chmod(0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
             self._db.executescript(SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
             if "acked_at" not in columns:  # an outbox from before the redelivery window
                 self._db.execute("ALTER TABLE outbox ADD COLUMN acked_at REAL")
             if "sim" not in columns:  # ... from before readings said they were simulated
                 self._db.execute("ALTER TABLE outbox ADD COLUMN sim TEXT")
+            if "held" not in columns:  # ... from before the RAM journal
+                self._db.execute("ALTER TABLE outbox ADD COLUMN held REAL")
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"outbox {path} is unusable ({exc}); move it away to start "
                               "a new one") from None
@@ -139,10 +157,12 @@ class Outbox:
         first = self._next
         seqs = list(range(first, first + len(readings)))
         now = self._clock()
+        held = time.monotonic()
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO outbox (seq, kind, data, taken_at, sim) VALUES (?,?,?,?,?)",
-                [(seq, kind, json.dumps(data), now if taken is None else taken, sim)
+                "INSERT INTO outbox (seq, kind, data, taken_at, sim, held) "
+                "VALUES (?,?,?,?,?,?)",
+                [(seq, kind, json.dumps(data), now if taken is None else taken, sim, held)
                  for seq, (kind, data, sim, taken) in zip(seqs, readings, strict=True)])
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
                              (first + len(readings),))
@@ -191,23 +211,106 @@ class Outbox:
     @_storage
     def prune(self) -> None:
         """Forget readings acknowledged more than the redelivery window ago."""
-        self._db.execute("DELETE FROM outbox WHERE acked_at < ?",
-                         (self._clock() - REDELIVERY_WINDOW,))
+        gone = self._db.execute("DELETE FROM outbox WHERE acked_at < ?",
+                                (self._clock() - REDELIVERY_WINDOW,)).rowcount
+        if gone and self.durable:
+            self.syncs += 1
+            log.debug("disk sync: %s", self.path.name)
 
     @_storage
     def close(self) -> None:
         self._db.close()
 
+    # -- for the two tiers (publisher.journal) ----------------------------------------
+    def continue_from(self, seq: int) -> None:
+        """Hand out sequence numbers from ``seq`` on (or above, where already higher)."""
+        self._next = max(self._next, seq)
+
+    @_storage
+    def rows(self, *, held_before: float, acked_too: bool) -> list[Row]:
+        """Rows held here since before ``held_before`` (``time.monotonic``): the
+        unacknowledged ones, and with ``acked_too`` those kept for redelivery too."""
+        return list(self._db.execute(
+            "SELECT seq, kind, data, taken_at, acked_at, sim, held FROM outbox "
+            "WHERE (held IS NULL OR held < ?) AND (? OR acked_at IS NULL) ORDER BY seq",
+            (held_before, acked_too)))
+
+    @_storage
+    def holding(self, seqs: Sequence[int]) -> list[int]:
+        """Which of ``seqs`` are here (a read: no disk write)."""
+        found: list[int] = []
+        for seq in seqs:
+            if self._db.execute("SELECT 1 FROM outbox WHERE seq = ?", (seq,)).fetchone():
+                found.append(seq)
+        return found
+
+    def spill(self, connected: bool) -> None:
+        """Nothing to move: this outbox is the durable one (see ``publisher.journal``)."""
+
+    @_storage
+    def put(self, rows: Sequence[Row]) -> None:
+        """Take over rows from the other tier, as they were (a row already here, from a
+        move interrupted by ``kill -9``, is kept once); one transaction."""
+        if not rows:
+            return
+        with self._transaction():
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (seq, kind, data, taken_at, acked_at, sim, "
+                "held) VALUES (?,?,?,?,?,?,NULL)", [r[:6] for r in rows])
+            added = self._db.total_changes - before
+            waiting = sum(r[4] is None for r in rows)
+            # (a duplicate of a waiting row was counted already)
+            self._count += min(waiting, added)
+
+    @_storage
+    def remove(self, seqs: Sequence[int]) -> None:
+        """Forget these rows (moved to the other tier)."""
+        if not seqs:
+            return
+        with self._transaction():
+            waiting = self._db.executemany(
+                "DELETE FROM outbox WHERE seq = ? AND acked_at IS NULL",
+                [(s,) for s in seqs]).rowcount
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self._count -= int(waiting)
+
+    @_storage
+    def drop_oldest(self, n: int) -> int:
+        """Drop up to ``n`` of the oldest unacknowledged readings; returns how many."""
+        with self._transaction():
+            gone = self._db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE acked_at "
+                "IS NULL ORDER BY seq LIMIT ?)", (n,)).rowcount
+            self._count -= gone
+            self.dropped += gone
+        return int(gone)
+
+    @_storage
+    def meta(self, key: str) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @_storage
+    def set_meta(self, **values: int) -> None:
+        """Write meta values in one transaction."""
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 list(values.items()))
+
     def _transaction(self) -> _Tx:
-        return _Tx(self._db)
+        return _Tx(self)
 
 
 class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._outbox._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        self._outbox._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None and self._outbox.durable:
+            self._outbox.syncs += 1
+            log.debug("disk sync: %s", self._outbox.path.name)

@@ -79,6 +79,15 @@ OPTIONS: tuple[Option, ...] = (
            convert=config.positive_float, metavar="SECONDS"),
     Option("state-dir", "where the outbox (and sequence counter) is kept "
            "(default $XDG_STATE_HOME/homewatch/publisher)", convert=config.path, metavar="DIR"),
+    Option("journal-dir", "a directory on a tmpfs for the RAM journal in front of the "
+           "outbox: readings the broker acknowledges promptly never reach the disk "
+           "(default $RUNTIME_DIRECTORY, which systemd's RuntimeDirectory= sets, else "
+           "$XDG_RUNTIME_DIR/homewatch; 'none': no journal, every reading synced to disk)",
+           metavar="DIR"),
+    Option("spill-after", "seconds a reading waits in the RAM journal for the broker's "
+           "acknowledgement before it is moved to the disk outbox; what a power cut can "
+           "lose (0: no journal, every reading synced to disk)", default=5.0,
+           convert=config.nonneg_float, metavar="SECONDS"),
     Option("outbox-limit", "most readings kept while the broker is unreachable; beyond it "
            "the oldest are dropped (counted)", default=100_000, convert=int, metavar="N"),
     Option("count", "stop after this many readings (0: run until stopped)", default=0,
@@ -107,6 +116,8 @@ class PublisherSettings:
     rssi_threshold: int
     away_after: float
     state_dir: Path
+    journal_dir: Path | None
+    spill_after: float
     outbox_limit: int
     count: int
     health_file: Path | None
@@ -135,6 +146,18 @@ def _scan_duration(v: Mapping[str, Any], args: argparse.Namespace,
         raise ConfigError(f"--scan-duration ({duration:g} s) must not be longer than "
                           f"--interval ({interval:g} s); as long as it scans continuously")
     return duration
+
+
+def journal_dir(asked: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The RAM journal's directory: as asked ('none': none), else systemd's
+    RuntimeDirectory, else the user's runtime directory (both tmpfs), else none."""
+    if asked is not None:
+        return None if asked.strip().lower() in {"none", ""} else Path(asked)
+    if environ.get("RUNTIME_DIRECTORY"):
+        return Path(environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if environ.get("XDG_RUNTIME_DIR"):
+        return Path(environ["XDG_RUNTIME_DIR"]) / "homewatch"
+    return None
 
 
 MAX_ROOM = 64
@@ -220,6 +243,8 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         rssi_threshold=v["rssi-threshold"],
         away_after=v["away-after"],
         state_dir=v["state-dir"] or config.default_state_dir("publisher"),
+        journal_dir=journal_dir(v["journal-dir"], environ),
+        spill_after=v["spill-after"],
         outbox_limit=v["outbox-limit"],
         count=v["count"],
         health_file=v["health-file"],

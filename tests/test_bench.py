@@ -15,7 +15,8 @@ from tests.helpers import ROOT, clean_env
 
 @pytest.mark.broker
 def test_bench_quick_prints_the_side_by_side_table_and_writes_json(tmp_path: Path) -> None:
-    """`python -m bench.bench --quick` prints each scenario, the Pi view and the final
+    """`python -m bench.bench --quick` prints each scenario, the Pi view (with its disk
+    bytes per reading and syncs per hour, journal and outbox only) and the final
     `secure ingest ratio:` lines (history off, then on), and writes its figures as JSON."""
     r = subprocess.run([sys.executable, "-m", "bench.bench", "--quick", "--out", str(tmp_path)],
                        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600)
@@ -23,6 +24,11 @@ def test_bench_quick_prints_the_side_by_side_table_and_writes_json(tmp_path: Pat
     for heading in ("flood:", "steady:", "fan-in:", "fan-in with the history on", "Pi view",
                     "raw paho", "homewatch"):
         assert heading in r.stdout
+    # the Pi view: the SD card's cost with the RAM journal, and before it, side by side
+    assert re.search(r"^  disk bytes per reading: \d+ \(RAM journal.*; before: \d+ \(outbox "
+                     r"only", r.stdout, re.M), r.stdout
+    assert re.search(r"^  disk syncs per hour: \d+ \(RAM journal\); before: \d+",
+                     r.stdout, re.M), r.stdout
     ratio, with_history = r.stdout.strip().splitlines()[-2:]
     assert ratio.startswith("secure ingest ratio: ")
     assert with_history.startswith("secure ingest ratio with history on: ")

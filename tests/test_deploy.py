@@ -40,7 +40,9 @@ def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
     assert float(m.group(1)) <= 2.0, r.stdout
     text = UNIT.read_text()
     for needed in ("ProtectSystem=strict", "NoNewPrivileges=yes", "Restart=on-failure",
-                   "LoadCredential=password:", "LoadCredential=fernet.key:"):
+                   "LoadCredential=password:", "LoadCredential=fernet.key:",
+                   # the RAM journal: on /run (tmpfs), kept across restarts
+                   "RuntimeDirectory=homewatch", "RuntimeDirectoryPreserve=yes"):
         assert needed in text
     assert "HOMEWATCH_PASSWORD=" not in text and "HOMEWATCH_KEY=" not in text
 

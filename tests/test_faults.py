@@ -1,6 +1,7 @@
 """Fault tests: numbered readings flow publisher -> real broker -> subscriber while the
 broker, the publisher or the subscriber is killed (kill -9) and restarted, and while the
-broker stays away long enough to overflow the outbox. Every reading the publisher stored
+broker stays away long enough to overflow the outbox. The publisher keeps its RAM journal
+on a tmpfs, as on a Pi (``publisher.journal``). Every reading the publisher stored
 is counted at the subscriber: 0 lost and 0 shown twice (apart from the reported overflow).
 """
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -75,6 +78,8 @@ class Scenario:
         self.broker = Broker(certs=certs, workdir=tmp / "broker", port=free_port())
         self.subs: list[Proc] = []
         self.pubs: list[Proc] = []
+        # The publisher's RAM journal, on a tmpfs as on a Pi (/run/homewatch there)
+        self.journal = Path(tempfile.mkdtemp(prefix="homewatch-journal-", dir="/dev/shm"))
 
     def url(self) -> str:
         return self.broker.url("localhost")
@@ -91,7 +96,8 @@ class Scenario:
     def publisher(self, *extra: str) -> Proc:
         p = Proc(python_m("publisher", self.url(), "--device", "pi-kitchen", "--temperature",
                           "simulated", "--scanner", "simulated", "--interval", "0.1",
-                          "--state-dir", str(self.tmp / "pub-state"), *extra),
+                          "--state-dir", str(self.tmp / "pub-state"),
+                          "--journal-dir", str(self.journal), *extra),
                  self.tmp, {"HOMEWATCH_LOG_LEVEL": "debug"})
         self.pubs.append(p)
         return p
@@ -125,6 +131,7 @@ class Scenario:
         for p in self.pubs + self.subs:
             p.stop(signal.SIGKILL)
         self.broker.stop()
+        shutil.rmtree(self.journal, ignore_errors=True)
 
 
 @pytest.fixture

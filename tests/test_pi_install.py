@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         daemon.wait(10)
 
 
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    """What systemd's RuntimeDirectory= gives the service: a private directory on a tmpfs
+    (/run there, /dev/shm here)."""
+    where = Path(tempfile.mkdtemp(prefix="homewatch-run-", dir="/dev/shm"))
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
 def sh(command: str, home: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     """One README command, in the user's home with a login-like environment (nothing of
     this checkout on PYTHONPATH); pip installs offline from the wheelhouse (the command
@@ -104,7 +114,7 @@ def test_readme_try_it_on_the_pi_commands_work(pi: Path, repository: str) -> Non
 
 
 def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_path: Path,
-                                              broker: Broker) -> None:
+                                              broker: Broker, runtime_dir: Path) -> None:
     """git clone + install-pi.sh (staged under --root): credentials root-only, the unit
     installed and enabled, the program in /opt/homewatch; the installed program runs with
     the files the unit's LoadCredential= lines name, and the unit verifies there."""
@@ -148,6 +158,8 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     env.update(line.split("=", 1) for line in re.findall(r'^Environment="([^"]+)"$',
                                                          drop_in.read_text(), re.M))
     assert env["HOMEWATCH_ROOM"] == "Kitchen"  # --room Kitchen, in a drop-in
+    assert re.search(r"^RuntimeDirectory=homewatch$", unit, re.M)
+    env["RUNTIME_DIRECTORY"] = str(runtime_dir)  # the RAM journal's default place
     exec_start = re.search(r"^ExecStart=(\S+) --credentials %d$", unit, re.M)
     assert exec_start
     program = root / exec_start.group(1).lstrip("/")
@@ -160,6 +172,8 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     assert "2 reading(s), 5 message(s) sent, 5 acknowledged" in r.stderr, r.stderr
     assert "1 known device(s)" in r.stderr
     assert "this Pi's room: Kitchen" in r.stderr
+    assert "no RAM journal" not in r.stderr, r.stderr
+    assert list(runtime_dir.iterdir()) == []  # a clean stop leaves nothing in RAM
 
     # Again with the same bundle: refused without --force; without a bundle: an upgrade.
     r = sh(install, pi)
