@@ -103,7 +103,7 @@ def test_odd_names_stay_one_readable_line(store: Path, tmp_path: Path) -> None:
     to 64 characters, other scripts and emoji stay, and no name means the address."""
     names = {
         "01": ("Anna\\nrm -rf /\\tPhone", "Anna rm -rf / Phone"),
-        "02": ("=Zoë’s 📱 \u202eenohp", "Zoë’s 📱 enohp"),
+        "02": ("=Zoë\u2019s 📱 \u202eenohp", "Zoë\u2019s 📱 enohp"),  # an apostrophe
         "03": ("Ж" * 100, "Ж" * 64),
         "04": ("", "device AA:BB:CC:DD:EE:04"),
         "05": ("\\s\\sspaced  out\\s", "spaced out"),
@@ -128,7 +128,8 @@ def test_add_appends_only_new_keys_keeps_the_mode_and_says_restart(
     info(store, HCI0, "4C:57:CA:12:34:56", paired("Annas iPhone", STORED_KEY))
     info(store, HCI0, "F0:99:B6:00:00:01", paired("Franks Pixel", "AB" * 16))
     known = tmp_path / "known-devices"
-    before = f"# MAC or irk:KEY  name\n88:29:9C:00:61:A9  Franks Watch\nirk:{SPEC_KEY.upper()}  Anna"
+    before = (f"# MAC or irk:KEY  name\n88:29:9C:00:61:A9  Franks Watch\n"
+              f"irk:{SPEC_KEY.upper()}  Anna")
     known.write_text(before)
     known.chmod(0o640)
     r = homewatch("irk", "--add", "--store", str(store), "--known-devices", str(known))
