@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from homewatch.errors import ScannerError
+from homewatch.history.sqlite import SqliteHistoryReader
 from publisher.presence import BleakScan, Known, PresenceTracker, ah, resolves
 from tests.bluez import MockBlueZ
 from tests.helpers import Broker, clean_env, python_m, running
@@ -400,6 +401,19 @@ def phone_home(r: dict[str, Any]) -> bool:
         d["name"] == "Franks Phone" and d["state"] == "home" for d in r["data"])
 
 
+def history_scanner(db: Path, pi: str, state: str, timeout: float = 20.0) -> str:
+    """Wait until the subscriber's history has ``pi``'s scanner in ``state``; its detail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if db.exists():
+            with SqliteHistoryReader(db) as history:
+                found = [p for p in history.now(time.time()).pis if p.name == pi]
+            if found and found[0].scanner_state == state:
+                return found[0].scanner_detail
+        assert time.monotonic() < deadline, f"{pi}'s scanner never {state} in the history"
+        time.sleep(0.1)
+
+
 @contextmanager
 def radio(bluez: MockBlueZ, addresses: list[str], flowing: threading.Event) -> Iterator[None]:
     """``addresses`` (a list the test changes) advertising every 0.3 s while ``flowing``
@@ -458,6 +472,8 @@ def test_a_stalled_scanner_restarts_discovery_and_recovers_without_a_restart(
         assert stalled["data"]["detail"] == ("no advertisement in 4 scans in a row; "
                                              "restarted discovery")
         assert bluez.discovery_restarts() >= 1  # a discovery session of its own
+        assert history_scanner(workdir / "sub-state" / "history.db", "pi-kitchen",
+                               "stalled") == stalled["data"]["detail"]  # the dashboard's
         addresses.append(PHONE)
         flowing.set()
         readings.wait_for("scanner ok again", kind("scanner", state="ok"))
@@ -498,3 +514,19 @@ def test_a_stall_that_outlasts_a_discovery_restart_power_cycles_the_adapter(
         readings.wait_for("scanner ok again", kind("scanner", state="ok"))
         readings.wait_for("Franks Phone home again", phone_home)
         assert pub.poll() is None
+
+
+def test_with_passive_scanning_the_first_step_is_the_power_cycle(bluez: MockBlueZ) -> None:
+    """Passive scanning has no discovery to restart (starting one would transmit): the
+    restart is refused without a StartDiscovery, so the stall watch goes on to the power
+    cycle, which sets Powered false then true; scanning works after it, same loop."""
+    async def steps() -> None:
+        scanner = BleakScan(0.8, mode="passive")
+        with pytest.raises(ScannerError, match="no discovery to restart"):
+            await scanner.restart_discovery()
+        await scanner.power_cycle()
+        assert (await scan_during(scanner, lambda: bluez.advertise(PHONE, -57)))[PHONE] == -57
+
+    in_one_loop(steps)
+    assert bluez.calls("StartDiscovery") == []
+    assert bluez.powered_sets() == [False, True]
