@@ -5,6 +5,7 @@ reset by one advertisement. tests/test_ble.py runs it with the real publisher.""
 
 from __future__ import annotations
 
+from publisher.settings import OPTIONS
 from publisher.stall import POWER_CYCLE, RESTART, StallWatch
 
 HOUR = 3600.0
@@ -92,3 +93,11 @@ def test_a_failed_restart_goes_straight_to_a_power_cycle_when_allowed() -> None:
     assert watch.failed(RESTART) is None
     assert watch.failed(POWER_CYCLE) is None
     assert 0 < watch.next_power_cycle_in <= HOUR
+
+
+def test_with_the_defaults_both_steps_come_before_anyone_is_marked_away() -> None:
+    """The README's promise: at the default interval, the discovery restart and the power
+    cycle (after twice --stall-cycles silent windows) both come before --away-after."""
+    default = {o.name: o.default for o in OPTIONS}
+    assert default["stall-cycles"] == 6 and default["interval"] == 10
+    assert 2 * default["stall-cycles"] * default["interval"] < default["away-after"] == 180
