@@ -98,15 +98,17 @@ def test_every_adapter_is_listed_and_a_malformed_file_is_one_line(store: Path) -
 
 
 def test_odd_names_stay_one_readable_line(store: Path, tmp_path: Path) -> None:
-    """Names are sanitized for the file: newlines (GKeyFile escapes or raw), tabs and
-    invisible direction overrides become spaces, a leading '=' goes, long names are cut
-    to 64 characters, other scripts and emoji stay, and no name means the address."""
+    """Names are sanitized for the file, so no entry can be injected through one:
+    newlines and tabs (GKeyFile's escapes) and invisible direction overrides become
+    spaces, a leading '=' goes, long names are cut to 64 characters, other scripts and
+    emoji stay, and no name means the address."""
     names = {
         "01": ("Anna\\nrm -rf /\\tPhone", "Anna rm -rf / Phone"),
         "02": ("=Zoë\u2019s 📱 \u202eenohp", "Zoë\u2019s 📱 enohp"),  # an apostrophe
         "03": ("Ж" * 100, "Ж" * 64),
         "04": ("", "device AA:BB:CC:DD:EE:04"),
         "05": ("\\s\\sspaced  out\\s", "spaced out"),
+        "06": ("Evil\\nirk:" + "ff" * 16 + "  Anna", "Evil irk:" + "ff" * 16 + " Anna"),
     }
     for n, (name, _) in names.items():
         info(store, HCI0, f"AA:BB:CC:DD:EE:{n}", paired(name, f"{n}" * 16))
@@ -115,8 +117,9 @@ def test_odd_names_stay_one_readable_line(store: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     lines = known.read_text(encoding="utf-8").splitlines()
     assert lines == [f"irk:{n * 16}  {want}" for n, (_, want) in names.items()]
-    assert sorted(name for _, name in load_known(known).irks) == sorted(
-        want for _, want in names.values())
+    irks = load_known(known).irks
+    assert sorted(name for _, name in irks) == sorted(want for _, want in names.values())
+    assert bytes.fromhex("ff" * 16) not in [key for key, _ in irks]  # nothing injected
 
 
 def test_add_appends_only_new_keys_keeps_the_mode_and_says_restart(
