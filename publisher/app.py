@@ -356,7 +356,8 @@ async def _recover(pub: Publisher, scanner: Scanner, health: _ScannerHealth, ste
     while current is not None and not stop.is_set():
         run_step = scanner.restart_discovery if current == RESTART else scanner.power_cycle
         try:
-            await _unless_stopped(run_step(), stop)
+            if not await _unless_stopped(run_step(), stop):
+                return  # stopping: nothing was done, nothing to say
         except ScannerError as exc:
             if current == POWER_CYCLE:
                 watch.done(current)  # tried is tried: not again within the hour
@@ -368,9 +369,8 @@ async def _recover(pub: Publisher, scanner: Scanner, health: _ScannerHealth, ste
         action = current
         notes.append(current)
         break
-    if action == "none" and not watch.may_power_cycle():
-        notes.append(f"the next power cycle is allowed in "
-                     f"{watch.next_power_cycle_in / 60:.0f} min")
+    if action == "none" and not watch.may_power_cycle():  # (no countdown: one message)
+        notes.append("the adapter was power-cycled lately (at most once an hour)")
     detail = "; ".join(notes)
     if (health.state, health.detail) == ("stalled", detail):
         log.debug("Bluetooth scanner still stalled: %s", detail)
@@ -381,8 +381,8 @@ async def _recover(pub: Publisher, scanner: Scanner, health: _ScannerHealth, ste
     health.state, health.detail = "stalled", detail
 
 
-async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
-    """Run ``step`` unless ``stop`` comes first (then it is cancelled)."""
+async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``step`` unless ``stop`` comes first (then it is cancelled: False)."""
     task = asyncio.ensure_future(step)
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -390,5 +390,6 @@ async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) 
     if task not in done:
         task.cancel()
         await asyncio.wait({task}, timeout=5)
-        return
+        return False
     task.result()
+    return True

@@ -530,3 +530,33 @@ def test_with_passive_scanning_the_first_step_is_the_power_cycle(bluez: MockBlue
     in_one_loop(steps)
     assert bluez.calls("StartDiscovery") == []
     assert bluez.powered_sets() == [False, True]
+
+
+def test_a_passive_scanner_that_stalls_is_power_cycled_at_once(
+        bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
+    """With --scan-mode passive the discovery restart is refused, so the first stall
+    already power-cycles the adapter; the `stalled` status says both, then `ok`."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
+                               "--stall-cycles", "3", "--scan-mode", "passive")
+    addresses, flowing = [PHONE], threading.Event()
+    flowing.set()
+    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)
+        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
+                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
+        readings = Readings(sub)
+        readings.wait_for("Franks Phone home", phone_home)
+        flowing.clear()
+        stalled = readings.wait_for("stalled", kind("scanner", state="stalled"))
+        assert stalled["data"]["action"] == "power-cycled the adapter"
+        assert stalled["data"]["detail"] == (
+            "no advertisement in 3 scans in a row; restarting discovery failed: passive "
+            "scanning has no discovery to restart; power-cycled the adapter")
+        assert bluez.powered_sets() == [False, True] and bluez.calls("StartDiscovery") == []
+        flowing.set()
+        readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone home again", phone_home)
+        assert pub.poll() is None
