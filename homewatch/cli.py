@@ -245,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except HomewatchError as exc:
             sys.stderr.write(f"homewatch: error: {exc}\n")
             return 2
+        except OSError as exc:
+            sys.stderr.write(f"homewatch: error: {exc.filename or args.known_devices}: "
+                             f"{exc.strerror}\n")
+            return 1
     from homewatch import dashboard_access, pki, provision
 
     layout = provision.Layout(args.certs)
