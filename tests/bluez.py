@@ -33,6 +33,7 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 </busconfig>
 """
 DEVICE = "org.bluez.Device1"
+START_TIMEOUT = 30.0  # seconds; generous: the test machine's cores are shared
 
 
 class MockBlueZ:
@@ -47,9 +48,11 @@ class MockBlueZ:
         conf.write_text(BUS_CONF.format(socket=self.socket))
         self.address = f"unix:path={self.socket}"
         self.daemon = subprocess.Popen(["dbus-daemon", "--config-file", str(conf), "--nofork"])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT
         while not self.socket.exists():
-            assert time.monotonic() < deadline, "dbus-daemon did not start"
+            if time.monotonic() > deadline:
+                stop_process(self.daemon, 5)  # never left running behind a failed start
+                raise AssertionError("dbus-daemon did not start")
             time.sleep(0.05)
         self.bus = dbus.bus.BusConnection(self.address)
         self.mock = self._start_bluez()
@@ -60,9 +63,11 @@ class MockBlueZ:
                                  "--template", "bluez5", "--logfile", str(self.log),
                                  "--parameters", json.dumps(self.parameters)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT
         while not self.bus.name_has_owner("org.bluez"):
-            assert time.monotonic() < deadline, "the mocked BlueZ did not start"
+            if time.monotonic() > deadline:
+                stop_process(proc, 5)
+                raise AssertionError("the mocked BlueZ did not start")
             time.sleep(0.05)
         return proc
 
