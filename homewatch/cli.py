@@ -1,4 +1,4 @@
-"""``homewatch``: the admin command run on the server.
+"""``homewatch``: the admin command run on the server, and ``irk`` run on a Pi.
 
     homewatch device add NAME [--bundle DIR --url URL] [--reload]
     homewatch device list
@@ -8,7 +8,10 @@
     homewatch dashboard password [--stdin]
     homewatch dashboard inventory
     homewatch health FILE [--max-age SECONDS]
+    homewatch irk [--add] [--store DIR] [--known-devices FILE]     (on a Pi, as root)
 
+The admin modules (provisioning, PKI, the dashboard's access) are imported only by the
+commands that use them: ``irk`` on a Pi needs none of them (tests/test_layering.py).
 The broker re-reads its password and ACL files on SIGHUP: ``--reload`` sends it to the
 Compose stack's broker through the Docker SDK; otherwise reload it yourself.
 """
@@ -21,12 +24,16 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from homewatch import dashboard_access, pki, provision
+from homewatch import irk
 from homewatch.config import OneLineParser
 from homewatch.errors import ConfigError, HomewatchError
 from homewatch.health import unhealthy_reason
 from homewatch.url import DEFAULT_BASE, parse_broker_url
+
+if TYPE_CHECKING:
+    from homewatch import provision
 
 
 def _parser() -> OneLineParser:
@@ -108,7 +115,44 @@ def _parser() -> OneLineParser:
     health = sub.add_parser("health", help="exit 0 if a program's health file is fresh")
     health.add_argument("file", type=Path)
     health.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS")
+
+    keys = sub.add_parser("irk", help="on a Pi, as root: list the identity resolving keys "
+                          "of the devices paired with BlueZ as known-devices lines")
+    keys.add_argument("--add", action="store_true", help="append the keys not there yet to "
+                      "the known-devices file (then restart the publisher)")
+    keys.add_argument("--store", type=Path, default=irk.STORE, metavar="DIR",
+                      help=f"BlueZ's pairing store (default {irk.STORE})")
+    keys.add_argument("--known-devices", type=Path, default=irk.KNOWN_DEVICES,
+                      metavar="FILE", help="the publisher's known-devices file (default "
+                      f"{irk.KNOWN_DEVICES}, where scripts/install-pi.sh puts it)")
     return parser
+
+
+def _irk(args: argparse.Namespace) -> int:
+    """List the paired devices' keys as known-devices lines; with --add, append the new
+    ones. A device whose info file cannot be read is one line on stderr; the rest are
+    listed."""
+    devices, problems = irk.scan_store(args.store)
+    for problem in problems:
+        sys.stderr.write(f"homewatch irk: {problem}\n")
+    if not devices:
+        sys.stderr.write(f"homewatch irk: no paired device with an identity resolving key "
+                         f"in {args.store}: pair the phone first (bluetoothctl: scan on, "
+                         "pair, trust)\n")
+        return 1
+    if not args.add:
+        sys.stdout.write("".join(d.line() + "\n" for d in devices))
+        return 0
+    added = irk.add(args.known_devices, devices)
+    for device in added:
+        sys.stdout.write(f"added {device.line()}\n")
+    kept = len(devices) - len(added)
+    if kept:
+        sys.stdout.write(f"{kept} key(s) already in {args.known_devices}\n")
+    if added:
+        sys.stdout.write(f"added {len(added)} key(s) to {args.known_devices}; restart the "
+                         "publisher to use them: sudo systemctl restart homewatch-publisher\n")
+    return 0
 
 
 def _reload() -> str:
@@ -154,6 +198,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
+    from homewatch import provision
+
     out: list[str] = []
     if a.bundle is not None:
         if not a.url:
@@ -177,6 +223,8 @@ def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
 def _warn_unnamed_host(layout: provision.Layout, host: str) -> None:
     """Warn when the broker certificate does not name the host a bundle's URL uses: the
     Pi would refuse the broker (host name verification)."""
+    from homewatch import pki
+
     cert_file = layout.broker_dir / "server.crt"
     if not cert_file.is_file():
         return
@@ -191,6 +239,18 @@ def _warn_unnamed_host(layout: provision.Layout, host: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "irk":
+        try:
+            return _irk(args)
+        except HomewatchError as exc:
+            sys.stderr.write(f"homewatch: error: {exc}\n")
+            return 2
+        except OSError as exc:
+            sys.stderr.write(f"homewatch: error: {exc.filename or args.known_devices}: "
+                             f"{exc.strerror}\n")
+            return 1
+    from homewatch import dashboard_access, pki, provision
+
     layout = provision.Layout(args.certs)
     lines: list[str] = []
     try:

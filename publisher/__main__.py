@@ -87,7 +87,8 @@ async def _main(settings: PublisherSettings) -> int:
         stats = await run(pub, temperature=temperature, scanner=scanner, tracker=tracker,
                           interval=settings.interval, count=settings.count, stop=stop,
                           heartbeat=heartbeat, stranger_key=stranger_key,
-                          demo=settings.demo, room=settings.room)
+                          demo=settings.demo, room=settings.room,
+                          stall_cycles=settings.stall_cycles)
         if connecting.done() and connecting.exception() is not None:
             raise connecting.exception()  # type: ignore[misc]
         failure = task_failure(pumping) or conn.failure

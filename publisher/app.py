@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from publisher.journal import TieredOutbox
 from publisher.outbox import Outbox
 from publisher.presence import PresenceTracker, Scanner
 from publisher.sensors import TemperatureSource
+from publisher.stall import POWER_CYCLE, RESTART, Recoverable, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +239,15 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
               tracker: PresenceTracker, interval: float, count: int,
               stop: asyncio.Event, heartbeat: Heartbeat | None = None,
               stranger_key: bytes | None = None, demo: bool = False,
-              room: str | None = None) -> Stats:
+              room: str | None = None, stall_cycles: int = 0) -> Stats:
     """Take a reading every ``interval`` seconds until ``stop`` is set (or ``count`` done).
 
     Readings are taken whether or not the broker is reachable: they wait in the outbox.
     Strangers are published (count and keyed hashes) only with a ``stranger_key``.
     What a simulated source invents is marked "simulated" ("demo" with ``demo``).
     Every temperature reading and devices entry names ``room`` (this Pi's), when given.
+    With ``stall_cycles``, that many scan windows in a row without any advertisement are
+    a stall: discovery is restarted, then the adapter power-cycled (:mod:`publisher.stall`).
     """
     label = "demo" if demo else "simulated"
     sim_t = label if temperature is not None and temperature.name == "simulated" else None
@@ -259,6 +263,8 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
                     " and ".join(k for k, sim in (("temperature", sim_t), ("presence", sim_s))
                                  if sim), label)
     health = _ScannerHealth()
+    if stall_cycles and isinstance(scanner, Recoverable):
+        health.watch = StallWatch(stall_cycles)
     while not stop.is_set():
         started = time.monotonic()
         if temperature is not None:
@@ -295,6 +301,7 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
 class _ScannerHealth:
     state: str = ""
     detail: str = ""
+    watch: StallWatch | None = None
 
 
 async def _scan_once(pub: Publisher, scanner: Scanner, tracker: PresenceTracker,
@@ -322,15 +329,72 @@ async def _scan_once(pub: Publisher, scanner: Scanner, tracker: PresenceTracker,
             pub.record("scanner", {"state": "error", "detail": str(exc)}, simulated=sim)
             health.state, health.detail = "error", str(exc)
         return True
-    if health.state != "ok":
-        if health.state == "error":
-            log.info("Bluetooth scanner recovered")
+    step = health.watch.heard(len(seen)) if health.watch is not None else None
+    if step is not None:
+        await _recover(pub, scanner, health, step, stop, sim)
+    elif health.state != "ok" and not (health.watch is not None and health.watch.stalled):
+        if health.state in ("error", "stalled"):
+            log.info("Bluetooth scanner recovered%s", " (advertisements heard again)"
+                     if health.state == "stalled" else "")
         pub.record("scanner", {"state": "ok", "scanner": scanner.name}, simulated=sim)
-        health.state = "ok"
+        health.state, health.detail = "ok", ""
     for address, rssi in seen.items():
         tracker.observe(address, rssi)
     tracker.tick()
     pub.record("devices", tracker.report(room), simulated=sim)
     if stranger_key is not None:
         pub.record("strangers", tracker.strangers_report(stranger_key), simulated=sim)
+    return True
+
+
+async def _recover(pub: Publisher, scanner: Scanner, health: _ScannerHealth, step: str,
+                   stop: asyncio.Event, sim: str | None) -> None:
+    """Take the recovery ``step`` the stall watch asked for (and, if it fails, the one
+    it says to try instead), then publish a ``stalled`` status saying what was done,
+    when that differs from the last status (an empty place is not a message a minute).
+    The devices readings go on meanwhile: a stall looks exactly like an empty place."""
+    watch = health.watch
+    assert watch is not None and isinstance(scanner, Recoverable)
+    notes = [f"no advertisement in {watch.cycles} scans in a row"]
+    action = "none"
+    current: str | None = step
+    while current is not None and not stop.is_set():
+        run_step = scanner.restart_discovery if current == RESTART else scanner.power_cycle
+        try:
+            if not await _unless_stopped(run_step(), stop):
+                return  # stopping: nothing was done, nothing to say
+        except ScannerError as exc:
+            if current == POWER_CYCLE:
+                watch.done(current)  # tried is tried: not again within the hour
+            notes.append(("restarting discovery" if current == RESTART else
+                          "power-cycling the adapter") + f" failed: {exc}")
+            current = watch.failed(current)
+            continue
+        watch.done(current)
+        action = current
+        notes.append(current)
+        break
+    if action == "none" and not watch.may_power_cycle():  # (no countdown: one message)
+        notes.append("the adapter was power-cycled lately (at most once an hour)")
+    detail = "; ".join(notes)
+    if (health.state, health.detail) == ("stalled", detail):
+        log.debug("Bluetooth scanner still stalled: %s", detail)
+        return
+    log.warning("Bluetooth scanner stalled: %s", detail)
+    pub.record("scanner", {"state": "stalled", "scanner": scanner.name, "action": action,
+                           "detail": detail}, simulated=sim)
+    health.state, health.detail = "stalled", detail
+
+
+async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``step`` unless ``stop`` comes first (then it is cancelled: False)."""
+    task = asyncio.ensure_future(step)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task not in done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        return False
+    task.result()
     return True

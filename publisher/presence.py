@@ -26,7 +26,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from homewatch.errors import ConfigError, ScannerError
 from homewatch.secrets import read_secret_file, write_private_file
+from publisher import adapter
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,25 @@ class BleakScan:
                 raise ScannerError(explain(exc, self.adapter)) from None
             raise
         return seen
+
+    async def restart_discovery(self) -> None:
+        """After a stall (:mod:`publisher.stall`): a discovery session started and
+        stopped. Passive scanning has no discovery to restart (it would transmit)."""
+        if self.mode == "passive":
+            raise ScannerError("passive scanning has no discovery to restart")
+        await self._recovery(adapter.restart_discovery)
+
+    async def power_cycle(self) -> None:
+        """After a stall that restarting discovery did not end: Powered off, then on."""
+        await self._recovery(adapter.power_cycle)
+
+    async def _recovery(self, step: Callable[[str | None], Awaitable[None]]) -> None:
+        try:
+            await step(self.adapter)
+        except Exception as exc:
+            if type(exc).__module__.startswith("dbus_fast"):
+                raise ScannerError(explain(exc, self.adapter)) from None
+            raise
 
 
 def simulated_signal(mac: str, place: str = "") -> int:

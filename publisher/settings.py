@@ -70,6 +70,10 @@ OPTIONS: tuple[Option, ...] = (
            "listens; needs BlueZ 5.56+ with --experimental)", default="active",
            choices=presence.SCAN_MODES),
     Option("adapter", "Bluetooth adapter (e.g. hci0)", metavar="NAME"),
+    Option("stall-cycles", "scan windows in a row without any advertisement (strangers "
+           "count) after which the scanner counts as stalled: discovery is restarted, then "
+           "the adapter power-cycled (at most once an hour); 0: never", default=6,
+           convert=int, metavar="N"),
     Option("hash-strangers", "also publish unknown devices, as a count and a keyed hash of "
            "each address (the key stays on this device); off: strangers are only counted "
            "here", default=False, flag=True),
@@ -112,6 +116,7 @@ class PublisherSettings:
     scan_duration: float
     scan_mode: str
     adapter: str | None
+    stall_cycles: int
     hash_strangers: bool
     rssi_threshold: int
     away_after: float
@@ -198,6 +203,8 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
 
     if v["count"] < 0:
         raise ConfigError("--count: must be 0 or more")
+    if v["stall-cycles"] < 0:
+        raise ConfigError("--stall-cycles: must be 0 (off) or more")
     if v["outbox-limit"] < 1:
         raise ConfigError("--outbox-limit: must be at least 1")
     scan_duration = _scan_duration(v, args, environ)
@@ -239,6 +246,7 @@ def build(argv: Sequence[str] | None, environ: Mapping[str, str]) -> PublisherSe
         scan_duration=scan_duration,
         scan_mode=v["scan-mode"],
         adapter=v["adapter"],
+        stall_cycles=v["stall-cycles"],
         hash_strangers=v["hash-strangers"],
         rssi_threshold=v["rssi-threshold"],
         away_after=v["away-after"],

@@ -17,7 +17,8 @@ What each kind's condition is:
   counts on after the last reading for at most :data:`STALE` seconds). It ends at a
   reading back by more than ``hysteresis`` (0.5 °C) on the other side.
 - ``offline``: a Pi's broker-kept status offline for ``for`` seconds; ends when online.
-- ``scanner-error``: a ``scanner`` reading with state ``error``; ends at state ``ok``.
+- ``scanner-error``: a ``scanner`` reading with state ``error``, or ``stalled`` (it works
+  but has heard nothing for a while; the Pi restarts it); ends at state ``ok``.
 - ``rejected-burst``: ``count`` rejected messages within ``within`` seconds; ends when
   fewer than that remain in the window.
 """
@@ -207,9 +208,9 @@ class Engine:
             if at < held.last_at:
                 continue
             held.last_at = at
-            if state == "error" and not held.fired:
+            if state in ("error", "stalled") and not held.fired:
                 held.fired = True
-                text = f"{device}: Bluetooth scanner error" + (
+                text = f"{device}: Bluetooth scanner {state}" + (
                     f": {detail[:MAX_DETAIL]}" if detail else "")
                 out.append(Alert(rule=rule.name, kind=rule.kind, at=at, device=device,
                                  room=self.room_of(device), simulated=simulated,

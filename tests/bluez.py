@@ -33,6 +33,7 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 </busconfig>
 """
 DEVICE = "org.bluez.Device1"
+START_TIMEOUT = 30.0  # seconds; generous: the test machine's cores are shared
 
 
 class MockBlueZ:
@@ -42,13 +43,16 @@ class MockBlueZ:
     def __init__(self, workdir: Path, parameters: dict[str, object] | None = None) -> None:
         self.parameters = parameters or {}
         self.socket = workdir / "system_bus_socket"
+        self.log = workdir / "bluez.log"  # dbusmock's log: every call, property Set too
         conf = workdir / "bus.conf"
         conf.write_text(BUS_CONF.format(socket=self.socket))
         self.address = f"unix:path={self.socket}"
         self.daemon = subprocess.Popen(["dbus-daemon", "--config-file", str(conf), "--nofork"])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT
         while not self.socket.exists():
-            assert time.monotonic() < deadline, "dbus-daemon did not start"
+            if time.monotonic() > deadline:
+                stop_process(self.daemon, 5)  # never left running behind a failed start
+                raise AssertionError("dbus-daemon did not start")
             time.sleep(0.05)
         self.bus = dbus.bus.BusConnection(self.address)
         self.mock = self._start_bluez()
@@ -56,12 +60,14 @@ class MockBlueZ:
     def _start_bluez(self) -> subprocess.Popen[bytes]:
         env = {"DBUS_SYSTEM_BUS_ADDRESS": self.address, "PATH": "/usr/bin:/bin"}
         proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system",
-                                 "--template", "bluez5", "--parameters",
-                                 json.dumps(self.parameters)], env=env,
+                                 "--template", "bluez5", "--logfile", str(self.log),
+                                 "--parameters", json.dumps(self.parameters)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT
         while not self.bus.name_has_owner("org.bluez"):
-            assert time.monotonic() < deadline, "the mocked BlueZ did not start"
+            if time.monotonic() > deadline:
+                stop_process(proc, 5)
+                raise AssertionError("the mocked BlueZ did not start")
             time.sleep(0.05)
         return proc
 
@@ -88,6 +94,26 @@ class MockBlueZ:
         """The calls bleak made to ``method`` on the adapter (dbusmock's call log)."""
         return list(self._iface(f"/org/bluez/{adapter}",
                                 "org.freedesktop.DBus.Mock").GetMethodCalls(method))
+
+    def all_calls(self, adapter: str = "hci0") -> list[tuple[str, list[object]]]:
+        """The methods called on the adapter with their arguments, in order."""
+        return [(str(c[1]), list(c[2])) for c in self._iface(
+            f"/org/bluez/{adapter}", "org.freedesktop.DBus.Mock").GetCalls()]
+
+    def discovery_restarts(self, adapter: str = "hci0") -> int:
+        """StartDiscovery calls not right after setting a discovery filter: bleak sets
+        its (non-empty) filter before each scan window's StartDiscovery and clears it
+        after the window; the publisher's stall recovery sets none."""
+        calls = self.all_calls(adapter)
+        return sum(1 for i, (name, _) in enumerate(calls) if name == "StartDiscovery"
+                   and not (i > 0 and calls[i - 1][0] == "SetDiscoveryFilter"
+                            and calls[i - 1][1] and calls[i - 1][1][0]))
+
+    def powered_sets(self, adapter: str = "hci0") -> list[bool]:
+        """The values the adapter's Powered property was Set to (over D-Bus), in order."""
+        prefix = f"Set /org/bluez/{adapter} org.bluez.Adapter1.Powered "
+        return [line.split(prefix, 1)[1].strip() == "True"
+                for line in self.log.read_text().splitlines() if prefix in line]
 
     def _iface(self, path: str, iface: str) -> dbus.Interface:
         return dbus.Interface(self.bus.get_object("org.bluez", path), iface)

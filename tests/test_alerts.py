@@ -211,7 +211,8 @@ def test_temperature_above_for_a_duration_fires_once_by_the_readings_times() -> 
 
 def test_offline_scanner_and_rejected_bursts_fire_once_and_rearm() -> None:
     """A Pi offline fires after its duration on the timer, once; online re-arms. A
-    scanner error fires once (a new detail does not fire again), ok re-arms. N rejections
+    scanner error or stall fires once (a new detail, or stalled then error, does not fire
+    again), ok re-arms. N rejections
     within the window fire once; fewer in the window re-arms."""
     e = engine('[[rule]]\nwhen = "offline"\nfor = 300\n[[rule]]\nwhen = "scanner-error"\n'
                '[[rule]]\nwhen = "rejected-burst"\ncount = 3\nwithin = 60\n')
@@ -229,6 +230,13 @@ def test_offline_scanner_and_rejected_bursts_fire_once_and_rearm() -> None:
     assert e.reading("pi-kitchen", "scanner", {"state": "error", "detail": "other"}, 20) == []
     e.reading("pi-kitchen", "scanner", {"state": "ok"}, 30)
     assert len(e.reading("pi-kitchen", "scanner", {"state": "error"}, 40)) == 1
+    e.reading("pi-kitchen", "scanner", {"state": "ok"}, 50)  # a stall is a scanner problem
+    (stall,) = e.reading("pi-kitchen", "scanner", {"state": "stalled", "detail": "no "
+                         "advertisement in 6 scans in a row; restarted discovery"}, 60)
+    assert stall.message == ("pi-kitchen: Bluetooth scanner stalled: no advertisement in 6 "
+                             "scans in a row; restarted discovery")
+    assert e.reading("pi-kitchen", "scanner", {"state": "stalled", "detail": "power"}, 70) == []
+    assert e.reading("pi-kitchen", "scanner", {"state": "error"}, 75) == []  # same trouble
     assert e.rejected(None, "decrypt", 100) == [] and e.rejected(None, "decrypt", 110) == []
     (burst,) = e.rejected("pi-kitchen", "replay", 120)
     assert burst.message == ("3 messages rejected within 1 min: a possible attack (2 decrypt "

@@ -1,8 +1,9 @@
 """Presence with the real bleak against a mocked BlueZ on a private D-Bus: devices
 appearing, RSSI changes, away debouncing, strangers never published, rotating addresses
 resolved by IRK, active and passive scanning, and the adapter disappearing, powered off or
-BlueZ restarting, then coming back. The last test runs the real publisher and subscriber
-through the real broker with the mocked BlueZ."""
+BlueZ restarting, then coming back. The last tests run the real publisher and subscriber
+through the real broker with the mocked BlueZ, including a scanner that stalls (BlueZ
+runs and discovers, but nothing is reported) and is recovered without a restart."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from homewatch.errors import ScannerError
+from homewatch.history.sqlite import SqliteHistoryReader
 from publisher.presence import BleakScan, Known, PresenceTracker, ah, resolves
 from tests.bluez import MockBlueZ
 from tests.helpers import Broker, clean_env, python_m, running
@@ -387,3 +389,174 @@ def test_by_default_strangers_never_leave_the_pi(bluez: MockBlueZ, broker: Broke
                for d in r["data"])
     assert STRANGER not in "".join(readings.raw)
     assert not (state / "stranger-hash.key").exists()
+
+
+def kind(k: str, **data: Any) -> Callable[[dict[str, Any]], bool]:
+    """A reading of kind ``k`` whose data has these fields."""
+    return lambda r: r["kind"] == k and all(r["data"].get(f) == v for f, v in data.items())
+
+
+def phone_home(r: dict[str, Any]) -> bool:
+    return r["kind"] == "devices" and any(
+        d["name"] == "Franks Phone" and d["state"] == "home" for d in r["data"])
+
+
+def history_scanner(db: Path, pi: str, state: str, timeout: float = 20.0) -> str:
+    """Wait until the subscriber's history has ``pi``'s scanner in ``state``; its detail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if db.exists():
+            with SqliteHistoryReader(db) as history:
+                found = [p for p in history.now(time.time()).pis if p.name == pi]
+            if found and found[0].scanner_state == state:
+                return found[0].scanner_detail
+        assert time.monotonic() < deadline, f"{pi}'s scanner never {state} in the history"
+        time.sleep(0.1)
+
+
+@contextmanager
+def radio(bluez: MockBlueZ, addresses: list[str], flowing: threading.Event) -> Iterator[None]:
+    """``addresses`` (a list the test changes) advertising every 0.3 s while ``flowing``
+    is set; cleared, nothing reaches BlueZ's clients although it runs and discovers: the
+    silent stall Pi owners know."""
+    stop = threading.Event()
+
+    def adverts() -> None:
+        rssi = -60
+        while not stop.wait(0.3):
+            rssi = -60 if rssi == -61 else -61
+            if flowing.is_set():
+                for address in list(addresses):
+                    with contextlib.suppress(Exception):  # adapter off: no advert
+                        bluez.advertise(address, rssi)
+
+    thread = threading.Thread(target=adverts, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_stalled_scanner_restarts_discovery_and_recovers_without_a_restart(
+        bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
+    """A neighbour's device alone keeps the scanner from counting as stalled; when nothing
+    at all is heard for --stall-cycles windows while BlueZ still discovers, the publisher
+    restarts discovery and publishes a `scanner` status `stalled` naming that action; when
+    devices advertise again it publishes `ok` and the phone home, the same process
+    throughout."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
+                               "--stall-cycles", "4")
+    addresses, flowing = [PHONE, STRANGER], threading.Event()
+    flowing.set()
+    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)
+        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
+                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
+        readings = Readings(sub)
+        readings.wait_for("scanner ok", kind("scanner", state="ok", scanner="bleak"))
+        readings.wait_for("Franks Phone home", phone_home)
+        addresses.remove(PHONE)  # the phone leaves; a neighbour's device still advertises
+        for n in range(9):  # twice --stall-cycles windows and more, hearing only strangers
+            readings.wait_for(f"devices reading {n + 1}", kind("devices"))
+        assert not [r for r in readings.records if r["kind"] == "scanner"
+                    and r["data"]["state"] == "stalled"]
+        assert bluez.discovery_restarts() == 0
+        flowing.clear()  # silence: BlueZ runs, the adapter is powered and discovering
+        stalled = readings.wait_for("scanner stalled", kind("scanner", state="stalled"))
+        assert stalled["data"]["action"] == "restarted discovery"
+        assert stalled["data"]["detail"] == ("no advertisement in 4 scans in a row; "
+                                             "restarted discovery")
+        assert bluez.discovery_restarts() >= 1  # a discovery session of its own
+        assert history_scanner(workdir / "sub-state" / "history.db", "pi-kitchen",
+                               "stalled") == stalled["data"]["detail"]  # the dashboard's
+        addresses.append(PHONE)
+        flowing.set()
+        readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone home again", phone_home)
+        assert pub.poll() is None  # never restarted
+
+
+def test_a_stall_that_outlasts_a_discovery_restart_power_cycles_the_adapter(
+        bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
+    """Still nothing heard --stall-cycles windows after restarting discovery: the
+    publisher sets the adapter's Powered false then true over BlueZ's D-Bus API and
+    publishes `stalled` naming the power cycle; advertisements back, `ok` and the phone
+    home, without a restart of the publisher."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
+                               "--stall-cycles", "3")
+    addresses, flowing = [PHONE], threading.Event()
+    flowing.set()
+    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)
+        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
+                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
+        readings = Readings(sub)
+        readings.wait_for("scanner ok", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone home", phone_home)
+        assert bluez.powered_sets() == []
+        flowing.clear()
+        first = readings.wait_for("stalled", kind("scanner", state="stalled"))
+        assert first["data"]["action"] == "restarted discovery"
+        second = readings.wait_for("stalled again", kind("scanner", state="stalled"))
+        assert second["data"]["action"] == "power-cycled the adapter"
+        assert second["data"]["detail"] == ("no advertisement in 3 scans in a row; "
+                                            "power-cycled the adapter")
+        assert bluez.powered_sets() == [False, True]
+        flowing.set()
+        readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone home again", phone_home)
+        assert pub.poll() is None
+
+
+def test_with_passive_scanning_the_first_step_is_the_power_cycle(bluez: MockBlueZ) -> None:
+    """Passive scanning has no discovery to restart (starting one would transmit): the
+    restart is refused without a StartDiscovery, so the stall watch goes on to the power
+    cycle, which sets Powered false then true; scanning works after it, same loop."""
+    async def steps() -> None:
+        scanner = BleakScan(0.8, mode="passive")
+        with pytest.raises(ScannerError, match="no discovery to restart"):
+            await scanner.restart_discovery()
+        await scanner.power_cycle()
+        assert (await scan_during(scanner, lambda: bluez.advertise(PHONE, -57)))[PHONE] == -57
+
+    in_one_loop(steps)
+    assert bluez.calls("StartDiscovery") == []
+    assert bluez.powered_sets() == [False, True]
+
+
+def test_a_passive_scanner_that_stalls_is_power_cycled_at_once(
+        bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
+    """With --scan-mode passive the discovery restart is refused, so the first stall
+    already power-cycles the adapter; the `stalled` status says both, then `ok`."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
+                               "--stall-cycles", "3", "--scan-mode", "passive")
+    addresses, flowing = [PHONE], threading.Event()
+    flowing.set()
+    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)
+        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
+                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
+        readings = Readings(sub)
+        readings.wait_for("Franks Phone home", phone_home)
+        flowing.clear()
+        stalled = readings.wait_for("stalled", kind("scanner", state="stalled"))
+        assert stalled["data"]["action"] == "power-cycled the adapter"
+        assert stalled["data"]["detail"] == (
+            "no advertisement in 3 scans in a row; restarting discovery failed: passive "
+            "scanning has no discovery to restart; power-cycled the adapter")
+        assert bluez.powered_sets() == [False, True] and bluez.calls("StartDiscovery") == []
+        flowing.set()
+        readings.wait_for("scanner ok again", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone home again", phone_home)
+        assert pub.poll() is None

@@ -329,6 +329,31 @@ def test_a_tracker_turns_home_and_not_home_and_odd_names_get_safe_ids(
                "".join(t for t in latest if t.startswith(BRIDGE)))
 
 
+def test_a_stalled_scanner_is_stalled_in_home_assistant_with_what_the_pi_did(
+        ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
+    """A Pi's `scanner` status `stalled` (publisher.stall) is the scanner sensor's state,
+    its detail (what the Pi did about it) the Pi's `scanner_detail` attribute; `ok` after."""
+    keys = keys_of(ha_certs, ha_workdir, "pi-hall")
+    watch = Watcher(ha_broker, ha_certs, (f"{BRIDGE}/#",))
+    pi = Pi(ha_broker, ha_certs, "pi-hall")
+    scanner, attributes = f"{BRIDGE}/pi/pi_hall/scanner", f"{BRIDGE}/pi/pi_hall/attributes"
+    detail = "no advertisement in 6 scans in a row; restarted discovery"
+    try:
+        pi.status("online")
+        with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
+            wait_subscribed(sub)
+            bridge_ready(watch, "pi-hall")
+            pi.send("scanner", {"state": "stalled", "scanner": "bleak",
+                                "action": "restarted discovery", "detail": detail})
+            watch.wait("stalled", lambda got: got.get(scanner) == b"stalled" and json.loads(
+                got.get(attributes, b"{}")).get("scanner_detail") == detail)
+            pi.send("scanner", {"state": "ok", "scanner": "bleak"})
+            watch.wait("ok", lambda got: got.get(scanner) == b"ok")
+    finally:
+        pi.close()
+        watch.close()
+
+
 def test_a_pi_going_offline_makes_its_entities_unavailable(
         ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
     """A Pi's broker-kept status goes to the bridge's status topic, which is its

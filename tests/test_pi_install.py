@@ -139,6 +139,17 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
     for f in (etc / "device").iterdir():
         assert f.stat().st_mode & 0o777 == 0o600, f
     assert (etc / "known-devices").stat().st_mode & 0o777 == 0o600
+    # The README's `sudo /opt/homewatch/bin/homewatch irk --add`, on a fake pairing store.
+    irk = readme_commands("### On the Pi: phones that rotate their address")[-2]
+    assert irk == "sudo /opt/homewatch/bin/homewatch irk --add"
+    store = tmp_path / "bluetooth" / "00:1A:7D:DA:71:13" / "4C:57:CA:12:34:56"
+    store.mkdir(parents=True)
+    (store / "info").write_text("[General]\nName=Annas iPhone\n[IdentityResolvingKey]\n"
+                                "Key=9B7D390AA610103405ADC857A33402EC\n")
+    r = sh(irk.removeprefix("sudo ").replace("/opt", f"{root}/opt") + f" --store "
+           f"{tmp_path / 'bluetooth'} --known-devices {etc / 'known-devices'}", pi)
+    assert r.returncode == 0 and "restart the publisher" in r.stdout, r.stdout + r.stderr
+    assert (etc / "known-devices").stat().st_mode & 0o777 == 0o600
     r = subprocess.run(["systemctl", f"--root={root}", "is-enabled",
                         "homewatch-publisher"], capture_output=True, text=True)
     assert r.stdout.strip() == "enabled", r.stdout + r.stderr
@@ -170,7 +181,7 @@ def test_readme_service_install_commands_work(pi: Path, repository: str, tmp_pat
                        env=clean_env(env), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "2 reading(s), 5 message(s) sent, 5 acknowledged" in r.stderr, r.stderr
-    assert "1 known device(s)" in r.stderr
+    assert "2 known device(s)" in r.stderr  # the phone and `homewatch irk`'s
     assert "this Pi's room: Kitchen" in r.stderr
     assert "no RAM journal" not in r.stderr, r.stderr
     assert list(runtime_dir.iterdir()) == []  # a clean stop leaves nothing in RAM
