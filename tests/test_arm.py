@@ -331,15 +331,17 @@ def test_publisher_installed_and_run_on_emulated_armhf(
 
 def test_pypi_has_no_armv7l_wheel_of_cffi_nor_of_dbus_fast_4(tmp_path: Path) -> None:
     """Why 32-bit needs the README's recipe: PyPI has armv7l wheels of cryptography but
-    none of cffi, whose 2.x the newest cryptography needs, nor of dbus-fast 4, which bleak
-    3 needs (when one appears, this fails and the recipe can be simplified)."""
-    def wheel(requirement: str) -> subprocess.CompletedProcess[str]:
+    none of cffi nor of dbus-fast 4 (which bleak 3 needs), and no armv6l wheel of
+    cryptography (when one appears, this fails and the README can say so)."""
+    def wheel(requirement: str, platforms: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             *[a for p in ARMV7L for a in ("--platform", p)], "--python-version", "3.11",
+             *[a for p in platforms for a in ("--platform", p)], "--python-version", "3.11",
              "--implementation", "cp", "-d", str(tmp_path), requirement],
             capture_output=True, text=True, timeout=300)
-    assert wheel("cryptography>=42").returncode == 0
-    for requirement in ("cffi>=2", "dbus-fast>=4"):
-        r = wheel(requirement)
+    assert wheel("cryptography>=42", ARMV7L).returncode == 0
+    armv6l = ["linux_armv6l"]  # what pip asks for on a Pi Zero or Pi 1
+    for requirement, platforms in (("cffi", ARMV7L), ("dbus-fast>=4", ARMV7L),
+                                   ("cryptography>=42", armv6l)):
+        r = wheel(requirement, platforms)
         assert r.returncode != 0 and "No matching distribution" in r.stderr, requirement
