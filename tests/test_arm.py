@@ -1,8 +1,9 @@
 """Proven on ARM: the publisher installed the way a Pi owner installs it (scripts/install-pi.sh,
 offline from a directory of wheels) into an emulated Debian bookworm, the Raspberry Pi's
 architecture (qemu-user, made by scripts/ci/arm-rootfs.sh): 64-bit arm64, and 32-bit armhf
-with the README's recipe (Debian's cffi and dbus-fast); then run there against the real
-broker until the real subscriber shows its readings.
+with the README's recipe (Debian's cffi and dbus-fast); then run there as its unit runs
+it, its real bleak scanning a mocked BlueZ, against the real broker until the real
+subscriber shows its readings.
 
 The project's own wheel is built on the host; its dependencies are PyPI's ARM wheels,
 downloaded on the host for Python 3.11 (the emulated Debian needs no network of its own)."""
@@ -11,20 +12,24 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from homewatch.provision import Layout, make_bundle
+from tests.bluez import MockBlueZ
 from tests.helpers import Broker, copy_source_tree, running
-from tests.test_end_to_end import read_lines, subscriber_cmd, wait_subscribed
+from tests.test_end_to_end import is_status, subscriber_cmd, wait_subscribed
 
 SETUP = "sudo scripts/ci/arm-rootfs.sh --arch {arch}"
 AARCH64 = ["manylinux2014_aarch64", "manylinux_2_28_aarch64"]
@@ -38,6 +43,7 @@ ARMHF_WHEELS = (["paho-mqtt>=2.2,<2.3"], ["typing-extensions>=4.7"],
                 ["cryptography>=42"], ["cryptography>=42,<46"],
                 ["bleak>=0.22"], ["bleak>=0.22,<3"])
 LINE = re.compile(r"^Topic:home/pi-kitchen/(temperature|devices|scanner),Payload:(.*)$")
+PHONE = "88:29:9C:00:61:A9"
 
 
 def rootfs(arch: str) -> Path:
@@ -191,7 +197,7 @@ def prepare(root: Path, work: str, certs: Path, broker: Broker, platforms: list[
     copy_source_tree(inside / "homewatch-src")
     host_wheels(inside / "wheels", inside / "homewatch-src", platforms, *groups)
     make_bundle(Layout(certs), "pi-kitchen", url=broker.url("localhost"), out_dir=inside)
-    (inside / "known-devices").write_text("88:29:9C:00:61:A9  Franks Phone\n")
+    (inside / "known-devices").write_text(f"{PHONE}  Franks Phone\n")
     return inside
 
 
@@ -224,35 +230,100 @@ def installed(root: Path) -> dict[str, str]:
 
 
 def run_as_the_unit(root: Path, work: str, broker: Broker,
-                    workdir: Path) -> tuple[list[str], int, int]:
+                    workdir: Path) -> tuple[dict[str, list[Any]], int, int]:
     """The installed publisher run in the emulated Debian as its unit runs it (credentials
-    as LoadCredential= hands them over), a real subscriber on the host; returns the
-    subscriber's first 7 reading lines and the publisher's RSS and emulator share (KiB)."""
+    as LoadCredential= hands them over, its default scanner: bleak), a mocked BlueZ on a
+    D-Bus socket inside the emulated Debian where a phone keeps advertising, and a real
+    subscriber on the host. Returns the readings the subscriber showed, by kind, once a
+    temperature and the phone at home are among them, and the publisher's RSS and the
+    emulator's share of it (KiB)."""
     inside = root / work.lstrip("/")
     zone = inside / "sys" / "class" / "thermal" / "thermal_zone0"
     zone.mkdir(parents=True)
     (zone / "temp").write_text("48312\n")  # the SoC's thermal zone, as on every Pi
+    (inside / "bluez").mkdir()
+    bluez = MockBlueZ(inside / "bluez")
     env, program, credentials = service_layout(root, work)
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = f"unix:path={work}/bluez/system_bus_socket"
     publisher = ["chroot", str(root), "/usr/bin/env", "-i", *login_env(env), program,
-                 "--credentials", credentials, "--interval", "1", "--scanner", "simulated",
+                 "--credentials", credentials, "--interval", "2",
                  "--sysfs", f"{work}/sys", "--state-dir", f"{work}/state"]
-    with running(subscriber_cmd(broker, workdir), cwd=workdir) as sub:
-        wait_subscribed(sub)
-        with running(publisher, cwd=workdir) as pub:
-            lines = read_lines(sub, 7, timeout=120)
-            assert pub.poll() is None, pub.stderr.read() if pub.stderr else ""
-            rss, emulator = rss_kib(pub.pid)  # the qemu-user process: guest + emulator
-    temperatures = []
-    for line in lines:
-        m = LINE.match(line)
-        assert m, line
-        if m.group(1) == "temperature":  # measured (the chroot's sysfs), not simulated
-            assert not line.endswith("[simulated]"), line
-            data = json.loads(m.group(2))
-            assert data["room"] == "Kitchen", data
-            temperatures.append(data["temperature"])
-    assert temperatures and set(temperatures) == {48.31}, lines
-    return lines, rss, emulator
+    stop = threading.Event()
+
+    def advertise() -> None:  # bleak reports what advertises during its scan
+        rssi = -55
+        while not stop.wait(0.3):
+            bluez.advertise(PHONE, rssi)
+            rssi = -111 - rssi  # -55, -56, -55, ...: a change BlueZ signals
+
+    readings: dict[str, list[Any]] = {}
+
+    def done() -> bool:
+        return bool(readings.get("temperature")) and any(
+            d["state"] == "home" for devices in readings.get("devices", [])
+            for d in devices)
+
+    advertiser = threading.Thread(target=advertise, daemon=True)
+    try:
+        bluez.add_adapter()
+        advertiser.start()
+        with running(subscriber_cmd(broker, workdir), cwd=workdir) as sub:
+            wait_subscribed(sub)
+            with running(publisher, cwd=workdir) as pub:
+                for line in lines_until(sub, done, timeout=180):
+                    m = LINE.match(line)
+                    assert m and not line.endswith("[simulated]"), line
+                    readings.setdefault(m.group(1), []).append(json.loads(m.group(2)))
+                assert pub.poll() is None, pub.stderr.read() if pub.stderr else ""
+                rss, emulator = rss_kib(pub.pid)  # the qemu-user process: guest + emulator
+    finally:
+        stop.set()
+        advertiser.join()
+        bluez.close()
+    return readings, rss, emulator
+
+
+def lines_until(proc: subprocess.Popen[str], done: Callable[[], bool],
+                timeout: float) -> Iterator[str]:
+    """The reading lines a running subscriber prints (availability lines left out), until
+    ``done()`` holds after one of them; fails after ``timeout`` seconds."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=reader, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if is_status(line):
+            continue
+        seen.append(line)
+        yield line
+        if done():
+            return
+    raise AssertionError(f"not there within {timeout} s; the subscriber showed {seen}")
+
+
+def check_readings(readings: dict[str, list[Any]], scanner: str = "bleak") -> None:
+    """Measured readings from the emulated Pi: the SoC's temperature from its sysfs, the
+    phone at home as bleak heard it, the scanner ok; the room from the unit's drop-in."""
+    temperatures = readings["temperature"]
+    assert {t["temperature"] for t in temperatures} == {48.31}, readings
+    assert {t["room"] for t in temperatures} == {"Kitchen"}, readings
+    assert {"state": "ok", "scanner": scanner} in readings["scanner"], readings
+    home = [d for devices in readings["devices"] for d in devices
+            if d["state"] == "home"]
+    assert home, readings
+    assert {(d["name"], d["mac"], d["room"]) for d in home} == {
+        ("Franks Phone", PHONE, "Kitchen")}, readings
+    assert {d["rssi"] for d in home} <= {-55, -56}, readings
 
 
 def report(arch: str, root: Path, seconds: float, info: dict[str, str], rss: int,
@@ -275,8 +346,8 @@ def test_publisher_installed_and_run_on_emulated_arm64(
         capsys: pytest.CaptureFixture[str]) -> None:
     """install-pi.sh installs the publisher offline from PyPI's aarch64 wheels into an
     emulated arm64 Debian bookworm; its Python and cryptography's native code really are
-    aarch64; run there as the unit runs it, its readings reach the subscriber decrypted
-    and verified."""
+    aarch64; run there as the unit runs it (bleak scanning a mocked BlueZ), its readings,
+    the phone at home among them, reach the subscriber decrypted and verified."""
     root, work = emulated
     prepare(root, work, certs, broker, AARCH64)
     r, seconds = install(root, work)
@@ -289,7 +360,8 @@ def test_publisher_installed_and_run_on_emulated_arm64(
     assert info["machine"] == "aarch64", info
     [rust] = (root / info["where"].lstrip("/")).parent.glob("hazmat/bindings/_rust.abi3.so")
     assert elf_machine(rust) == EM_AARCH64  # PyPI's aarch64 wheel, not a pure-Python stand-in
-    _, rss, emulator = run_as_the_unit(root, work, broker, workdir)
+    readings, rss, emulator = run_as_the_unit(root, work, broker, workdir)
+    check_readings(readings)
     report("arm64", root, seconds, info, rss, emulator, capsys)
 
 
@@ -301,7 +373,8 @@ def test_publisher_installed_and_run_on_emulated_armhf(
     """On 32-bit armhf, install-pi.sh first refuses in one line without Debian's cffi and
     dbus-fast, installing nothing; with them (the README's recipe) it installs offline:
     pip keeps Debian's cffi and dbus-fast, picks the newest cryptography and bleak that
-    accept them, and the publisher's readings reach the subscriber decrypted and verified."""
+    accept them; run as the unit runs it (bleak scanning a mocked BlueZ), the publisher's
+    readings, the phone at home among them, reach the subscriber decrypted and verified."""
     root, work = emulated
     prepare(root, work, certs, broker, ARMV7L, *ARMHF_WHEELS)
 
@@ -325,7 +398,8 @@ def test_publisher_installed_and_run_on_emulated_armhf(
     assert info["bleak"].startswith("2."), info  # the newest that accepts dbus-fast 1.84
     [rust] = (root / info["where"].lstrip("/")).parent.glob("hazmat/bindings/_rust.abi3.so")
     assert elf_machine(rust) == EM_ARM
-    _, rss, emulator = run_as_the_unit(root, work, broker, workdir)
+    readings, rss, emulator = run_as_the_unit(root, work, broker, workdir)
+    check_readings(readings)
     report("armhf", root, seconds, info, rss, emulator, capsys)
 
 
