@@ -71,6 +71,7 @@ def chroot(root: Path, *cmd: str, timeout: float = 600,
 
 
 def login_env(extra: dict[str, str]) -> list[str]:
+    """NAME=VALUE words for env -i: a root login's environment, plus ``extra``."""
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "HOME": "/root", "LANG": "C.UTF-8", "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
     return [f"{k}={v}" for k, v in env.items()]
