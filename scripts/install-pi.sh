@@ -7,6 +7,8 @@
 #    (root only: 0700, secrets 0600);
 # 2. the known-devices file -> /etc/homewatch/known-devices (0600; an empty one if none);
 # 3. a virtualenv in /opt/homewatch with `homewatch[ble]` from this checkout (or --source);
+#    on 32-bit ARM, where PyPI has no cffi wheel, it uses Debian's python3-cffi and
+#    python3-dbus-fast (and refuses, saying so, when they are missing);
 # 4. deploy/homewatch-publisher.service -> /etc/systemd/system/ (with --room, a drop-in
 #    homewatch-publisher.service.d/room.conf setting HOMEWATCH_ROOM), then
 #    `systemctl daemon-reload && systemctl enable --now homewatch-publisher`.
@@ -32,7 +34,7 @@ usage: sudo scripts/install-pi.sh [BUNDLE.tar.gz] [options]
 EOF
 }
 
-die() { echo "install-pi: error: $*" >&2; exit "${2:-1}"; }
+die() { echo "install-pi: error: $1" >&2; exit "${2:-1}"; }  # die MESSAGE [CODE]
 
 bundle="" known="" room="" source="$here" wheels="" root="" start=1 force=0
 while [[ $# -gt 0 ]]; do
@@ -57,6 +59,13 @@ done
 [[ -z $wheels || -d $wheels ]] || die "wheel directory not found: $wheels" 2
 if [[ $room == *[\"\\%[:cntrl:]]* ]]; then
     die "--room: use a name without quotes, backslashes or %" 2
+fi
+# 32-bit ARM (Raspberry Pi OS 32-bit): PyPI has no cffi wheel for it (cryptography needs
+# it) nor one of dbus-fast 4 (bleak 3 needs it), so Debian's must be there first.
+arm32=0
+case $(uname -m) in armv6l|armv7l|armv8l) arm32=1 ;; esac
+if [[ $arm32 -eq 1 ]] && ! python3 -c 'import cffi, dbus_fast' 2>/dev/null; then
+    die "32-bit ARM ($(uname -m)): PyPI has no cffi wheel for it; first run: sudo apt install python3-cffi python3-dbus-fast" 2
 fi
 
 etc=$root/etc/homewatch
@@ -98,8 +107,18 @@ fi
 
 # 3. the program
 umask 022
-[[ -x $prefix/bin/python3 ]] || python3 -m venv "$prefix"
+venv_args=()
 pip_args=(--quiet --disable-pip-version-check)
+if [[ $arm32 -eq 1 ]]; then
+    # Debian's cffi and dbus-fast are used (the venv sees them), never compiled by pip
+    venv_args=(--system-site-packages)
+    pip_args+=(--only-binary=cffi,dbus-fast)
+    if [[ -f $prefix/pyvenv.cfg ]] \
+            && ! grep -q '^include-system-site-packages = true' "$prefix/pyvenv.cfg"; then
+        rm -rf "$prefix"  # made without Debian's packages: made again
+    fi
+fi
+[[ -x $prefix/bin/python3 ]] || python3 -m venv "${venv_args[@]}" "$prefix"
 [[ -z $wheels ]] || pip_args+=(--no-index --find-links "$wheels")
 spec=$source
 [[ -d $source ]] && spec="$source[ble]"
