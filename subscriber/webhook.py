@@ -17,6 +17,7 @@ raw text). ``token`` is sent as ``Authorization: Bearer`` (an ntfy access token)
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import ssl
@@ -150,6 +151,8 @@ class Webhook:
                 self._busy = True
             try:
                 self._deliver(item)
+            except Exception:  # never let one alert end every later delivery
+                log.exception("delivering an alert failed unexpectedly; going on")
             finally:
                 with self._cond:
                     self._busy = False
@@ -199,7 +202,9 @@ class Webhook:
         except urllib.error.URLError as exc:
             reason = exc.reason
             return type(reason).__name__ if not isinstance(reason, str) else reason[:100]
-        except (OSError, ValueError) as exc:  # timeouts, resets, a bad answer
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # timeouts, resets, an answer that is not HTTP (a wrong port, a captive
+            # portal, a proxy cutting the body: BadStatusLine, IncompleteRead, ...)
             return type(exc).__name__
         return None if 200 <= status < 300 else f"HTTP {status}"
 

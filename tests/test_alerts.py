@@ -5,6 +5,7 @@ the webhook's delivery thread against a real HTTP server on loopback."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -412,3 +413,38 @@ def until_true(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def test_an_answer_that_is_not_http_is_a_failed_try_and_deliveries_go_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A webhook port that answers something other than HTTP (a wrong port, a captive
+    portal) is one failed, logged try; the delivery thread lives on, and the next alert
+    is delivered once the port answers HTTP."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        for answer in (b"SSH-2.0-OpenSSH_9.2\r\n",
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"):
+            conn, _ = server.accept()
+            with conn:
+                received.append(conn.recv(65536))
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = parse_alerts(f'[webhook]\nurl = "http://127.0.0.1:{port}/hook"\nretry_for = 0\n',
+                       Path("a"))
+    assert cfg.webhook is not None
+    results: list[tuple[int | None, str]] = []
+    hook = Webhook(cfg.webhook, on_result=lambda ref, state, at: results.append((ref, state)))
+    try:
+        hook.send(an_alert("garbled"), 1)
+        until_true(lambda: results == [(1, "failed")])
+        assert "failed (BadStatusLine); given up" in caplog.text
+        hook.send(an_alert("next"), 2)
+        until_true(lambda: results == [(1, "failed"), (2, "delivered")])
+        assert b'"rule": "next"' in received[1]
+    finally:
+        hook.close(1)
+        server.close()
