@@ -210,6 +210,21 @@ def test_temperature_above_for_a_duration_fires_once_by_the_readings_times() -> 
     assert STALE < 3600
 
 
+def test_a_condition_lasting_across_a_restart_is_alerted_once_more_after_its_duration(
+        ) -> None:
+    """The rules' state is in memory: after a restart (a new engine), a Pi still offline
+    (its retained status) is alerted once more when the duration has passed again."""
+    rules = '[[rule]]\nwhen = "offline"\nfor = 300\n'
+    before = engine(rules)
+    before.status("pi-porch", False, 1000)
+    assert len(before.tick(1300)) == 1
+    after = engine(rules)  # the subscriber restarted at 5000; the Pi is still offline
+    assert after.status("pi-porch", False, 5000) == [] and after.tick(5299) == []
+    (again,) = after.tick(5300)
+    assert again.message == "pi-porch offline for 5 min"
+    assert after.tick(9000) == []
+
+
 def test_offline_scanner_and_rejected_bursts_fire_once_and_rearm() -> None:
     """A Pi offline fires after its duration on the timer, once; online re-arms. A
     scanner error or stall fires once (a new detail, or stalled then error, does not fire
