@@ -430,6 +430,19 @@ def until_true(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+def read_request(conn: socket.socket) -> bytes:
+    """One whole HTTP request (headers and its Content-Length of body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_an_answer_that_is_not_http_is_a_failed_try_and_deliveries_go_on(
         caplog: pytest.LogCaptureFixture) -> None:
     """A webhook port that answers something other than HTTP (a wrong port, a captive
@@ -444,7 +457,7 @@ def test_an_answer_that_is_not_http_is_a_failed_try_and_deliveries_go_on(
                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"):
             conn, _ = server.accept()
             with conn:
-                received.append(conn.recv(65536))
+                received.append(read_request(conn))
                 conn.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()
