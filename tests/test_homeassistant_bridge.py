@@ -36,7 +36,7 @@ from tests.test_end_to_end import wait_subscribed
 
 pytestmark = pytest.mark.broker
 
-PIS = ("demo-pi", "pi-hall", "pi-porch", "pi-gone", "pi-back")
+PIS = ("demo-pi", "pi-hall", "pi-porch", "pi-gone", "pi-back", "pi-attic")
 DISCOVERY = "homeassistant"
 BRIDGE = "homewatch"
 
@@ -327,6 +327,34 @@ def test_a_tracker_turns_home_and_not_home_and_odd_names_get_safe_ids(
     assert latest[state] == b"not_home"  # a name a Pi stops reporting is not removed
     assert all(c in "abcdefghijklmnopqrstuvwxyz0123456789_/" for c in
                "".join(t for t in latest if t.startswith(BRIDGE)))
+
+
+def test_a_person_home_when_the_bridge_stopped_is_unknown_if_their_pi_went_offline_meanwhile(
+        ha_broker: Broker, ha_certs: Path, ha_workdir: Path) -> None:
+    """Anna home (retained) when the subscriber stops; her only Pi loses power meanwhile
+    (its status offline); at the next start the bridge does not leave her `home` from
+    last run: she is `unknown` until a Pi reports her again, then `home`."""
+    keys = keys_of(ha_certs, ha_workdir, "pi-attic")
+    state = f"{BRIDGE}/person/anna_attic/state"
+    watch = Watcher(ha_broker, ha_certs, (f"{BRIDGE}/#",))
+    pi = Pi(ha_broker, ha_certs, "pi-attic")
+    try:
+        pi.status("online")
+        with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
+            wait_subscribed(sub)
+            bridge_ready(watch, "pi-attic")
+            pi.devices(("Anna Attic", "home", -60))
+            watch.wait("home", lambda got: got.get(state) == b"home")
+        pi.status("offline")  # while the subscriber is away
+        with running(bridge_cmd(ha_broker, ha_workdir / "state", keys), cwd=ha_workdir) as sub:
+            wait_subscribed(sub)
+            watch.wait("unknown", lambda got: got.get(state) == b"unknown")
+            pi.status("online")
+            pi.devices(("Anna Attic", "home", -60))
+            watch.wait("home again", lambda got: got.get(state) == b"home")
+    finally:
+        pi.close()
+        watch.close()
 
 
 def test_a_stalled_scanner_is_stalled_in_home_assistant_with_what_the_pi_did(

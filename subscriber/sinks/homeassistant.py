@@ -131,6 +131,12 @@ class HomeAssistantSink:
         self._person_state: dict[str, Person] = {}
         self._dirty = False
         self._load()
+        # People published before this run: their retained state in Home Assistant is
+        # last run's until the fusion reports them again. If every Pi that reported them
+        # turns out offline (a retained status, a last will sent while we were away), that
+        # state is stale: they become unknown (see _settle_unconfirmed).
+        self._unconfirmed: set[str] = set(self.people)
+        self._online: dict[str, bool] = {}  # Pi -> its status, as received in this run
 
     # -- the sink interface ----------------------------------------------------------
     def reading(self, reading: Reading) -> None:
@@ -163,6 +169,7 @@ class HomeAssistantSink:
         self._check_keys()
         pi = self._pi(device, None)
         self._state(pi, f"pi/{pi.id}/status", status)
+        self._online[device] = status == "online"
 
     def rejected(self, topic: str, device: str | None, reason: str) -> None:
         """Rejections are the subscriber's log and the history's, not Home Assistant's."""
@@ -173,6 +180,7 @@ class HomeAssistantSink:
         if owner is None or not owner.pis:
             return  # only Pis that were removed since reported them
         self._person_state[person.name] = person
+        self._unconfirmed.discard(person.name)
         self._person_configs(person.name, owner, person.simulated)
         # "unknown": only Pis that no longer vouch (offline) had them home. Not home, not
         # away: the tracker is reset to Home Assistant's unknown.
@@ -187,7 +195,24 @@ class HomeAssistantSink:
 
     def flush(self) -> None:
         self._check_keys()
+        self._settle_unconfirmed()
         self._save()
+
+    def _settle_unconfirmed(self) -> None:
+        """A person published before this run whose Pis all said offline (after the
+        batch: retained statuses come together) and who was not reported since: their
+        last published state may be a stale ``home``; nobody vouches for it now."""
+        for name in sorted(self._unconfirmed):
+            owner = self.people.get(name)
+            if owner is None or not owner.pis:
+                self._unconfirmed.discard(name)
+                continue
+            if not all(self._online.get(pi) is False for pi in owner.pis):
+                continue  # a Pi still online (or not heard of yet) will report them
+            self._unconfirmed.discard(name)
+            self._state(owner, f"person/{owner.id}/state", TRACKER_UNKNOWN)
+            if self._many_pis():
+                self._state(owner, f"person/{owner.id}/room", TRACKER_UNKNOWN)
 
     def close(self) -> None:
         self._save()
