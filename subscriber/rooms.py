@@ -14,7 +14,9 @@ Pis' reports into one :class:`Person` per name, the way the history's reader doe
   home: nobody sees them, but nobody saw them leave either (the dashboard's "not seen").
 - Their room is the room of the Pi that hears them best, judged on each Pi's signal
   smoothed over its reports (an exponential moving average of ``rssi``, weight
-  ``smoothing`` for the newest). The room changes only when another room's smoothed
+  ``smoothing`` for the newest). A home entry without ``rssi`` (the Pi did not hear
+  them in its last scan window) is no current signal from that Pi: the weakest of all,
+  though the Pi still vouches for home. The room changes only when another room's smoothed
   signal is better by at least ``hysteresis`` dB, and has stayed so for at least
   ``dwell`` seconds of the reports' own times (``taken_at``): two rooms heard at similar
   strength never make the room flap, and one odd reading never moves anybody. When the
@@ -170,8 +172,9 @@ class Rooms:
             if rssi is not None:
                 prev = old.signal if old is not None and old.home else None
                 signal = rssi if prev is None else prev + self.smoothing * (rssi - prev)
-            elif home and old is not None and old.home:
-                signal = old.signal  # no signal this time: keep what it heard last
+            # No rssi: this Pi has them home but did not hear them this time (it is not
+            # where they are now): no current signal, the weakest (it still vouches for
+            # home); a later signal starts the average afresh.
             self._seen[name][pi] = _Sighting(home, signal, at, simulated)
             known.people.add(name)
             names.append(name)
