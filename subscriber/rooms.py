@@ -19,7 +19,11 @@ Pis' reports into one :class:`Person` per name, the way the history's reader doe
   though the Pi still vouches for home. The room changes only when another room's smoothed
   signal is better by at least ``hysteresis`` dB, and has stayed so for at least
   ``dwell`` seconds of the reports' own times (``taken_at``): two rooms heard at similar
-  strength never make the room flap, and one odd reading never moves anybody. When the
+  strength never make the room flap, and one odd reading never moves anybody. The dwell
+  is timed on one clock, the candidate Pi's (the best Pi of the room that leads): it
+  starts at that Pi's first report since its room led and is complete at a later report
+  of the same Pi at least ``dwell`` seconds newer (Pis' clocks may differ by minutes; a
+  Pi whose clock is ahead must not cut the dwell short). When the
   room's Pi stops having them home (says away, goes offline), the best room left is
   taken at once.
 
@@ -78,7 +82,8 @@ class _Choice:
     room: str | None = None
     pi: str | None = None
     candidate: str | None = None
-    candidate_since: float = 0.0
+    candidate_pi: str | None = None  # the candidate room's Pi whose clock times the dwell
+    candidate_since: float | None = None  # that Pi's first report time as the candidate
 
 
 @dataclass
@@ -184,7 +189,7 @@ class Rooms:
             if old.home and at >= old.at:
                 self._seen[name][pi] = _Sighting(False, None, at, simulated)
                 names.append(name)
-        return self._refuse(names, at)
+        return self._refuse(names, at, by=pi)
 
     def status(self, pi: str, online: bool, at: float) -> list[Person]:
         """Pi ``pi``'s availability (``online``/``offline``; a removed Pi is offline for
@@ -199,8 +204,8 @@ class Rooms:
     def _vouches(self, pi: str, sighting: _Sighting) -> bool:
         return self._pis[pi].online is not False and sighting.fresh
 
-    def _refuse(self, names: Iterable[str], at: float, *,
-                moving: bool = True) -> list[Person]:
+    def _refuse(self, names: Iterable[str], at: float, *, moving: bool = True,
+                by: str | None = None) -> list[Person]:
         """Fuse ``names`` again; ``moving``: a report, whose time counts for the dwell (a
         status only takes away a room that is no longer theirs)."""
         changes: list[Person] = []
@@ -208,7 +213,7 @@ class Rooms:
             # A status comes at the subscriber's time; a Pi's clock may be ahead of it:
             # what a status changes is never dated before what the person's reports said.
             when = at if moving else max(at, *(s.at for s in self._seen[name].values()))
-            person = self._fuse(name, when, moving)
+            person = self._fuse(name, when, moving, by)
             old = self._people.get(name)
             if old is None or (old.state, old.room, old.pi) != (person.state, person.room,
                                                                 person.pi):
@@ -216,7 +221,7 @@ class Rooms:
                 changes.append(person)
         return changes
 
-    def _fuse(self, name: str, at: float, moving: bool) -> Person:
+    def _fuse(self, name: str, at: float, moving: bool, by: str | None = None) -> Person:
         by_pi = self._seen[name]
         home = {pi: s for pi, s in by_pi.items() if s.home and self._vouches(pi, s)}
         choice = self._choice.setdefault(name, _Choice())
@@ -241,9 +246,18 @@ class Rooms:
             pass
         elif leader != choice.room and _level(score[leader]) >= (
                 _level(score[choice.room]) + self.hysteresis):
-            if choice.candidate != leader:
-                choice.candidate, choice.candidate_since = leader, at
-            if at - choice.candidate_since >= self.dwell:
+            # The dwell is timed on one clock: the candidate Pi's own report times (Pis'
+            # clocks may disagree by minutes): it starts at that Pi's first report since
+            # its room led and is complete at a later report of that Pi.
+            timer = choice.candidate_pi
+            if choice.candidate != leader or timer is None or timer not in home:
+                timer = best_pi[leader]
+                choice.candidate, choice.candidate_pi = leader, timer
+                choice.candidate_since = at if by == timer else None
+            elif by == timer and choice.candidate_since is None:
+                choice.candidate_since = at
+            since = choice.candidate_since
+            if by == timer and since is not None and at - since >= self.dwell:
                 choice.room, choice.candidate = leader, None
         else:
             choice.candidate = None

@@ -102,6 +102,26 @@ def test_a_missed_scan_window_does_not_make_the_room_flap() -> None:
     assert rooms_seen == {"Kitchen"}
 
 
+def test_a_pi_whose_clock_is_ahead_does_not_cut_the_dwell_short() -> None:
+    """pi-bed's clock is 60 s ahead of pi-kitchen's; the kitchen's weaker report makes the
+    Bedroom lead: the dwell is timed on pi-bed's own report times, so pi-bed's next report
+    (60 s "later" than the kitchen's) moves nobody; she moves once pi-bed has reported her
+    louder for the dwell on its own clock."""
+    rooms = Rooms(hysteresis=5, dwell=30)
+    rooms.set_room("pi-kitchen", "Kitchen")
+    rooms.set_room("pi-bed", "Bedroom")
+    rooms.report("pi-kitchen", T0, [seen("Anna", -45)])
+    rooms.report("pi-bed", T0 + 60, [seen("Anna", -50)])
+    assert room(rooms) == "Kitchen"
+    moved_after = None
+    for i in range(1, 10):  # every 10 s; pi-bed's taken_at is 60 s ahead
+        rooms.report("pi-kitchen", T0 + 10 * i, [seen("Anna", -80)])
+        rooms.report("pi-bed", T0 + 60 + 10 * i, [seen("Anna", -50)])
+        if moved_after is None and room(rooms) == "Bedroom":
+            moved_after = 10 * i
+    assert moved_after == 40  # first louder at 10 s, plus the 30 s dwell
+
+
 def test_a_switch_waits_for_the_dwell() -> None:
     """A room that is clearly better becomes theirs only once it has been better for the
     dwell time of the readings' own times, not at the first report."""
