@@ -339,6 +339,16 @@ class BleakScan:
         """After a stall that restarting discovery did not end: Powered off, then on."""
         await self._recovery(adapter.power_cycle)
 
+    async def power_on(self) -> str | None:
+        """At start: power the adapter on if it is off (left off by a power cycle cut
+        short); the adapter's path when it was off, else None."""
+        try:
+            return await adapter.power_on(self.adapter)
+        except Exception as exc:
+            if type(exc).__module__.startswith("dbus_fast"):
+                raise ScannerError(explain(exc, self.adapter)) from None
+            raise
+
     async def _recovery(self, step: Callable[[str | None], Awaitable[None]]) -> None:
         try:
             await step(self.adapter)
