@@ -8,7 +8,12 @@ powered, but no advertisement arrives. Two steps, the gentler first:
   "discovering" flag, with which it answers StartDiscovery without scanning (BlueZ issue
   807, fixed in 5.88; bleak does the same when it meets it).
 - :func:`power_cycle`: ``Powered`` false, then true (``bluetoothctl power off/on``): the
-  controller is reset.
+  controller is reset. Once false was asked for, true is asked for too, also when the
+  cycle times out or is cancelled: a cycle cut short must not leave the adapter off.
+
+And at start, :func:`power_on`: an adapter left off (by a cycle cut short by a power
+loss) is powered on; a scanner that fails is never counted as stalled, so nothing else
+would. With no adapter named and none powered, the first adapter is the one.
 
 Each opens its own system-bus connection with dbus-fast (which bleak brings on Linux) and
 closes it. Failures are :class:`ScannerError` with one line saying why.
@@ -65,7 +70,8 @@ class _Bus:
 
 
 async def _adapter_path(bus: _Bus, name: str | None) -> str:
-    """The adapter bleak scans with: the one named, else the first powered one."""
+    """The adapter bleak scans with: the one named, else the first powered one, else
+    (none powered: a power cycle cut short leaves it off) the first one."""
     objects = (await bus.call("/", "org.freedesktop.DBus.ObjectManager",
                               "GetManagedObjects"))[0]
     adapters = sorted(str(p) for p, ifaces in objects.items() if ADAPTER in ifaces)
@@ -78,7 +84,9 @@ async def _adapter_path(bus: _Bus, name: str | None) -> str:
         powered = objects[path][ADAPTER].get("Powered")
         if powered is not None and powered.value:
             return path
-    raise ScannerError("no powered Bluetooth adapter")
+    if not adapters:
+        raise ScannerError("no Bluetooth adapter")
+    return adapters[0]
 
 
 async def restart_discovery(name: str | None) -> None:
@@ -92,25 +100,58 @@ async def restart_discovery(name: str | None) -> None:
         bus.close()
 
 
-async def power_cycle(name: str | None) -> None:
-    """Power the adapter off, wait until it says so, then on again and wait likewise."""
-    from dbus_fast import Variant
-
+async def power_on(name: str | None) -> str | None:
+    """At start: power the adapter on if it is off (a power cycle cut short by a power
+    loss leaves it off, and a scanner that fails is never counted as stalled). The
+    adapter's path when it was off, else None."""
     bus = await _Bus.connect()
     try:
         path = await _adapter_path(bus, name)
-        for on in (False, True):
-            await bus.call(path, PROPERTIES, "Set", "ssv", [ADAPTER, "Powered",
-                                                            Variant("b", on)])
-            deadline = time.monotonic() + POWER_TIMEOUT
-            while True:
-                powered = (await bus.call(path, PROPERTIES, "Get", "ss",
-                                          [ADAPTER, "Powered"]))[0].value
-                if bool(powered) == on:
-                    break
-                if time.monotonic() > deadline:
-                    raise ScannerError(f"{path} did not power {'on' if on else 'off'} "
-                                       f"within {POWER_TIMEOUT:.0f} s")
-                await asyncio.sleep(0.1)
+        if await _powered(bus, path):
+            return None
+        await _power(bus, path, True)
+        return path
     finally:
         bus.close()
+
+
+async def power_cycle(name: str | None) -> None:
+    """Power the adapter off, wait until it says so, then on again and wait likewise.
+    Once off was asked for, on is always asked for too: also when the wait for off timed
+    out, and when the cycle is cancelled (a stop): then on is asked for and the
+    cancellation goes on, without waiting for the adapter."""
+    bus = await _Bus.connect()
+    try:
+        path = await _adapter_path(bus, name)
+        try:
+            await _power(bus, path, False)
+        except asyncio.CancelledError:
+            await _set_powered(bus, path, True)
+            raise
+        except ScannerError:
+            await _power(bus, path, True)
+            raise
+        await _power(bus, path, True)
+    finally:
+        bus.close()
+
+
+async def _powered(bus: _Bus, path: str) -> bool:
+    return bool((await bus.call(path, PROPERTIES, "Get", "ss", [ADAPTER, "Powered"]))[0].value)
+
+
+async def _set_powered(bus: _Bus, path: str, on: bool) -> None:
+    from dbus_fast import Variant
+
+    await bus.call(path, PROPERTIES, "Set", "ssv", [ADAPTER, "Powered", Variant("b", on)])
+
+
+async def _power(bus: _Bus, path: str, on: bool) -> None:
+    """Set Powered to ``on`` and wait until the adapter says so."""
+    await _set_powered(bus, path, on)
+    deadline = time.monotonic() + POWER_TIMEOUT
+    while await _powered(bus, path) != on:
+        if time.monotonic() > deadline:
+            raise ScannerError(f"{path} did not power {'on' if on else 'off'} "
+                               f"within {POWER_TIMEOUT:.0f} s")
+        await asyncio.sleep(0.1)

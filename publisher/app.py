@@ -262,6 +262,8 @@ async def run(pub: Publisher, *, temperature: TemperatureSource | None,
         log.warning("%s readings are simulated, not measured; they are marked %r",
                     " and ".join(k for k, sim in (("temperature", sim_t), ("presence", sim_s))
                                  if sim), label)
+    if isinstance(scanner, Recoverable) and not await _power_on_at_start(scanner, stop):
+        return pub.stats
     health = _ScannerHealth()
     if stall_cycles and isinstance(scanner, Recoverable):
         health.watch = StallWatch(stall_cycles)
@@ -384,6 +386,28 @@ async def _recover(pub: Publisher, scanner: Scanner, health: _ScannerHealth, ste
     pub.record("scanner", {"state": "stalled", "scanner": scanner.name, "action": action,
                            "detail": detail}, simulated=sim)
     health.state, health.detail = "stalled", detail
+
+
+async def _power_on_at_start(scanner: Recoverable, stop: asyncio.Event) -> bool:
+    """Power the scanner's adapter on if it is off: a power cycle cut short (a power loss
+    between off and on) leaves it off, and a scanner that fails is never counted as
+    stalled, so nothing else would. Failures are left to the first scan to report.
+    False when ``stop`` came first."""
+    result: list[str | None] = []
+
+    async def step() -> None:
+        result.append(await scanner.power_on())
+
+    try:
+        if not await _unless_stopped(step(), stop):
+            return False
+    except ScannerError as exc:
+        log.debug("the Bluetooth adapter's power not checked at start: %s", exc)
+        return True
+    if result and result[0] is not None:
+        log.warning("the Bluetooth adapter %s was powered off (a power cycle cut short?): "
+                    "powered it on", result[0])
+    return True
 
 
 async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

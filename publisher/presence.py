@@ -148,7 +148,8 @@ class _Seen:
     last_seen: float  # wall clock
     last_mono: float
     state: str = "home"
-    rssi: int | None = None  # the latest signal heard (dBm), also below the threshold
+    rssi: int | None = None  # the signal heard in this scan window (dBm), also below the
+    # threshold; None once a report has gone out without it being heard again
 
 
 class PresenceTracker:
@@ -222,9 +223,12 @@ class PresenceTracker:
 
     def report(self, room: str | None = None) -> list[dict[str, Any]]:
         """The tutorial's ``devices`` shape plus state and last-seen time, by name; with
-        ``room``, the room this Pi stands in, and for a device that is home the signal
-        this Pi heard from it lately (``rssi``, dBm, when the scanner gives one): the
-        subscriber puts each person in the room of the Pi that hears them best."""
+        ``room``, the room this Pi stands in, and for a device that is home and heard in
+        this scan window (since the last report) its signal (``rssi``, dBm, when the
+        scanner gives one): the subscriber puts each person in the room of the Pi that
+        hears them best. A device still home but not heard this window has no ``rssi``
+        (a signal heard minutes ago says nothing of where they are now). A report closes
+        the scan window: the signals are forgotten once reported."""
         out: list[dict[str, Any]] = []
         for s in sorted(self._devices.values(), key=lambda s: s.name):
             entry: dict[str, Any] = {"name": s.name, "mac": s.address, "state": s.state,
@@ -233,6 +237,7 @@ class PresenceTracker:
                 entry["room"] = room
             if s.state == "home" and s.rssi is not None:
                 entry["rssi"] = s.rssi
+            s.rssi = None  # the window is over: only a new sighting gives a signal again
             out.append(entry)
         return out
 
@@ -333,6 +338,16 @@ class BleakScan:
     async def power_cycle(self) -> None:
         """After a stall that restarting discovery did not end: Powered off, then on."""
         await self._recovery(adapter.power_cycle)
+
+    async def power_on(self) -> str | None:
+        """At start: power the adapter on if it is off (left off by a power cycle cut
+        short); the adapter's path when it was off, else None."""
+        try:
+            return await adapter.power_on(self.adapter)
+        except Exception as exc:
+            if type(exc).__module__.startswith("dbus_fast"):
+                raise ScannerError(explain(exc, self.adapter)) from None
+            raise
 
     async def _recovery(self, step: Callable[[str | None], Awaitable[None]]) -> None:
         try:

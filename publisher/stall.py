@@ -41,6 +41,8 @@ class Recoverable(Protocol):
 
     async def power_cycle(self) -> None: ...
 
+    async def power_on(self) -> str | None: ...
+
 
 class StallWatch:
     """Silent scan windows in a row -> the recovery step due now."""

@@ -14,10 +14,16 @@ Pis' reports into one :class:`Person` per name, the way the history's reader doe
   home: nobody sees them, but nobody saw them leave either (the dashboard's "not seen").
 - Their room is the room of the Pi that hears them best, judged on each Pi's signal
   smoothed over its reports (an exponential moving average of ``rssi``, weight
-  ``smoothing`` for the newest). The room changes only when another room's smoothed
+  ``smoothing`` for the newest). A home entry without ``rssi`` (the Pi did not hear
+  them in its last scan window) is no current signal from that Pi: the weakest of all,
+  though the Pi still vouches for home. The room changes only when another room's smoothed
   signal is better by at least ``hysteresis`` dB, and has stayed so for at least
   ``dwell`` seconds of the reports' own times (``taken_at``): two rooms heard at similar
-  strength never make the room flap, and one odd reading never moves anybody. When the
+  strength never make the room flap, and one odd reading never moves anybody. The dwell
+  is timed on one clock, the candidate Pi's (the best Pi of the room that leads): it
+  starts at that Pi's first report since its room led and is complete at a later report
+  of the same Pi at least ``dwell`` seconds newer (Pis' clocks may differ by minutes; a
+  Pi whose clock is ahead must not cut the dwell short). When the
   room's Pi stops having them home (says away, goes offline), the best room left is
   taken at once.
 
@@ -76,7 +82,8 @@ class _Choice:
     room: str | None = None
     pi: str | None = None
     candidate: str | None = None
-    candidate_since: float = 0.0
+    candidate_pi: str | None = None  # the candidate room's Pi whose clock times the dwell
+    candidate_since: float | None = None  # that Pi's first report time as the candidate
 
 
 @dataclass
@@ -170,8 +177,9 @@ class Rooms:
             if rssi is not None:
                 prev = old.signal if old is not None and old.home else None
                 signal = rssi if prev is None else prev + self.smoothing * (rssi - prev)
-            elif home and old is not None and old.home:
-                signal = old.signal  # no signal this time: keep what it heard last
+            # No rssi: this Pi has them home but did not hear them this time (it is not
+            # where they are now): no current signal, the weakest (it still vouches for
+            # home); a later signal starts the average afresh.
             self._seen[name][pi] = _Sighting(home, signal, at, simulated)
             known.people.add(name)
             names.append(name)
@@ -181,7 +189,7 @@ class Rooms:
             if old.home and at >= old.at:
                 self._seen[name][pi] = _Sighting(False, None, at, simulated)
                 names.append(name)
-        return self._refuse(names, at)
+        return self._refuse(names, at, by=pi)
 
     def status(self, pi: str, online: bool, at: float) -> list[Person]:
         """Pi ``pi``'s availability (``online``/``offline``; a removed Pi is offline for
@@ -196,8 +204,8 @@ class Rooms:
     def _vouches(self, pi: str, sighting: _Sighting) -> bool:
         return self._pis[pi].online is not False and sighting.fresh
 
-    def _refuse(self, names: Iterable[str], at: float, *,
-                moving: bool = True) -> list[Person]:
+    def _refuse(self, names: Iterable[str], at: float, *, moving: bool = True,
+                by: str | None = None) -> list[Person]:
         """Fuse ``names`` again; ``moving``: a report, whose time counts for the dwell (a
         status only takes away a room that is no longer theirs)."""
         changes: list[Person] = []
@@ -205,7 +213,7 @@ class Rooms:
             # A status comes at the subscriber's time; a Pi's clock may be ahead of it:
             # what a status changes is never dated before what the person's reports said.
             when = at if moving else max(at, *(s.at for s in self._seen[name].values()))
-            person = self._fuse(name, when, moving)
+            person = self._fuse(name, when, moving, by)
             old = self._people.get(name)
             if old is None or (old.state, old.room, old.pi) != (person.state, person.room,
                                                                 person.pi):
@@ -213,7 +221,7 @@ class Rooms:
                 changes.append(person)
         return changes
 
-    def _fuse(self, name: str, at: float, moving: bool) -> Person:
+    def _fuse(self, name: str, at: float, moving: bool, by: str | None = None) -> Person:
         by_pi = self._seen[name]
         home = {pi: s for pi, s in by_pi.items() if s.home and self._vouches(pi, s)}
         choice = self._choice.setdefault(name, _Choice())
@@ -238,9 +246,18 @@ class Rooms:
             pass
         elif leader != choice.room and _level(score[leader]) >= (
                 _level(score[choice.room]) + self.hysteresis):
-            if choice.candidate != leader:
-                choice.candidate, choice.candidate_since = leader, at
-            if at - choice.candidate_since >= self.dwell:
+            # The dwell is timed on one clock: the candidate Pi's own report times (Pis'
+            # clocks may disagree by minutes): it starts at that Pi's first report since
+            # its room led and is complete at a later report of that Pi.
+            timer = choice.candidate_pi
+            if choice.candidate != leader or timer is None or timer not in home:
+                timer = best_pi[leader]
+                choice.candidate, choice.candidate_pi = leader, timer
+                choice.candidate_since = at if by == timer else None
+            elif by == timer and choice.candidate_since is None:
+                choice.candidate_since = at
+            since = choice.candidate_since
+            if by == timer and since is not None and at - since >= self.dwell:
                 choice.room, choice.candidate = leader, None
         else:
             choice.candidate = None

@@ -71,8 +71,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("room-hysteresis", "a person moves to another room only when a Pi there hears "
            "them better by at least this much (smoothed signal)", default=DEFAULT_HYSTERESIS,
            convert=config.nonneg_float, metavar="DB"),
-    Option("room-dwell", "... and has heard them better for at least this long (the "
-           "readings' own times)", default=DEFAULT_DWELL, convert=config.nonneg_float,
+    Option("room-dwell", "... and has heard them better for at least this long (by "
+           "that Pi's own reading times)", default=DEFAULT_DWELL, convert=config.nonneg_float,
            metavar="SECONDS"),
     Option("alerts", "the alerts file: rules and webhook (default: alerts.toml in the "
            "identity directory, used when it exists; see the README's Alerts)",

@@ -25,6 +25,7 @@ import pytest
 
 from homewatch.errors import ScannerError
 from homewatch.history.sqlite import SqliteHistoryReader
+from publisher import adapter as bluez_adapter
 from publisher.presence import BleakScan, Known, PresenceTracker, ah, resolves
 from tests.bluez import MockBlueZ
 from tests.helpers import Broker, clean_env, python_m, running
@@ -530,6 +531,60 @@ def test_with_passive_scanning_the_first_step_is_the_power_cycle(bluez: MockBlue
     in_one_loop(steps)
     assert bluez.calls("StartDiscovery") == []
     assert bluez.powered_sets() == [False, True]
+
+
+def test_a_cancelled_power_cycle_still_powers_the_adapter_back_on(
+        bluez: MockBlueZ, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop (cancellation) right after Powered was set false: the cycle still sets it
+    true before the cancellation goes on, so the adapter is not left off."""
+    real_call = bluez_adapter._Bus.call
+    off_sent = asyncio.Event()
+
+    async def call(bus: Any, path: str, interface: str, member: str, signature: str = "",
+                   body: list[Any] | None = None) -> list[Any]:
+        reply = await real_call(bus, path, interface, member, signature, body)
+        if member == "Set" and body is not None and body[2].value is False:
+            off_sent.set()  # the test cancels before the cycle's next reply is read
+        return reply
+
+    monkeypatch.setattr(bluez_adapter._Bus, "call", call)
+
+    async def steps() -> None:
+        cycle = asyncio.ensure_future(BleakScan(0.8).power_cycle())
+        await off_sent.wait()
+        cycle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cycle
+
+    in_one_loop(steps)
+    assert bluez.powered_sets() == [False, True]
+    asyncio.run(BleakScan(0.5).scan())  # on: a scan works (off, it is a ScannerError)
+
+
+def test_an_adapter_left_off_is_powered_on_at_start(
+        bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
+    """The adapter was left off (a power cycle cut short by a power loss): with no
+    --adapter and none powered, the publisher takes the first adapter, powers it on at
+    start and says so in its log; the phone is home, no stall needed."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    bluez.power(False)
+    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state")
+    addresses, flowing = [PHONE], threading.Event()
+    flowing.set()
+    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)
+        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
+                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
+        readings = Readings(sub)
+        readings.wait_for("scanner ok", kind("scanner", state="ok"))
+        readings.wait_for("Franks Phone home", phone_home)
+        assert bluez.powered_sets() == [True]
+        pub.terminate()
+        _, err = pub.communicate(timeout=30)
+    assert ("the Bluetooth adapter /org/bluez/hci0 was powered off (a power cycle cut "
+            "short?): powered it on") in err
 
 
 def test_a_passive_scanner_that_stalls_is_power_cycled_at_once(

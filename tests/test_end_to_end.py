@@ -119,7 +119,9 @@ def test_subscriber_prints_decrypted_readings_in_the_tutorial_format(
             for d in data:  # the tutorial's shape, plus state, last-seen time, room, signal
                 assert (d["name"], d["mac"], d["state"], d["room"]) == (
                     "Franks Phone", "88:29:9C:00:61:A9", "home", "pi-kitchen")
-                assert isinstance(d["rssi"], int) and -90 <= d["rssi"] <= -40
+                # the signal only when heard in this window (the first scan hears everyone)
+                if "rssi" in d or kinds.count("devices") == 1:
+                    assert isinstance(d["rssi"], int) and -90 <= d["rssi"] <= -40
                 assert d["last_seen"] > 1.7e9
     assert kinds.count("temperature") == 3 and kinds.count("devices") == 3
     assert kinds.count("scanner") == 1

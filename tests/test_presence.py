@@ -108,6 +108,23 @@ def test_report_carries_the_room_and_the_latest_signal_of_those_home() -> None:
     assert "room" not in tracker.report()[0]  # the tutorial's shape when no room is given
 
 
+def test_a_signal_is_reported_only_for_the_scan_window_it_was_heard_in() -> None:
+    """A device still home but not heard since the last report carries no rssi (Anna
+    walked to another room: the old Pi must not vouch for a signal it no longer hears);
+    heard again, it carries the new signal."""
+    now = [0.0]
+    tracker = presence.PresenceTracker(presence.Known(macs={"AA:BB:CC:DD:EE:01": "Anna"}),
+                                       away_after=180, clock=lambda: now[0])
+    tracker.observe("AA:BB:CC:DD:EE:01", -50)
+    assert tracker.report("Kitchen")[0]["rssi"] == -50
+    for now[0] in (10.0, 20.0, 170.0):  # not heard: home until the away timeout, no signal
+        tracker.tick()
+        (anna,) = tracker.report("Kitchen")
+        assert anna["state"] == "home" and "rssi" not in anna
+    tracker.observe("AA:BB:CC:DD:EE:01", -58)
+    assert tracker.report("Kitchen")[0]["rssi"] == -58
+
+
 def test_simulated_signals_are_steady_per_device_and_pi() -> None:
     """The simulated scanner hears each known device at its own strength, within 2 dB
     from scan to scan, and a second Pi at another (a demo's rooms do not jump about)."""

@@ -65,6 +65,63 @@ def test_the_room_follows_the_stronger_signal_after_the_dwell() -> None:
     assert [(p.room, p.pi) for p in changes] == [("Garage", "pi-garage")]
 
 
+def test_a_pi_that_no_longer_hears_them_does_not_keep_them_in_its_room() -> None:
+    """Anna walks from the kitchen to the bedroom: pi-kitchen still has her home (until its
+    away timeout) but no longer hears her (no rssi), pi-bed hears her at -62: after the
+    dwell she is in the Bedroom, long before pi-kitchen's away timeout."""
+    rooms = Rooms(hysteresis=5, dwell=30)
+    rooms.set_room("pi-kitchen", "Kitchen")
+    rooms.set_room("pi-bed", "Bedroom")
+    rooms.report("pi-kitchen", T0, [seen("Anna", -50)])
+    assert room(rooms) == "Kitchen"
+    moved_at = None
+    for i in range(1, 18):  # every 10 s for 170 s, less than the away timeout (180 s)
+        t = T0 + 10 * i
+        rooms.report("pi-kitchen", t, [seen("Anna")])  # home, not heard this window
+        rooms.report("pi-bed", t, [seen("Anna", -62)])
+        if moved_at is None and room(rooms) == "Bedroom":
+            moved_at = t
+    assert rooms.people["Anna"].state == "home" and room(rooms) == "Bedroom"
+    assert moved_at == T0 + 40  # pi-bed first louder at T0+10, plus the 30 s dwell
+
+
+def test_a_missed_scan_window_does_not_make_the_room_flap() -> None:
+    """Both Pis hear her, the kitchen better; now and then the kitchen's scan window
+    misses her (no rssi), never for the dwell: she stays in the Kitchen throughout."""
+    rooms = Rooms(hysteresis=5, dwell=30)
+    rooms.set_room("pi-kitchen", "Kitchen")
+    rooms.set_room("pi-bed", "Bedroom")
+    rooms.report("pi-kitchen", T0, [seen("Anna", -55)])
+    rooms.report("pi-bed", T0, [seen("Anna", -70)])
+    rooms_seen = set()
+    for i in range(1, 40):
+        t = T0 + 10 * i
+        rooms.report("pi-kitchen", t, [seen("Anna", None if i % 3 == 0 else -55)])
+        rooms.report("pi-bed", t, [seen("Anna", -70)])
+        rooms_seen.add(room(rooms))
+    assert rooms_seen == {"Kitchen"}
+
+
+def test_a_pi_whose_clock_is_ahead_does_not_cut_the_dwell_short() -> None:
+    """pi-bed's clock is 60 s ahead of pi-kitchen's; the kitchen's weaker report makes the
+    Bedroom lead: the dwell is timed on pi-bed's own report times, so pi-bed's next report
+    (60 s "later" than the kitchen's) moves nobody; she moves once pi-bed has reported her
+    louder for the dwell on its own clock."""
+    rooms = Rooms(hysteresis=5, dwell=30)
+    rooms.set_room("pi-kitchen", "Kitchen")
+    rooms.set_room("pi-bed", "Bedroom")
+    rooms.report("pi-kitchen", T0, [seen("Anna", -45)])
+    rooms.report("pi-bed", T0 + 60, [seen("Anna", -50)])
+    assert room(rooms) == "Kitchen"
+    moved_after = None
+    for i in range(1, 10):  # every 10 s; pi-bed's taken_at is 60 s ahead
+        rooms.report("pi-kitchen", T0 + 10 * i, [seen("Anna", -80)])
+        rooms.report("pi-bed", T0 + 60 + 10 * i, [seen("Anna", -50)])
+        if moved_after is None and room(rooms) == "Bedroom":
+            moved_after = 10 * i
+    assert moved_after == 40  # first louder at 10 s, plus the 30 s dwell
+
+
 def test_a_switch_waits_for_the_dwell() -> None:
     """A room that is clearly better becomes theirs only once it has been better for the
     dwell time of the readings' own times, not at the first report."""
