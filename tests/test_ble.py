@@ -440,6 +440,24 @@ def radio(bluez: MockBlueZ, addresses: list[str], flowing: threading.Event) -> I
         thread.join()
 
 
+@contextlib.contextmanager
+def stall_rig(bluez: MockBlueZ, broker: Broker, workdir: Path, addresses: list[str],
+              flowing: threading.Event, *extra: str,
+              ) -> Iterator[tuple[subprocess.Popen[str], Readings]]:
+    """The real subscriber, then the real publisher scanning the mocked BlueZ (Franks
+    Phone known) while ``addresses`` advertise as long as ``flowing`` is set."""
+    known = workdir / "known"
+    known.write_text(f"{PHONE} Franks Phone\n")
+    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state", *extra)
+    flowing.set()
+    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
+          contextlib.ExitStack() as stack):
+        wait_subscribed(sub)
+        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
+                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
+        yield pub, Readings(sub)
+
+
 def test_a_stalled_scanner_restarts_discovery_and_recovers_without_a_restart(
         bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
     """A neighbour's device alone keeps the scanner from counting as stalled; when nothing
@@ -447,18 +465,9 @@ def test_a_stalled_scanner_restarts_discovery_and_recovers_without_a_restart(
     restarts discovery and publishes a `scanner` status `stalled` naming that action; when
     devices advertise again it publishes `ok` and the phone home, the same process
     throughout."""
-    known = workdir / "known"
-    known.write_text(f"{PHONE} Franks Phone\n")
-    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
-                               "--stall-cycles", "4")
     addresses, flowing = [PHONE, STRANGER], threading.Event()
-    flowing.set()
-    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
-          contextlib.ExitStack() as stack):
-        wait_subscribed(sub)
-        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
-                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
-        readings = Readings(sub)
+    with stall_rig(bluez, broker, workdir, addresses, flowing, "--stall-cycles", "4") as (
+            pub, readings):
         readings.wait_for("scanner ok", kind("scanner", state="ok", scanner="bleak"))
         readings.wait_for("Franks Phone home", phone_home)
         addresses.remove(PHONE)  # the phone leaves; a neighbour's device still advertises
@@ -488,18 +497,9 @@ def test_a_stall_that_outlasts_a_discovery_restart_power_cycles_the_adapter(
     publisher sets the adapter's Powered false then true over BlueZ's D-Bus API and
     publishes `stalled` naming the power cycle; advertisements back, `ok` and the phone
     home, without a restart of the publisher."""
-    known = workdir / "known"
-    known.write_text(f"{PHONE} Franks Phone\n")
-    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
-                               "--stall-cycles", "3")
     addresses, flowing = [PHONE], threading.Event()
-    flowing.set()
-    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
-          contextlib.ExitStack() as stack):
-        wait_subscribed(sub)
-        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
-                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
-        readings = Readings(sub)
+    with stall_rig(bluez, broker, workdir, addresses, flowing, "--stall-cycles", "3") as (
+            pub, readings):
         readings.wait_for("scanner ok", kind("scanner", state="ok"))
         readings.wait_for("Franks Phone home", phone_home)
         assert bluez.powered_sets() == []
@@ -566,18 +566,10 @@ def test_an_adapter_left_off_is_powered_on_at_start(
     """The adapter was left off (a power cycle cut short by a power loss): with no
     --adapter and none powered, the publisher takes the first adapter, powers it on at
     start and says so in its log; the phone is home, no stall needed."""
-    known = workdir / "known"
-    known.write_text(f"{PHONE} Franks Phone\n")
     bluez.power(False)
-    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state")
     addresses, flowing = [PHONE], threading.Event()
-    flowing.set()
-    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
-          contextlib.ExitStack() as stack):
-        wait_subscribed(sub)
-        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
-                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
-        readings = Readings(sub)
+    with stall_rig(bluez, broker, workdir, addresses, flowing) as (
+            pub, readings):
         readings.wait_for("scanner ok", kind("scanner", state="ok"))
         readings.wait_for("Franks Phone home", phone_home)
         assert bluez.powered_sets() == [True]
@@ -591,18 +583,9 @@ def test_a_passive_scanner_that_stalls_is_power_cycled_at_once(
         bluez: MockBlueZ, broker: Broker, workdir: Path) -> None:
     """With --scan-mode passive the discovery restart is refused, so the first stall
     already power-cycles the adapter; the `stalled` status says both, then `ok`."""
-    known = workdir / "known"
-    known.write_text(f"{PHONE} Franks Phone\n")
-    sub_cmd, pub_cmd = clients(broker, workdir, known, workdir / "pub-state",
-                               "--stall-cycles", "3", "--scan-mode", "passive")
     addresses, flowing = [PHONE], threading.Event()
-    flowing.set()
-    with (radio(bluez, addresses, flowing), running(sub_cmd, cwd=workdir) as sub,
-          contextlib.ExitStack() as stack):
-        wait_subscribed(sub)
-        pub = stack.enter_context(running(pub_cmd, cwd=workdir,
-                                          env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address}))
-        readings = Readings(sub)
+    with stall_rig(bluez, broker, workdir, addresses, flowing, "--stall-cycles", "3",
+                   "--scan-mode", "passive") as (pub, readings):
         readings.wait_for("Franks Phone home", phone_home)
         flowing.clear()
         stalled = readings.wait_for("stalled", kind("scanner", state="stalled"))
