@@ -91,6 +91,8 @@ class Webhook:
         self._closing = False
         self._stop = threading.Event()  # abandon retries (after the grace period)
         self._busy = False
+        self._current: _Pending | None = None  # the alert being delivered
+        self._closed = False
         context = ssl.create_default_context(
             cafile=str(settings.ca) if settings.ca else None)
         self._opener = urllib.request.build_opener(
@@ -129,11 +131,23 @@ class Webhook:
         with self._cond:
             self._cond.notify()
         self._thread.join(1.0)
-        left = self.pending()
+        with self._cond:
+            left = list(self._queue) + ([self._current] if self._current else [])
+            self._queue.clear()
+            self._closed = True  # a POST still hanging may end later: it is not recorded
         if left:
-            log.warning("%d alert(s) not delivered when stopping", left)
+            log.warning("%d alert(s) not delivered when stopping: recorded as failed",
+                        len(left))
+            for item in left:
+                self._record_result(item.ref, "failed")
 
     def _result(self, ref: int | None, state: AlertDelivery) -> None:
+        with self._cond:
+            if self._closed:
+                return
+        self._record_result(ref, state)
+
+    def _record_result(self, ref: int | None, state: AlertDelivery) -> None:
         if self.on_result is not None:
             try:
                 self.on_result(ref, state, self.clock())
@@ -149,6 +163,7 @@ class Webhook:
                     return
                 item = self._queue.popleft()
                 self._busy = True
+                self._current = item
             try:
                 self._deliver(item)
             except Exception:  # never let one alert end every later delivery
@@ -156,6 +171,7 @@ class Webhook:
             finally:
                 with self._cond:
                     self._busy = False
+                    self._current = None
 
     def _deliver(self, item: _Pending) -> None:
         item.first_try = self.clock() if item.first_try is None else item.first_try

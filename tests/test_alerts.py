@@ -405,7 +405,7 @@ def test_a_redirect_is_a_failure_never_followed_and_a_stop_waits_only_its_grace(
         receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     """A 302 answer is a failed delivery (logged, not followed; with retry_for 0 given
     up and reported failed); at close, an alert stuck in a hanging POST gets the grace
-    period, then is reported as not delivered."""
+    period, then is recorded as failed (not left pending)."""
     cfg = parse_alerts(f'[webhook]\nurl = "{receiver.url}/hook"\nretry_for = 0\n'
                        'timeout = 30\n', Path("a"))
     assert cfg.webhook is not None
@@ -420,7 +420,11 @@ def test_a_redirect_is_a_failure_never_followed_and_a_stop_waits_only_its_grace(
     until_true(lambda: receiver.started == 2)
     hook.close(0.5)
     assert receiver.bodies == []  # close returned while the POST still hangs
-    assert "1 alert(s) not delivered when stopping" in caplog.text
+    assert "1 alert(s) not delivered when stopping: recorded as failed" in caplog.text
+    assert results == [(1, "failed"), (2, "failed")]  # never left "pending" for good
+    receiver.release.set()  # the hanging POST ends after the stop: not recorded again
+    time.sleep(0.5)
+    assert results == [(1, "failed"), (2, "failed")]
 
 
 def until_true(condition: Callable[[], bool], timeout: float = 20.0) -> None:
