@@ -116,8 +116,14 @@ def _parser() -> OneLineParser:
     health.add_argument("file", type=Path)
     health.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS")
 
-    keys = sub.add_parser("irk", help="on a Pi, as root: list the identity resolving keys "
-                          "of the devices paired with BlueZ as known-devices lines")
+    keys = sub.add_parser(
+        "irk", help="on a Pi, as root: list the identity resolving keys "
+        "of the devices paired with BlueZ as known-devices lines",
+        description="Print the identity resolving key (IRK) of each phone paired with this "
+        "Pi's BlueZ as a known-devices line (irk:KEY  Name), so that a phone that rotates "
+        "its Bluetooth address is still recognised; --add appends them to the publisher's "
+        "known-devices file. Run as root (BlueZ's pairing store is root's); pair the phone "
+        "first with bluetoothctl (scan on, pair, trust).")
     keys.add_argument("--add", action="store_true", help="append the keys not there yet to "
                       "the known-devices file (then restart the publisher)")
     keys.add_argument("--store", type=Path, default=irk.STORE, metavar="DIR",
@@ -151,7 +157,8 @@ def _irk(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{kept} key(s) already in {args.known_devices}\n")
     if added:
         sys.stdout.write(f"added {len(added)} key(s) to {args.known_devices}; restart the "
-                         "publisher to use them: sudo systemctl restart homewatch-publisher\n")
+                         "publisher to use them (the service: sudo systemctl restart "
+                         "homewatch-publisher)\n")
     return 0
 
 

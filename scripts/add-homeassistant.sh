@@ -46,7 +46,8 @@ done
 host=$(broker_host)
 case $MQTT_BIND_VALUE in
     127.*|::1|localhost)
-        say "warning: the broker listens only on $MQTT_BIND_VALUE (MQTT_BIND in .env): only a Home Assistant on this server reaches it (then use 127.0.0.1 as the broker); for one on the LAN, set MQTT_BIND=0.0.0.0 in .env, then make up" >&2 ;;
+        host=127.0.0.1  # (the broker's certificate names it)
+        say "warning: the broker listens only on $MQTT_BIND_VALUE (MQTT_BIND in .env): only a Home Assistant on this server reaches it, at 127.0.0.1 as printed below; for one on the LAN, set MQTT_BIND=0.0.0.0 in .env, then make up" >&2 ;;
 esac
 mtls=""
 if [[ $(env_value BROKER_CONF mosquitto.conf) == *mtls* ]]; then

@@ -147,6 +147,17 @@ def test_add_appends_only_new_keys_keeps_the_mode_and_says_restart(
     assert known.read_text() == before + "\nirk:" + "ab" * 16 + "  Franks Pixel\n"
 
 
+def test_its_help_says_what_it_does_and_that_it_needs_root() -> None:
+    """`homewatch irk --help` says what the command is for, that it runs as root and that
+    the phone is paired first."""
+    r = homewatch("irk", "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    for words in ("identity resolving key", "rotates its Bluetooth address", "Run as root",
+                  "pair the phone first with bluetoothctl"):
+        assert words in text, text
+
+
 def test_a_new_known_devices_file_is_private(store: Path, tmp_path: Path) -> None:
     """--add to a file that does not exist yet makes it readable by its owner only."""
     info(store, HCI0, "4C:57:CA:12:34:56", paired("Annas iPhone", STORED_KEY))
