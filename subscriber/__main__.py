@@ -79,7 +79,7 @@ def _run(settings: SubscriberSettings) -> int:
 
         sub.add_sink(HomeAssistantSink(
             publish, state_file=settings.state_dir / "homeassistant.json",
-            keys_dir=settings.keys_dir, discovery_prefix=settings.discovery_prefix,
+            rings=keys.devices, discovery_prefix=settings.discovery_prefix,
             bridge_prefix=settings.bridge_prefix))
         log.info("Home Assistant bridge on: discovery configs under %s/, plaintext states "
                  "under %s/", settings.discovery_prefix, settings.bridge_prefix)

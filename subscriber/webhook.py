@@ -90,7 +90,6 @@ class Webhook:
         self._cond = threading.Condition()
         self._closing = False
         self._stop = threading.Event()  # abandon retries (after the grace period)
-        self._busy = False
         self._current: _Pending | None = None  # the alert being delivered
         self._closed = False
         context = ssl.create_default_context(
@@ -119,7 +118,7 @@ class Webhook:
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + int(self._busy)
+            return len(self._queue) + int(self._current is not None)
 
     def close(self, grace: float = 3.0) -> None:
         """Stop taking alerts; deliver what is queued for up to ``grace`` seconds."""
@@ -162,7 +161,6 @@ class Webhook:
                 if not self._queue or self._stop.is_set():
                     return
                 item = self._queue.popleft()
-                self._busy = True
                 self._current = item
             try:
                 self._deliver(item)
@@ -170,7 +168,6 @@ class Webhook:
                 log.exception("delivering an alert failed unexpectedly; going on")
             finally:
                 with self._cond:
-                    self._busy = False
                     self._current = None
 
     def _deliver(self, item: _Pending) -> None:

@@ -186,6 +186,7 @@ class SqliteHistory:
     def _reset(self) -> None:
         """Forget every cache (after a rollback they may name rows that are gone)."""
         self._devices: dict[str, int] = {}
+        self._rooms: dict[str, str] = {}  # device -> the room last written for it
         self._persons: dict[str, int] = {}
         self._pairs: dict[tuple[int, int], _Pair] | None = None
         self._dirty_pairs: set[tuple[int, int]] = set()
@@ -362,9 +363,12 @@ class SqliteHistory:
         _check_time("room at", at)
         _check_name("Pi", device)
         _check_name("room", room)
+        if self._rooms.get(device) == room:
+            return  # (every reading names its room: most name the same one again)
         dev = self._device(device)
         self._db.execute("UPDATE device SET room = ? WHERE id = ? AND room IS NOT ?",
                          (room, dev, room))
+        self._rooms[device] = room
 
     @_storage
     def person_room(self, name: str, at: float, room: str | None,

@@ -48,7 +48,7 @@ import math
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,16 +105,16 @@ class _Owner:
 class HomeAssistantSink:
     """Discovery configs and plaintext states for Home Assistant (see the module)."""
 
-    def __init__(self, publish: Publish, *, state_file: Path, keys_dir: Path | None,
+    def __init__(self, publish: Publish, *, state_file: Path,
+                 rings: Callable[[], Iterable[str]] | None,
                  discovery_prefix: str = "homeassistant", bridge_prefix: str = "homewatch",
-                 key_suffix: str = ".key", keys_recheck: float = KEYS_RECHECK,
+                 keys_recheck: float = KEYS_RECHECK,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._publish = publish
         self.state_file = state_file
-        self.keys_dir = keys_dir
+        self.rings = rings  # the Pis that have a key ring now (KeyStore.devices)
         self.discovery = discovery_prefix
         self.bridge = bridge_prefix
-        self.key_suffix = key_suffix
         self.keys_recheck = keys_recheck
         self.clock = clock
         self.pis: dict[str, _Owner] = {}
@@ -331,15 +331,13 @@ class HomeAssistantSink:
         """Which Pis have a key ring: a Pi whose ring is gone was removed, and so is a
         person only removed Pis reported."""
         now = self.clock()
-        if self.keys_dir is None or now - self._checked < self.keys_recheck:
+        if self.rings is None or now - self._checked < self.keys_recheck:
             return
         self._checked = now
         try:
-            rings = {p.name[: -len(self.key_suffix)]
-                     for p in self.keys_dir.glob(f"*{self.key_suffix}")}
+            rings = set(self.rings())
         except OSError as exc:
-            log.warning("Home Assistant: cannot list the key rings in %s: %s", self.keys_dir,
-                        exc)
+            log.warning("Home Assistant: cannot list the key rings: %s", exc)
             return
         many = self._many_pis()
         self._rings = rings
