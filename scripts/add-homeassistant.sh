@@ -30,18 +30,11 @@ else
 fi
 say "HOMEASSISTANT=1 in .env: recreating the subscriber with the bridge on"
 HOMEASSISTANT=1 "${COMPOSE[@]}" up -d --no-deps subscriber 2>&1 | sed 's/^/  /'
-deadline=$((SECONDS + ${UP_TIMEOUT:-120}))
-while :; do
-    id=$("${COMPOSE[@]}" ps -q subscriber)
-    health=$([[ -n $id ]] && docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || true)
-    [[ $health == healthy ]] && break
-    if (( SECONDS > deadline )); then
-        "${COMPOSE[@]}" logs --no-color --tail=20 subscriber >&2 || true
-        say "error: the subscriber did not become healthy (its last log lines are above)" >&2
-        exit 1
-    fi
-    sleep 2
-done
+if ! wait_healthy "${UP_TIMEOUT:-120}" subscriber; then
+    "${COMPOSE[@]}" logs --no-color --tail=20 subscriber >&2 || true
+    say "error: the subscriber did not become healthy (its last log lines are above)" >&2
+    exit 1
+fi
 
 host=$(broker_host)
 case $MQTT_BIND_VALUE in

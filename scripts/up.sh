@@ -33,20 +33,12 @@ init_log | sed -e '/^init: certs\/ ready/d' -e 's/^init: /homewatch: /'
 services=(broker subscriber dashboard)
 if [[ $DEMO_VALUE != 0 ]]; then services+=(publisher); fi
 say "waiting until every service is healthy (${services[*]})"
-deadline=$((SECONDS + ${UP_TIMEOUT:-180}))
-while :; do
-    ids=$("${COMPOSE[@]}" ps -q "${services[@]}")
-    states=$(for id in $ids; do docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || true; done)
-    if [[ $(wc -w <<<"$ids") -eq ${#services[@]} ]] && ! grep -qv ' healthy$' <<<"$states"; then break; fi
-    if (( SECONDS > deadline )); then
-        echo "$states" >&2
-        "${COMPOSE[@]}" logs --no-color --tail=20 "${services[@]}" >&2 || true
-        say "error: the stack did not become healthy (the last log lines are above; more: make logs)" >&2
-        exit 1
-    fi
-    sleep 2
-done
-echo "$states" | sed 's/^\//  /'
+if ! wait_healthy "${UP_TIMEOUT:-180}" "${services[@]}"; then
+    "${COMPOSE[@]}" logs --no-color --tail=20 "${services[@]}" >&2 || true
+    say "error: the stack did not become healthy (the last log lines are above; more: make logs)" >&2
+    exit 1
+fi
+echo "$HEALTH_STATES" | sed 's/^\//  /'
 
 host=$(broker_host)
 cat <<INFO

@@ -65,6 +65,26 @@ docker info >/dev/null 2>&1 || {
     exit 2
 }
 
+# Wait until the containers of every service named are healthy: 0; 1 after TIMEOUT
+# seconds, with their states on stderr. HEALTH_STATES holds the states last seen.
+wait_healthy() {
+    local timeout=$1 ids
+    shift
+    local deadline=$((SECONDS + timeout))
+    while :; do
+        ids=$("${COMPOSE[@]}" ps -q "$@")
+        HEALTH_STATES=$(for id in $ids; do docker inspect -f '{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" || true; done)
+        if [[ $(wc -w <<<"$ids") -eq $# ]] && ! grep -qv ' healthy$' <<<"$HEALTH_STATES"; then
+            return 0
+        fi
+        if (( SECONDS > deadline )); then
+            echo "$HEALTH_STATES" >&2
+            return 1
+        fi
+        sleep 2
+    done
+}
+
 # The host in the dashboard's URL: its one address, loopback's (a browser on this
 # server), else this server's LAN address.
 dashboard_host() {
