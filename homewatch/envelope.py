@@ -33,10 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cryptography.fernet import InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken
 
 from homewatch.errors import EnvelopeError
-from homewatch.fernet import KeyRing
+from homewatch.fernet import KeyRing, TokenMaker
 
 VERSION = 1
 STATUS_KIND = "status"  # BASE/<device>/status: retained online/offline, plain text
@@ -64,7 +64,7 @@ def topic_for(base: str, device: str, kind: str) -> str:
     return f"{base}/{device}/{kind}"
 
 
-def seal(ring: MultiFernet, *, topic: str, device: str, seq: int, data: Any,
+def seal(ring: TokenMaker, *, topic: str, device: str, seq: int, data: Any,
          taken: float | None = None, simulated: str | None = None,
          now: int | None = None) -> bytes:
     """Encrypt and authenticate one message for ``topic``."""

@@ -1,9 +1,13 @@
 """Key rings: ``cryptography``'s MultiFernet, plus a faster way to open Fernet tokens.
 
-Encryption is ``cryptography``'s own Fernet, unchanged. Opening a token is where the
-subscriber spends its time, and ``Fernet.decrypt`` builds a cipher, an HMAC and an unpadder
-object for every token. ``KeyRing.open`` does the same steps of the Fernet specification
-(https://github.com/fernet/spec/blob/master/Spec.md) with objects made once per key:
+Encryption is ``cryptography``'s own MultiFernet, unchanged: a :class:`KeyRing` holds one
+and hands ``encrypt`` to it. (It holds one rather than being one: from cryptography 51 on,
+``Fernet`` and ``MultiFernet`` are Rust types that cannot be subclassed.)
+
+Opening a token is where the subscriber spends its time, and ``Fernet.decrypt`` builds a
+cipher, an HMAC and an unpadder object for every token. ``KeyRing.open`` does the same
+steps of the Fernet specification (https://github.com/fernet/spec/blob/master/Spec.md)
+with objects made once per key:
 
 1. base64url-decode; the version byte must be 0x80;
 2. HMAC-SHA256 over version, timestamp, IV and ciphertext (the key's inner and outer
@@ -26,6 +30,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import Protocol
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -78,14 +83,32 @@ class _OpenKey:
         return padded[:-pad]
 
 
-class KeyRing(MultiFernet):
-    """A device's keys, newest first: encrypts with the newest (MultiFernet), opens with
-    any of them (``open``, fast)."""
+class TokenMaker(Protocol):
+    """What seals a message: a :class:`KeyRing`, or ``cryptography``'s own MultiFernet."""
+
+    def encrypt(self, msg: bytes) -> bytes: ...
+
+    def encrypt_at_time(self, msg: bytes, current_time: int) -> bytes: ...
+
+
+class KeyRing:
+    """A device's keys, newest first: encrypts with the newest (``cryptography``'s
+    MultiFernet), opens with any of them (``open``, fast)."""
+
+    __slots__ = ("_multi", "_open_keys")
 
     def __init__(self, keys: Sequence[bytes | str]) -> None:
         encoded = [k.encode("ascii") if isinstance(k, str) else k for k in keys]
-        super().__init__([Fernet(k) for k in encoded])
+        self._multi = MultiFernet([Fernet(k) for k in encoded])
         self._open_keys = [_OpenKey(k) for k in encoded]
+
+    def encrypt(self, msg: bytes) -> bytes:
+        """A token of ``msg`` under the newest key, timestamped now."""
+        return self._multi.encrypt(msg)
+
+    def encrypt_at_time(self, msg: bytes, current_time: int) -> bytes:
+        """A token of ``msg`` under the newest key, timestamped ``current_time``."""
+        return self._multi.encrypt_at_time(msg, current_time)
 
     def open(self, token: bytes) -> tuple[bytes, int]:
         """Verify and decrypt ``token``: (plaintext, its timestamp); InvalidToken if no key

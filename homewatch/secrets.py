@@ -111,7 +111,7 @@ def write_private_file(path: Path, data: str, *, mode: int | None = None) -> Non
 
 
 def parse_keyring(text: str, source: str) -> KeyRing:
-    """Parse key ring text (newest key first) into a KeyRing (a MultiFernet)."""
+    """Parse key ring text (newest key first) into a KeyRing."""
     keys: list[bytes] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import MultiFernet
-
 from homewatch.envelope import STATUS_KIND, seal, topic_for
 from homewatch.errors import ConfigError, ScannerError, SensorError
+from homewatch.fernet import TokenMaker
 from homewatch.health import Heartbeat
 from homewatch.mqtt import Connection
 from homewatch.secrets import load_keyring
@@ -51,7 +50,7 @@ class Stats:
 class Publisher:
     """Owns the outbox for one device and pumps it into the connection."""
 
-    def __init__(self, ring: MultiFernet, *, device: str, base: str,
+    def __init__(self, ring: TokenMaker, *, device: str, base: str,
                  outbox: Outbox | TieredOutbox,
                  key_file: Path | None = None, window: int = 100,
                  recheck_seconds: float = 5.0) -> None:

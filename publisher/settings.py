@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import MultiFernet
-
 from homewatch import config
 from homewatch.config import Option
 from homewatch.errors import ConfigError, ProvisionError
+from homewatch.fernet import KeyRing
 from homewatch.mqtt import ConnectionSettings
 from homewatch.provision import validate_name
 from homewatch.secrets import Secret, parse_keyring, read_secret_file
@@ -129,7 +128,7 @@ class PublisherSettings:
     show_settings: bool
     log_level: str
 
-    def ring(self) -> MultiFernet:
+    def ring(self) -> KeyRing:
         return parse_keyring(self.keyring.reveal(), "payload key ring")
 
 

@@ -116,11 +116,15 @@ def test_a_bad_token_leaves_nothing_behind_for_the_next() -> None:
 
 
 def test_a_ring_still_encrypts_with_its_newest_key() -> None:
-    """KeyRing is a MultiFernet: tokens it makes open with the newest key alone."""
+    """A ring encrypts as cryptography's MultiFernet does: its tokens open with the newest
+    key alone, and under the time asked for."""
     token = KeyRing([KEY, OTHER]).encrypt(b"reading")
     assert Fernet(KEY).decrypt(token) == b"reading"
     with pytest.raises(InvalidToken):
         Fernet(OTHER).decrypt(token)
+    dated = KeyRing([KEY, OTHER]).encrypt_at_time(b"then", 1_700_000_000)
+    assert Fernet(KEY).extract_timestamp(dated) == 1_700_000_000
+    assert MultiFernet([Fernet(KEY)]).decrypt_at_time(dated, 60, 1_700_000_010) == b"then"
 
 
 @settings(max_examples=200, deadline=None)
