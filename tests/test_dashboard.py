@@ -1,5 +1,5 @@
 """The dashboard as a LAN sees it: the real process over a real history database, driven
-over HTTPS by a client that verifies its certificate against the project CA."""
+over HTTPS by a client that verifies its certificate against the dashboard's CA."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def test_security_headers_on_every_response(dashboard: DashboardProcess,
 
 def test_https_only_tls_1_2_or_later(dashboard: DashboardProcess) -> None:
     """Plain HTTP gets no page; a client offering at most TLS 1.1 is refused; a verifying
-    client gets TLS 1.3 from the certificate the project CA signed."""
+    client gets TLS 1.3 from the certificate the dashboard's CA signed."""
     with socket.create_connection((dashboard.bind, dashboard.port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         s.settimeout(5)

@@ -1,5 +1,5 @@
 """Talking to the dashboard as a careful client does: over HTTPS, verifying its
-certificate against the project CA, keeping cookies; and the dashboard as a real process.
+certificate against the dashboard's CA, keeping cookies; and the dashboard as a real process.
 
 Reusable against any dashboard (the one these tests start, or the Compose stack's): a
 :class:`WebClient` needs only the base URL and the CA certificate.
