@@ -134,7 +134,6 @@ class Dashboard:
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 TEMPLATE_ENV = web.AppKey("templates", jinja2.Environment)
-SESSION = "homewatch.session"
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -176,7 +175,7 @@ def templates() -> jinja2.Environment:
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
-    session: Session | None = request.get(SESSION)
+    session = request.app[DASHBOARD].session(request)  # its forms carry its token
     text = request.app[TEMPLATE_ENV].get_template(name).render(
         page=PAGES.get(request.path, ""), csrf=session.csrf if session else "", **context)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
@@ -232,7 +231,6 @@ async def require_login(request: web.Request,
                         shown(request.method), shown(request.raw_path), request.remote)
             raise web.HTTPForbidden(text="This form did not come from the dashboard; "
                                     "reload the page.")
-    request[SESSION] = session
     response = await handler(request)
     return response
 

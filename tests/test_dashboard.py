@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from dashboard.__main__ import open_dashboard
 from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
 from dashboard.auth import (
     BROWSER_COOKIE,
@@ -31,12 +32,14 @@ from dashboard.auth import (
     Sessions,
 )
 from dashboard.inventory import Inventory
+from dashboard.server import Certificate
+from dashboard.settings import build
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
 from tests.helpers import ROOT, clean_env, free_port, gen_certs, homewatch_cli, python_m
 from tests.history_sample import Sample
-from tests.web import DashboardProcess, Response, WebClient
+from tests.web import DashboardProcess, Response, WebClient, served
 
 PAGES = ("/", "/history", "/history?range=1y", "/devices")
 APIS = ("/api/now", f"/api/temperature?device={hs.KITCHEN}&range=24h",
@@ -166,6 +169,45 @@ def test_session_cookie_is_secure_httponly_strict_and_ends_at_logout(
     replay.cookies[SESSION_COOKIE] = token
     assert replay.get("/api/now").status == 401
     assert replay.get("/").status == 303
+
+
+def test_a_session_ends_after_its_idle_time_and_after_30_days_at_most(
+        dashboard_certs: Path, history_db: tuple[Path, Sample]) -> None:
+    """A session ends after --session-hours (24 by default) without a request, each
+    request starting that time again, and 30 days after its login however active: the
+    dashboard's own application from its settings, served in-process on a clock the
+    test turns."""
+    now = [1_000_000.0]
+    args = ["--dashboard-dir", str(dashboard_certs / "dashboard"), "--history",
+            str(history_db[0])]
+    for extra, idle in (([], 24 * 3600), (["--session-hours", "2"], 2 * 3600)):
+        settings = build([*args, *extra], {})
+        dash = open_dashboard(settings, clock=lambda: now[0])
+        try:
+            with served(make_app(dash), Certificate(settings.tls_cert, settings.tls_key)
+                        ) as base:
+                user = WebClient(base, dashboard_certs / "dashboard-ca.crt")
+                password = (dashboard_certs / "dashboard" / "password").read_text().strip()
+                assert user.login(password).status == 303
+                for _ in range(3):  # a request just within the idle time keeps it going
+                    now[0] += idle - 60
+                    assert user.get("/api/now").status == 200
+                now[0] += idle + 1
+                assert user.get("/api/now").status == 401
+                assert user.get("/").status == 303  # to the login page
+                if idle != 24 * 3600:
+                    continue
+                assert user.login(password).status == 303
+                began = now[0]
+                while now[0] + 23 * 3600 < began + 30 * 86400:
+                    now[0] += 23 * 3600
+                    assert user.get("/api/now").status == 200, (now[0] - began) / 86400
+                now[0] = began + 30 * 86400 - 60
+                assert user.get("/api/now").status == 200
+                now[0] += 61  # 30 days since the login, though used a minute ago
+                assert user.get("/api/now").status == 401
+        finally:
+            dash.close()
 
 
 def test_posts_need_the_forms_token_and_our_origin(dashboard: DashboardProcess,
