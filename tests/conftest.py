@@ -98,9 +98,10 @@ def history_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
     from homewatch.history.sqlite import SqliteHistory
 
     path = tmp_path_factory.mktemp("history") / "history.db"
-    writer = SqliteHistory(path)
+    received = history_sample.Received()
+    writer = SqliteHistory(path, clock=received)
     try:
-        sample = history_sample.write(writer, time.time())
+        sample = history_sample.write(writer, time.time(), received)
     finally:
         writer.close()
     return path, sample

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -541,6 +542,104 @@ def test_metrics_need_a_session_or_the_token(dashboard: DashboardProcess,
     assert user.get("/metrics").status == 200
 
 
+def _metric_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text format: each metric's samples as (labels, value)."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        assert match, line
+        labels = {k: re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m[1], m[1]), v)
+                  for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or "")}
+        samples.setdefault(match[1], []).append((labels, float(match[3])))
+    return samples
+
+
+def _readme_metrics() -> list[str]:
+    """The metric names README's JSON API section lists, in its order."""
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme.split("`/metrics` has ", 1)[1].split("\n\n", 1)[0]
+    paragraph = paragraph.split("The token is for", 1)[0]
+    return re.findall(r"`(homewatch_[a-z_]+)(?:\{[a-z,]*\})?`", paragraph)
+
+
+def test_every_metric_the_readme_lists_is_served_with_its_value(
+        own_dashboard: DashboardProcess, history_db: tuple[Path, Sample]) -> None:
+    """/metrics serves every metric README lists (and none it does not), each with the
+    value the history, the inventory and the dashboard itself hold: temperatures and
+    their times, online and scanner states, readings and rejections, who is home,
+    certificate expiry, open sessions, failed and rate-limited logins."""
+    names = _readme_metrics()
+    assert len(names) == len(set(names)) == 12, names
+    d, sample_now = own_dashboard, history_db[1].now
+    attacker = d.client(source="127.0.0.3")
+    for _ in range(5):
+        assert attacker.login("wrong-password-5").status == 401
+    assert attacker.login("wrong-password-5").status == 429
+    user = d.client()
+    assert user.login(d.password).status == 303
+    r = user.get("/metrics")
+    assert r.status == 200, r.text
+    samples = _metric_samples(r.text)
+    assert sorted(samples) == sorted(names)  # every documented one, nothing else
+    for name in names:
+        assert f"# HELP {name} " in r.text and f"# TYPE {name} " in r.text, name
+
+    def value(metric: str, /, **labels: str) -> float:
+        found = [v for have, v in samples[metric] if labels.items() <= have.items()]
+        assert len(found) == 1, (metric, labels, samples[metric])
+        return found[0]
+
+    kitchen = hs.KITCHEN
+    assert value("homewatch_temperature_celsius", device=kitchen) == hs.KITCHEN_NOW
+    for name in ("homewatch_temperature_timestamp_seconds",
+                 "homewatch_device_last_reading_timestamp_seconds"):
+        assert value(name, device=kitchen) == pytest.approx(sample_now - 30, abs=1), name
+    assert value("homewatch_device_online", device=kitchen) == 1.0
+    assert value("homewatch_device_online", device=hs.EVIL_PI) == 0.0
+    assert value("homewatch_device_scanner_ok", device=kitchen) == 1.0
+    assert value("homewatch_device_scanner_ok", device=hs.EVIL_PI) == 0.0  # its error
+    devices = {x["name"]: x for x in user.get("/api/devices").json()["devices"]}
+    for name, device in devices.items():
+        if device["readings"]:
+            assert value("homewatch_device_readings_total", device=name) == device["readings"]
+    assert value("homewatch_device_readings_total", device=kitchen) > 35000
+    for (device, reason), n in hs.REJECTED.items():
+        assert value("homewatch_rejected_messages_total", device=device or "",
+                     reason=reason) == n
+    assert value("homewatch_person_home", person=hs.ANNA) == 1.0
+    assert value("homewatch_person_home", person=hs.FRANK, simulated="demo") == 0.0
+    inventory = json.loads((d.directory / "certificates.json").read_text())
+    for kind in ("ca", "broker", "dashboard"):
+        assert value("homewatch_certificate_not_after_timestamp_seconds", kind=kind,
+                     name=kind) == _unix(inventory[kind]["not_after"])
+    assert value("homewatch_certificate_not_after_timestamp_seconds", kind="device",
+                 name="pi-garage") == _unix(inventory["devices"]["pi-garage"]["not_after"])
+    assert value("homewatch_dashboard_sessions") == 1.0
+    assert value("homewatch_dashboard_login_failures_total") == 5.0
+    assert value("homewatch_dashboard_login_rate_limited_total") == 1.0
+
+
+def test_a_changed_metrics_token_file_is_read_again_without_a_restart(
+        own_dashboard: DashboardProcess) -> None:
+    """A new token written into the metrics token file opens /metrics at once, and the
+    old one no longer does, without a restart."""
+    d = own_dashboard
+    path = d.directory / "metrics-token"
+    old, new = path.read_text().strip(), secrets.token_urlsafe(24)
+    anonymous = d.client()
+
+    def status(token: str) -> int:
+        return anonymous.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status
+
+    assert status(old) == 200
+    path.write_text(new + "\n")
+    assert (status(new), status(old)) == (200, 401)
+    assert d.proc is not None and d.proc.poll() is None  # the same process
+    assert "metrics token file" in d.log() and "changed" in d.log()
+
+
 def test_the_database_is_only_read(dashboard: DashboardProcess, user: WebClient,
                                    history_db: tuple[Path, Sample]) -> None:
     """A whole session (every page, every API range, metrics) leaves the database file
@@ -577,14 +676,18 @@ def test_health_file_is_touched_while_serving(dashboard: DashboardProcess) -> No
 def own_dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
                   tmp_path: Path) -> Iterator[DashboardProcess]:
     """A dashboard of this test's own: its own certs/dashboard (password, hash,
-    inventory), its own copy of the history, rate limit and sessions."""
+    inventory, a metrics token), its own copy of the history, rate limit and sessions."""
     shutil.copytree(dashboard_certs / "dashboard", tmp_path / "certs" / "dashboard")
     (tmp_path / "history").mkdir()
     shutil.copy2(history_db[0], tmp_path / "history" / "history.db")
+    token = tmp_path / "certs" / "dashboard" / "metrics-token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
     process = DashboardProcess(directory=tmp_path / "certs" / "dashboard",
                                history=tmp_path / "history" / "history.db",
                                ca=dashboard_certs / "dashboard-ca.crt",
-                               workdir=tmp_path / "run").start()
+                               workdir=tmp_path / "run",
+                               args=("--metrics-token-file", str(token))).start()
     yield process
     assert process.stop() == 0, process.log()
 
