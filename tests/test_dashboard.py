@@ -40,7 +40,7 @@ from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
 from tests.helpers import ROOT, clean_env, free_port, gen_certs, homewatch_cli, python_m
 from tests.history_sample import Sample
-from tests.web import DashboardProcess, Response, WebClient, served
+from tests.web import DashboardProcess, Response, WebClient, age_bounds, served
 
 PAGES = ("/", "/history", "/history?range=1y", "/devices")
 APIS = ("/api/now", f"/api/temperature?device={hs.KITCHEN}&range=24h",
@@ -313,6 +313,20 @@ def test_https_only_tls_1_2_or_later(dashboard: DashboardProcess) -> None:
 
 # -- what the pages and the API show ----------------------------------------------------
 
+def _card(page: str, kind: str, name: str) -> str:
+    """The card (``<li class="card KIND">``) of the Pi named ``name`` on a page."""
+    cards = [c.split("</li>\n", 1)[0] for c in page.split(f'<li class="card {kind}">')[1:]]
+    found = [c for c in cards if f'<span class="name">{name}</span>' in c]
+    assert len(found) == 1, (kind, name, len(cards))
+    return found[0]
+
+
+def _assert_age(text: str, t: float) -> None:
+    """``text`` ("35 s ago") is the age of ``t`` now, as the dashboard cuts it down."""
+    low, high = age_bounds(text)
+    assert low - 5 <= time.time() - t < high + 5, (text, time.time() - t)
+
+
 def test_names_from_pis_are_escaped_everywhere(user: WebClient) -> None:
     """A Pi named <script>..., people named with quotes and markup, a scanner detail with
     markup: every page shows them as text (escaped), never as markup."""
@@ -362,7 +376,14 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert (kitchen["room"], pis[hs.EVIL_PI]["room"], pis[hs.DEMO_PI]["room"]) == (
         hs.KITCHEN_ROOM, hs.EVIL_ROOM, None)
     assert now["invented"] == [hs.DEMO_PI] and now["simulated"] == "demo"
+    assert kitchen["last_reading_at"] == kitchen["temperature_at"] == pytest.approx(
+        sample_now - 30, abs=0.01)
     page = user.get("/").text
+    card = _card(page, "pi", hs.KITCHEN)
+    last = re.search(r'<dt>Last reading</dt><dd><span class="age" data-t="([0-9.]+)">'
+                     r'([^<]*)</span></dd>', card)
+    assert last and float(last[1]) == kitchen["last_reading_at"], card
+    _assert_age(last[2], kitchen["last_reading_at"])
     assert '<span class="value">21.5</span>' in page
     assert "Demo data." in page and '<span class="sim"' in page
     assert '<span class="badge unknown">not seen</span>' in page
@@ -470,6 +491,10 @@ def test_devices_api_and_page_show_keys_certificates_and_rejections(
     assert kitchen["certificate_not_after"] is None
     assert kitchen["readings"] > 35000 and kitchen["online"] is True
     assert devices["pi-garage"]["last_seen"] is None
+    assert kitchen["first_seen"] == pytest.approx(sample_now - 366 * 86400, abs=0.01)
+    assert kitchen["last_seen"] == pytest.approx(sample_now - 30, abs=0.01)
+    assert devices[hs.DEMO_PI]["first_seen"] == pytest.approx(sample_now - 8 * 86400,
+                                                              abs=0.01)
     assert devices["pi-garage"]["certificate_not_after"] == _unix(garage["not_after"])
     assert devices["pi-garage"]["key_updated_at"] == _unix(garage["key_created"])
     assert devices[hs.DEMO_PI]["simulated"] == "demo"
@@ -477,6 +502,21 @@ def test_devices_api_and_page_show_keys_certificates_and_rejections(
     for server in ("ca", "broker", "dashboard"):
         assert data[server]["not_after"] == _unix(inventory[server]["not_after"])
     page = user.get("/devices").text
+    card = _card(page, "device", hs.KITCHEN)
+    seen = re.search(r'<dt>Last seen</dt><dd><time class="ts" datetime="([^"]+)" '
+                     r'data-t="([0-9.]+)">([^<]+)</time> \(<span class="age" '
+                     r'data-t="[0-9.]+">([^<]+)</span>\)</dd>', card)
+    assert seen and float(seen[2]) == kitchen["last_seen"], card
+    last_seen = datetime.fromtimestamp(kitchen["last_seen"], UTC)
+    assert seen[1] == last_seen.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert seen[3] == last_seen.strftime("%Y-%m-%d %H:%M UTC")
+    _assert_age(seen[4], kitchen["last_seen"])
+    first = datetime.fromtimestamp(kitchen["first_seen"], UTC)
+    assert (f'<dt>First seen</dt><dd><time class="ts" datetime="'
+            f'{first.strftime("%Y-%m-%dT%H:%M:%SZ")}" data-t="{kitchen["first_seen"]}">'
+            f'{first.strftime("%Y-%m-%d %H:%M UTC")}</time></dd>') in card
+    garage = _card(page, "device", "pi-garage")
+    assert "<dt>Last seen</dt><dd>never</dd>" in garage
     assert f"{hs.KEY_AGE_DAYS} d" in page
     assert '<span class="reason">decrypt</span>&nbsp;<span class="count">3</span>' in page
     assert "Rejected from no known device" in page

@@ -33,6 +33,18 @@ from tests.helpers import clean_env, free_port, python_m, stop_process, wait_for
 _CSRF = re.compile(r'name="csrf" value="([^"]*)"')
 
 
+_AGE_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+
+
+def age_bounds(text: str) -> tuple[float, float]:
+    """The seconds an age such as "3 min ago" (or a bare "3 min") can stand for: its
+    whole units, cut down as the dashboard shows them."""
+    match = re.fullmatch(r"\s*(\d+) (s|min|h|d|y)(?: ago)?\s*", text)
+    assert match, text
+    unit = _AGE_UNITS[match[2]]
+    return int(match[1]) * unit, (int(match[1]) + 1) * unit
+
+
 @dataclass
 class Response:
     status: int
