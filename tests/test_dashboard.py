@@ -15,14 +15,25 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from dashboard import auth
 from dashboard.__main__ import open_dashboard
-from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
+from dashboard.app import (
+    CSP,
+    LOGIN_ASSETS,
+    MAX_PASSWORD,
+    PUBLIC,
+    STATIC,
+    Dashboard,
+    History,
+    make_app,
+)
 from dashboard.auth import (
     BROWSER_COOKIE,
     BROWSER_LIFETIME,
@@ -35,6 +46,7 @@ from dashboard.auth import (
 from dashboard.inventory import Inventory
 from dashboard.server import Certificate
 from dashboard.settings import build
+from homewatch import passwords
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
@@ -826,6 +838,112 @@ def test_attempts_refused_by_the_overall_limit_take_no_room_in_the_address_table
     for n in range(1000):
         assert limiter.attempt(f"fd00::{n:x}") > 0
     assert len(limiter.clients) == 3
+
+
+# -- large and many requests -----------------------------------------------------------
+
+HUGE = 100 * 1024 * 1024  # what the requests below say their body is
+
+
+def _post_huge(d: DashboardProcess, path: str, cookie: str = "") -> tuple[bytes, int]:
+    """POST ``path`` with a body said to be 100 MiB, of which only 64 KiB is sent; the
+    status line of the answer that comes back meanwhile, and how much was sent."""
+    context = ssl.create_default_context(cafile=str(d.ca))
+    with (socket.create_connection((d.bind, d.port), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname=d.bind) as s):
+        head = (f"POST {path} HTTP/1.1\r\nHost: {d.bind}:{d.port}\r\nContent-Type: "
+                f"application/x-www-form-urlencoded\r\nContent-Length: {HUGE}\r\n"
+                + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n")
+        body = b"password=" + b"a" * (64 * 1024 - 9)
+        s.sendall(head.encode() + body)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0], len(body)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole(
+        dashboard: DashboardProcess, user: WebClient) -> None:
+    """A login form, or a logged-in user's form, that says it is 100 MiB long is refused
+    with 413 once more than 16 KiB of it came in: the answer comes while the client has
+    sent 64 KiB of it, and the dashboard keeps serving."""
+    cookie = f"{SESSION_COOKIE}={user.cookies[SESSION_COOKIE]}"
+    for path, with_cookie in (("/login", ""), ("/logout", cookie)):
+        status, sent = _post_huge(dashboard, path, with_cookie)
+        assert status == b"HTTP/1.1 413 Request Entity Too Large", (path, status)
+        assert sent < HUGE // 1000
+    assert user.get("/api/now").status == 200  # the session was not ended either
+
+
+def test_an_over_long_password_is_refused_without_hashing(
+        dashboard_certs: Path, history_db: tuple[Path, Sample],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password over 1 KiB is a wrong password at once: refused (401) without an
+    scrypt check (32 MiB and about 0.1 s each), where one of 1 KiB is checked; the
+    dashboard's own application, in-process, counting the checks it makes."""
+    checks: list[int] = []
+
+    def counted(password: str, stored: str) -> bool:
+        checks.append(len(password))
+        return passwords.verify_password(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", counted)
+    settings = build(["--dashboard-dir", str(dashboard_certs / "dashboard"), "--history",
+                      str(history_db[0])], {})
+    dash = open_dashboard(settings)
+    try:
+        with served(make_app(dash), Certificate(settings.tls_cert, settings.tls_key)) as base:
+            client = WebClient(base, dashboard_certs / "dashboard-ca.crt")
+            r = client.login("x" * (MAX_PASSWORD + 1))
+            assert r.status == 401 and "Wrong password." in r.text
+            assert checks == []
+            assert client.login("x" * MAX_PASSWORD).status == 401
+            assert checks == [MAX_PASSWORD]
+            password = (dashboard_certs / "dashboard" / "password").read_text().strip()
+            assert client.login(password).status == 303
+            assert checks == [MAX_PASSWORD, len(password)]
+    finally:
+        dash.close()
+
+
+def test_a_logged_in_user_is_served_while_logins_and_huge_bodies_pour_in(
+        own_dashboard: DashboardProcess) -> None:
+    """20 wrong passwords at once from 4 addresses (as many scrypt checks as the rate
+    limit lets through, run one after another) and posts of 100 MiB bodies: meanwhile
+    a logged-in user's requests are answered in well under a second each, while the
+    checks are still queued."""
+    d = own_dashboard
+    user = d.client()
+    assert user.login(d.password).status == 303
+    attackers = [d.client(source=f"127.0.0.{2 + n // 5}") for n in range(20)]
+    forms = [a.get("/login").csrf for a in attackers]
+    answered: list[float] = []
+
+    def guess(n: int) -> int:
+        status = attackers[n].post("/login", {"csrf": forms[n], "password": f"wrong-{n}",
+                                              "next": "/"}).status
+        answered.append(time.monotonic())
+        return status
+
+    with ThreadPoolExecutor(24) as pool:
+        began = time.monotonic()
+        guesses = [pool.submit(guess, n) for n in range(20)]
+        huge = [pool.submit(_post_huge, d, "/login") for _ in range(4)]
+        time.sleep(0.3)
+        took = []
+        for _ in range(5):
+            start = time.monotonic()
+            assert user.get("/api/now").status == 200
+            took.append(time.monotonic() - start)
+        served_by = time.monotonic()
+        assert [g.result() for g in guesses] == [401] * 20
+        assert all(h.result()[0].startswith(b"HTTP/1.1 413") for h in huge)
+    assert max(answered) - began > 1.0, "the checks were not queued"
+    assert served_by < max(answered), "the user was not served while checks were queued"
+    assert max(took) < 0.5, took
 
 
 def test_a_new_password_ends_every_session_without_restart(
