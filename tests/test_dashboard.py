@@ -996,6 +996,31 @@ def test_a_password_hash_fixed_in_place_with_its_mtime_kept_is_seen(
         assert d.client().login(d.password).status == expected
 
 
+def test_presence_timelines_are_worked_out_in_the_background_as_it_starts(
+        own_dashboard: DashboardProcess) -> None:
+    """Right after it starts, before any request, the dashboard works out each person's
+    presence timeline in the background (the log says how many its reader keeps), so
+    the first presence request only adds what is new; what it answers is what a reader
+    that worked out nothing ahead answers."""
+    d = own_dashboard
+    assert _eventually(lambda: "presence timelines ready" in d.log()), d.log()
+    log = d.log()
+    assert '"GET ' not in log and '"POST ' not in log  # no request came first
+    with open_reader(d.history) as cold:
+        people = cold.people()
+        expected = cold.presence(time.time() - RANGES["1y"], time.time() + 60)
+    assert len(people) == 3 and cold.timelines == len(people)
+    assert f"presence timelines ready: {len(people)} of {len(people)} people" in log
+    user = d.client()
+    assert user.login(d.password).status == 303
+    answer = user.get("/api/presence?range=1y").json()
+    got = {p["name"]: p["intervals"] for p in answer["people"]}
+    assert sorted(got) == sorted(people)
+    for name in people:  # the same stretches (the first clipped to each range's start)
+        assert [(i["end"], i["state"]) for i in got[name]] == [
+            (i.end, i.state) for i in expected[name]], name
+
+
 def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
         own_dashboard: DashboardProcess) -> None:
     """A history file damaged under the running dashboard: pages and API answer 503 with
