@@ -3,8 +3,10 @@ over HTTPS by a client that verifies its certificate against the dashboard's CA.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -1019,6 +1021,27 @@ def test_presence_timelines_are_worked_out_in_the_background_as_it_starts(
     for name in people:  # the same stretches (the first clipped to each range's start)
         assert [(i["end"], i["state"]) for i in got[name]] == [
             (i.end, i.state) for i in expected[name]], name
+
+
+def test_a_history_unreadable_while_warming_is_logged_once_and_stops_nothing(
+        history_db: tuple[Path, Sample], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Working out the timelines ahead on a history that cannot be read: its reason is
+    logged once, the work is left to the first request, and nothing is raised."""
+    copy = tmp_path / "history.db"
+    shutil.copy2(history_db[0], copy)
+    history = History(lambda: open_reader(copy))
+    try:
+        with open(copy, "r+b") as f:  # the same file, its header destroyed
+            f.write(b"\0" * 100)
+        with caplog.at_level(logging.INFO, logger="dashboard.app"):
+            asyncio.run(history.warm())
+    finally:
+        history.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("file is not a database" in line for line in lines) == 1, lines
+    assert "presence timelines will be worked out at the first request instead" in lines
+    assert not any("presence timelines ready" in line for line in lines)
 
 
 def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(
