@@ -9,6 +9,7 @@ Templates autoescape everything; scripts and styles are files served from here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import methodcaller
 from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any, TypeVar
@@ -106,6 +108,28 @@ class History:
             self._problem = None
         return result
 
+    async def warm(self) -> None:
+        """Work out each person's presence timeline ahead of the first request (replaying
+        a year takes a few tenths of a second), one person at a time on the history's
+        thread: a request that comes meanwhile waits for one person's at most. A
+        history that cannot be read is logged once (:meth:`call`) and leaves the work
+        to the first request; nothing here stops the dashboard."""
+        began = time.perf_counter()
+        kept = 0
+        try:
+            people = await self.call(lambda r: r.people())
+            for person in people:
+                kept = await self.call(methodcaller("warm", person))
+        except HistoryUnavailable:
+            log.info("presence timelines will be worked out at the first request instead")
+            return
+        except Exception as exc:  # a bug here must not take the dashboard down
+            log.error("presence timelines not worked out ahead (%s: %s); the first request "
+                      "will", type(exc).__name__, exc)
+            return
+        log.info("presence timelines ready: %d of %d people, in %.2f s", kept, len(people),
+                 time.perf_counter() - began)
+
     def close(self) -> None:
         self._pool.submit(self._reader.close).result()
         self._pool.shutdown()
@@ -134,7 +158,7 @@ class Dashboard:
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 TEMPLATE_ENV = web.AppKey("templates", jinja2.Environment)
-SESSION = "homewatch.session"
+WARMING: web.AppKey[asyncio.Task[None]] = web.AppKey("warming")
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -176,7 +200,7 @@ def templates() -> jinja2.Environment:
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
-    session: Session | None = request.get(SESSION)
+    session = request.app[DASHBOARD].session(request)  # its forms carry its token
     text = request.app[TEMPLATE_ENV].get_template(name).render(
         page=PAGES.get(request.path, ""), csrf=session.csrf if session else "", **context)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
@@ -232,7 +256,6 @@ async def require_login(request: web.Request,
                         shown(request.method), shown(request.raw_path), request.remote)
             raise web.HTTPForbidden(text="This form did not come from the dashboard; "
                                     "reload the page.")
-    request[SESSION] = session
     response = await handler(request)
     return response
 
@@ -465,12 +488,27 @@ async def metrics_text(request: web.Request) -> web.StreamResponse:
 
 # -- the application -------------------------------------------------------------------
 
+async def _start_warming(app: web.Application) -> None:
+    """As the application starts: the presence timelines, in the background."""
+    app[WARMING] = asyncio.create_task(app[DASHBOARD].history.warm())
+
+
+async def _stop_warming(app: web.Application) -> None:
+    task = app.get(WARMING)
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def make_app(dash: Dashboard) -> web.Application:
     app = web.Application(middlewares=[require_login, history_unavailable, server_timing],
                           client_max_size=MAX_BODY)
     app[DASHBOARD] = dash
     app[TEMPLATE_ENV] = templates()
     app.on_response_prepare.append(security_headers)
+    app.on_startup.append(_start_warming)
+    app.on_cleanup.append(_stop_warming)
     app.router.add_get("/", now_page)
     app.router.add_get("/history", history_page)
     app.router.add_get("/devices", devices_page)

@@ -27,9 +27,10 @@ DESCRIPTION = """The Homewatch dashboard: who is home and how warm it is, over H
 Reads the history database the subscriber writes (read-only) and serves the Now,
 History and Devices pages and a JSON API on https://BIND:PORT/, behind one household
 password. Its directory (--dashboard-dir, made by `make up`) holds server.crt and
-server.key (a certificate from the project CA), password.hash (the household password's
-scrypt hash: `make dashboard-password` changes it and every session ends, no restart
-needed) and certificates.json (certificate expiry for the Devices page)."""
+server.key (a certificate from the dashboard's own CA, certs/dashboard-ca.crt, which
+browsers import and Pis never trust), password.hash (the household password's scrypt
+hash: `make dashboard-password` changes it and every session ends, no restart needed)
+and certificates.json (certificate expiry for the Devices page)."""
 
 
 def _port(text: str) -> int:

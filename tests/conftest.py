@@ -82,7 +82,7 @@ def home_assistant_mqtt(home_assistant: HomeAssistant,
 @pytest.fixture(scope="session")
 def dashboard_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What `make up` leaves in certs/dashboard, made by the same code: the HTTPS
-    certificate from the project CA (gen-certs.sh), the household password and its hash
+    certificate from the dashboard's own CA (gen-certs.sh), the household password and its hash
     (`homewatch dashboard password`), and the certificate inventory, which a device
     added with `homewatch device add` (pi-garage, never seen by the history) is in."""
     out = tmp_path_factory.mktemp("dashboard-certs")
@@ -98,9 +98,10 @@ def history_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sample]:
     from homewatch.history.sqlite import SqliteHistory
 
     path = tmp_path_factory.mktemp("history") / "history.db"
-    writer = SqliteHistory(path)
+    received = history_sample.Received()
+    writer = SqliteHistory(path, clock=received)
     try:
-        sample = history_sample.write(writer, time.time())
+        sample = history_sample.write(writer, time.time(), received)
     finally:
         writer.close()
     return path, sample

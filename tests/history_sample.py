@@ -1,7 +1,9 @@
 """A history that exercises every part of the dashboard, written through the real
 history writer: a year of one Pi's temperatures, a Pi whose name is markup, a demo Pi,
 people whose names are markup and quotes, comings and goings, scanner and availability
-changes, rejected messages, a rotated key and two alerts (one caused by demo data)."""
+changes, rejected messages, a rotated key and two alerts (one caused by demo data).
+Each reading is received when it was taken (:class:`Received`), so a Pi's first and
+last seen are the sample's times, not the moments the test wrote them."""
 
 from __future__ import annotations
 
@@ -26,6 +28,17 @@ EVIL_ALERT = "<b>kitchen</b> & \"hot\""  # an alert message quoting a Pi's room 
 REJECTED = {(KITCHEN, "decrypt"): 3, (KITCHEN, "replay"): 1, (None, "unknown-device"): 7}
 
 
+@dataclass
+class Received:
+    """The writer's receive clock (``SqliteHistory(clock=...)``): the time of the
+    reading being written."""
+
+    t: float = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 @dataclass(frozen=True)
 class Sample:
     now: float  # the sample's present: its latest readings are just before it
@@ -36,12 +49,14 @@ class Sample:
                      + 4 * math.sin(t / (365 * DAY) * 2 * math.pi), 2)
 
 
-def write(writer: HistoryWriter, now: float) -> Sample:
-    """Write the sample ending at ``now``; commits once per simulated day."""
+def write(writer: HistoryWriter, now: float, received: Received) -> Sample:
+    """Write the sample ending at ``now`` with ``writer``, whose clock is ``received``;
+    commits once per simulated day."""
     sample = Sample(now)
     start = now - 366 * DAY
     t = start
     while t < now - 120:  # the kitchen: every 15 minutes for a year
+        received.t = t
         writer.temperature(KITCHEN, t, sample.kitchen(t))
         if t >= now - 8 * DAY:
             writer.temperature(DEMO_PI, t, 24.0 + math.cos(t / DAY * 2 * math.pi),
@@ -51,24 +66,29 @@ def write(writer: HistoryWriter, now: float) -> Sample:
         if int((t - start) // 900) % 96 == 95:
             writer.commit()
         t += 900
+    received.t = now - 30
     writer.temperature(KITCHEN, now - 30, KITCHEN_NOW)
     writer.key_updated(KITCHEN, now - KEY_AGE_DAYS * DAY)
     writer.availability(KITCHEN, now - 3 * DAY, True)
     writer.availability(DEMO_PI, now - 8 * DAY, True)
     writer.availability(EVIL_PI, now - 2 * DAY, True)
     writer.availability(EVIL_PI, now - 3600, False)
+    received.t = now - 3 * DAY
     writer.scanner(KITCHEN, now - 3 * DAY, "ok")
+    received.t = now - 2 * DAY
     writer.scanner(EVIL_PI, now - 2 * DAY, "error", SCANNER_ERROR)
     for hours, home in ((72, True), (60, False), (48, True), (36, False), (2, True)):
-        at = now - hours * 3600
+        at = received.t = now - hours * 3600
         writer.presence(KITCHEN, at, [Sighting(name=ANNA, state="home" if home else "away",
                                                last_seen=at if home else at - 180)])
     writer.pi_room(KITCHEN, now - 3 * DAY, KITCHEN_ROOM)
     writer.pi_room(EVIL_PI, now - 2 * DAY, EVIL_ROOM)
     writer.person_room(ANNA, now - 2 * 3600, KITCHEN_ROOM, KITCHEN)
     writer.person_room(EVIL_PERSON, now - DAY, EVIL_ROOM, EVIL_PI)
+    received.t = now - DAY
     writer.presence(EVIL_PI, now - DAY, [Sighting(name=EVIL_PERSON, state="home",
                                                   last_seen=now - DAY)])
+    received.t = now - 3 * 3600
     writer.presence(DEMO_PI, now - 3 * 3600, [Sighting(name=FRANK, state="away",
                                                        last_seen=now - 3 * 3600 - 180)],
                     simulated="demo")

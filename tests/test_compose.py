@@ -860,7 +860,7 @@ def test_the_dashboard_holds_no_mqtt_identity_and_reads_the_history_read_only(
 
 def test_the_dashboard_refuses_every_route_without_login_and_a_wrong_password(
         running: Stack, tmp_path: Path) -> None:
-    """Through the published port, with the project CA: every route of the app but the
+    """Through the published port, with the dashboard's CA: every route of the app but the
     login form is refused without a session, and a wrong password is refused."""
     from homewatch.history.sqlite import SqliteHistory
     from tests.test_dashboard import PUBLIC, app_routes

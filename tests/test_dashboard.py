@@ -1,12 +1,15 @@
 """The dashboard as a LAN sees it: the real process over a real history database, driven
-over HTTPS by a client that verifies its certificate against the project CA."""
+over HTTPS by a client that verifies its certificate against the dashboard's CA."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -14,13 +17,25 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from dashboard.app import CSP, LOGIN_ASSETS, PUBLIC, STATIC, Dashboard, History, make_app
+from dashboard import auth
+from dashboard.__main__ import open_dashboard
+from dashboard.app import (
+    CSP,
+    LOGIN_ASSETS,
+    MAX_PASSWORD,
+    PUBLIC,
+    STATIC,
+    Dashboard,
+    History,
+    make_app,
+)
 from dashboard.auth import (
     BROWSER_COOKIE,
     BROWSER_LIFETIME,
@@ -31,12 +46,15 @@ from dashboard.auth import (
     Sessions,
 )
 from dashboard.inventory import Inventory
+from dashboard.server import Certificate
+from dashboard.settings import build
+from homewatch import passwords
 from homewatch.history import RANGES
 from homewatch.history.sqlite import open_reader
 from tests import history_sample as hs
 from tests.helpers import ROOT, clean_env, free_port, gen_certs, homewatch_cli, python_m
 from tests.history_sample import Sample
-from tests.web import DashboardProcess, Response, WebClient
+from tests.web import DashboardProcess, Response, WebClient, age_bounds, served
 
 PAGES = ("/", "/history", "/history?range=1y", "/devices")
 APIS = ("/api/now", f"/api/temperature?device={hs.KITCHEN}&range=24h",
@@ -168,6 +186,45 @@ def test_session_cookie_is_secure_httponly_strict_and_ends_at_logout(
     assert replay.get("/").status == 303
 
 
+def test_a_session_ends_after_its_idle_time_and_after_30_days_at_most(
+        dashboard_certs: Path, history_db: tuple[Path, Sample]) -> None:
+    """A session ends after --session-hours (24 by default) without a request, each
+    request starting that time again, and 30 days after its login however active: the
+    dashboard's own application from its settings, served in-process on a clock the
+    test turns."""
+    now = [1_000_000.0]
+    args = ["--dashboard-dir", str(dashboard_certs / "dashboard"), "--history",
+            str(history_db[0])]
+    for extra, idle in (([], 24 * 3600), (["--session-hours", "2"], 2 * 3600)):
+        settings = build([*args, *extra], {})
+        dash = open_dashboard(settings, clock=lambda: now[0])
+        try:
+            with served(make_app(dash), Certificate(settings.tls_cert, settings.tls_key)
+                        ) as base:
+                user = WebClient(base, dashboard_certs / "dashboard-ca.crt")
+                password = (dashboard_certs / "dashboard" / "password").read_text().strip()
+                assert user.login(password).status == 303
+                for _ in range(3):  # a request just within the idle time keeps it going
+                    now[0] += idle - 60
+                    assert user.get("/api/now").status == 200
+                now[0] += idle + 1
+                assert user.get("/api/now").status == 401
+                assert user.get("/").status == 303  # to the login page
+                if idle != 24 * 3600:
+                    continue
+                assert user.login(password).status == 303
+                began = now[0]
+                while now[0] + 23 * 3600 < began + 30 * 86400:
+                    now[0] += 23 * 3600
+                    assert user.get("/api/now").status == 200, (now[0] - began) / 86400
+                now[0] = began + 30 * 86400 - 60
+                assert user.get("/api/now").status == 200
+                now[0] += 61  # 30 days since the login, though used a minute ago
+                assert user.get("/api/now").status == 401
+        finally:
+            dash.close()
+
+
 def test_posts_need_the_forms_token_and_our_origin(dashboard: DashboardProcess,
                                                    user: WebClient) -> None:
     """Login and logout are refused (403) without the form's token, with a wrong one,
@@ -234,7 +291,7 @@ def test_security_headers_on_every_response(dashboard: DashboardProcess,
 
 def test_https_only_tls_1_2_or_later(dashboard: DashboardProcess) -> None:
     """Plain HTTP gets no page; a client offering at most TLS 1.1 is refused; a verifying
-    client gets TLS 1.3 from the certificate the project CA signed."""
+    client gets TLS 1.3 from the certificate the dashboard's CA signed."""
     with socket.create_connection((dashboard.bind, dashboard.port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         s.settimeout(5)
@@ -269,6 +326,20 @@ def test_https_only_tls_1_2_or_later(dashboard: DashboardProcess) -> None:
 
 
 # -- what the pages and the API show ----------------------------------------------------
+
+def _card(page: str, kind: str, name: str) -> str:
+    """The card (``<li class="card KIND">``) of the Pi named ``name`` on a page."""
+    cards = [c.split("</li>\n", 1)[0] for c in page.split(f'<li class="card {kind}">')[1:]]
+    found = [c for c in cards if f'<span class="name">{name}</span>' in c]
+    assert len(found) == 1, (kind, name, len(cards))
+    return found[0]
+
+
+def _assert_age(text: str, t: float) -> None:
+    """``text`` ("35 s ago") is the age of ``t`` now, as the dashboard cuts it down."""
+    low, high = age_bounds(text)
+    assert low - 5 <= time.time() - t < high + 5, (text, time.time() - t)
+
 
 def test_names_from_pis_are_escaped_everywhere(user: WebClient) -> None:
     """A Pi named <script>..., people named with quotes and markup, a scanner detail with
@@ -319,7 +390,14 @@ def test_now_api_and_page_show_each_person_and_pi(dashboard: DashboardProcess,
     assert (kitchen["room"], pis[hs.EVIL_PI]["room"], pis[hs.DEMO_PI]["room"]) == (
         hs.KITCHEN_ROOM, hs.EVIL_ROOM, None)
     assert now["invented"] == [hs.DEMO_PI] and now["simulated"] == "demo"
+    assert kitchen["last_reading_at"] == kitchen["temperature_at"] == pytest.approx(
+        sample_now - 30, abs=0.01)
     page = user.get("/").text
+    card = _card(page, "pi", hs.KITCHEN)
+    last = re.search(r'<dt>Last reading</dt><dd><span class="age" data-t="([0-9.]+)">'
+                     r'([^<]*)</span></dd>', card)
+    assert last and float(last[1]) == kitchen["last_reading_at"], card
+    _assert_age(last[2], kitchen["last_reading_at"])
     assert '<span class="value">21.5</span>' in page
     assert "Demo data." in page and '<span class="sim"' in page
     assert '<span class="badge unknown">not seen</span>' in page
@@ -427,6 +505,10 @@ def test_devices_api_and_page_show_keys_certificates_and_rejections(
     assert kitchen["certificate_not_after"] is None
     assert kitchen["readings"] > 35000 and kitchen["online"] is True
     assert devices["pi-garage"]["last_seen"] is None
+    assert kitchen["first_seen"] == pytest.approx(sample_now - 366 * 86400, abs=0.01)
+    assert kitchen["last_seen"] == pytest.approx(sample_now - 30, abs=0.01)
+    assert devices[hs.DEMO_PI]["first_seen"] == pytest.approx(sample_now - 8 * 86400,
+                                                              abs=0.01)
     assert devices["pi-garage"]["certificate_not_after"] == _unix(garage["not_after"])
     assert devices["pi-garage"]["key_updated_at"] == _unix(garage["key_created"])
     assert devices[hs.DEMO_PI]["simulated"] == "demo"
@@ -434,6 +516,21 @@ def test_devices_api_and_page_show_keys_certificates_and_rejections(
     for server in ("ca", "broker", "dashboard"):
         assert data[server]["not_after"] == _unix(inventory[server]["not_after"])
     page = user.get("/devices").text
+    card = _card(page, "device", hs.KITCHEN)
+    seen = re.search(r'<dt>Last seen</dt><dd><time class="ts" datetime="([^"]+)" '
+                     r'data-t="([0-9.]+)">([^<]+)</time> \(<span class="age" '
+                     r'data-t="[0-9.]+">([^<]+)</span>\)</dd>', card)
+    assert seen and float(seen[2]) == kitchen["last_seen"], card
+    last_seen = datetime.fromtimestamp(kitchen["last_seen"], UTC)
+    assert seen[1] == last_seen.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert seen[3] == last_seen.strftime("%Y-%m-%d %H:%M UTC")
+    _assert_age(seen[4], kitchen["last_seen"])
+    first = datetime.fromtimestamp(kitchen["first_seen"], UTC)
+    assert (f'<dt>First seen</dt><dd><time class="ts" datetime="'
+            f'{first.strftime("%Y-%m-%dT%H:%M:%SZ")}" data-t="{kitchen["first_seen"]}">'
+            f'{first.strftime("%Y-%m-%d %H:%M UTC")}</time></dd>') in card
+    garage = _card(page, "device", "pi-garage")
+    assert "<dt>Last seen</dt><dd>never</dd>" in garage
     assert f"{hs.KEY_AGE_DAYS} d" in page
     assert '<span class="reason">decrypt</span>&nbsp;<span class="count">3</span>' in page
     assert "Rejected from no known device" in page
@@ -499,6 +596,104 @@ def test_metrics_need_a_session_or_the_token(dashboard: DashboardProcess,
     assert user.get("/metrics").status == 200
 
 
+def _metric_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text format: each metric's samples as (labels, value)."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        assert match, line
+        labels = {k: re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m[1], m[1]), v)
+                  for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or "")}
+        samples.setdefault(match[1], []).append((labels, float(match[3])))
+    return samples
+
+
+def _readme_metrics() -> list[str]:
+    """The metric names README's JSON API section lists, in its order."""
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme.split("`/metrics` has ", 1)[1].split("\n\n", 1)[0]
+    paragraph = paragraph.split("The token is for", 1)[0]
+    return re.findall(r"`(homewatch_[a-z_]+)(?:\{[a-z,]*\})?`", paragraph)
+
+
+def test_every_metric_the_readme_lists_is_served_with_its_value(
+        own_dashboard: DashboardProcess, history_db: tuple[Path, Sample]) -> None:
+    """/metrics serves every metric README lists (and none it does not), each with the
+    value the history, the inventory and the dashboard itself hold: temperatures and
+    their times, online and scanner states, readings and rejections, who is home,
+    certificate expiry, open sessions, failed and rate-limited logins."""
+    names = _readme_metrics()
+    assert len(names) == len(set(names)) == 12, names
+    d, sample_now = own_dashboard, history_db[1].now
+    attacker = d.client(source="127.0.0.3")
+    for _ in range(5):
+        assert attacker.login("wrong-password-5").status == 401
+    assert attacker.login("wrong-password-5").status == 429
+    user = d.client()
+    assert user.login(d.password).status == 303
+    r = user.get("/metrics")
+    assert r.status == 200, r.text
+    samples = _metric_samples(r.text)
+    assert sorted(samples) == sorted(names)  # every documented one, nothing else
+    for name in names:
+        assert f"# HELP {name} " in r.text and f"# TYPE {name} " in r.text, name
+
+    def value(metric: str, /, **labels: str) -> float:
+        found = [v for have, v in samples[metric] if labels.items() <= have.items()]
+        assert len(found) == 1, (metric, labels, samples[metric])
+        return found[0]
+
+    kitchen = hs.KITCHEN
+    assert value("homewatch_temperature_celsius", device=kitchen) == hs.KITCHEN_NOW
+    for name in ("homewatch_temperature_timestamp_seconds",
+                 "homewatch_device_last_reading_timestamp_seconds"):
+        assert value(name, device=kitchen) == pytest.approx(sample_now - 30, abs=1), name
+    assert value("homewatch_device_online", device=kitchen) == 1.0
+    assert value("homewatch_device_online", device=hs.EVIL_PI) == 0.0
+    assert value("homewatch_device_scanner_ok", device=kitchen) == 1.0
+    assert value("homewatch_device_scanner_ok", device=hs.EVIL_PI) == 0.0  # its error
+    devices = {x["name"]: x for x in user.get("/api/devices").json()["devices"]}
+    for name, device in devices.items():
+        if device["readings"]:
+            assert value("homewatch_device_readings_total", device=name) == device["readings"]
+    assert value("homewatch_device_readings_total", device=kitchen) > 35000
+    for (device, reason), n in hs.REJECTED.items():
+        assert value("homewatch_rejected_messages_total", device=device or "",
+                     reason=reason) == n
+    assert value("homewatch_person_home", person=hs.ANNA) == 1.0
+    assert value("homewatch_person_home", person=hs.FRANK, simulated="demo") == 0.0
+    inventory = json.loads((d.directory / "certificates.json").read_text())
+    for kind in ("ca", "broker", "dashboard"):
+        assert value("homewatch_certificate_not_after_timestamp_seconds", kind=kind,
+                     name=kind) == _unix(inventory[kind]["not_after"])
+    assert value("homewatch_certificate_not_after_timestamp_seconds", kind="device",
+                 name="pi-garage") == _unix(inventory["devices"]["pi-garage"]["not_after"])
+    assert value("homewatch_dashboard_sessions") == 1.0
+    assert value("homewatch_dashboard_login_failures_total") == 5.0
+    assert value("homewatch_dashboard_login_rate_limited_total") == 1.0
+
+
+def test_a_changed_metrics_token_file_is_read_again_without_a_restart(
+        own_dashboard: DashboardProcess) -> None:
+    """A new token written into the metrics token file opens /metrics at once, and the
+    old one no longer does, without a restart."""
+    d = own_dashboard
+    path = d.directory / "metrics-token"
+    old, new = path.read_text().strip(), secrets.token_urlsafe(24)
+    anonymous = d.client()
+
+    def status(token: str) -> int:
+        return anonymous.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status
+
+    assert status(old) == 200
+    path.write_text(new + "\n")
+    assert (status(new), status(old)) == (200, 401)
+    assert d.proc is not None and d.proc.poll() is None  # the same process
+    assert "metrics token file" in d.log() and "changed" in d.log()
+
+
 def test_the_database_is_only_read(dashboard: DashboardProcess, user: WebClient,
                                    history_db: tuple[Path, Sample]) -> None:
     """A whole session (every page, every API range, metrics) leaves the database file
@@ -535,14 +730,18 @@ def test_health_file_is_touched_while_serving(dashboard: DashboardProcess) -> No
 def own_dashboard(dashboard_certs: Path, history_db: tuple[Path, Sample],
                   tmp_path: Path) -> Iterator[DashboardProcess]:
     """A dashboard of this test's own: its own certs/dashboard (password, hash,
-    inventory), its own copy of the history, rate limit and sessions."""
+    inventory, a metrics token), its own copy of the history, rate limit and sessions."""
     shutil.copytree(dashboard_certs / "dashboard", tmp_path / "certs" / "dashboard")
     (tmp_path / "history").mkdir()
     shutil.copy2(history_db[0], tmp_path / "history" / "history.db")
+    token = tmp_path / "certs" / "dashboard" / "metrics-token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
     process = DashboardProcess(directory=tmp_path / "certs" / "dashboard",
                                history=tmp_path / "history" / "history.db",
                                ca=dashboard_certs / "dashboard-ca.crt",
-                               workdir=tmp_path / "run").start()
+                               workdir=tmp_path / "run",
+                               args=("--metrics-token-file", str(token))).start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -643,6 +842,112 @@ def test_attempts_refused_by_the_overall_limit_take_no_room_in_the_address_table
     assert len(limiter.clients) == 3
 
 
+# -- large and many requests -----------------------------------------------------------
+
+HUGE = 100 * 1024 * 1024  # what the requests below say their body is
+
+
+def _post_huge(d: DashboardProcess, path: str, cookie: str = "") -> tuple[bytes, int]:
+    """POST ``path`` with a body said to be 100 MiB, of which only 64 KiB is sent; the
+    status line of the answer that comes back meanwhile, and how much was sent."""
+    context = ssl.create_default_context(cafile=str(d.ca))
+    with (socket.create_connection((d.bind, d.port), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname=d.bind) as s):
+        head = (f"POST {path} HTTP/1.1\r\nHost: {d.bind}:{d.port}\r\nContent-Type: "
+                f"application/x-www-form-urlencoded\r\nContent-Length: {HUGE}\r\n"
+                + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n")
+        body = b"password=" + b"a" * (64 * 1024 - 9)
+        s.sendall(head.encode() + body)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0], len(body)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole(
+        dashboard: DashboardProcess, user: WebClient) -> None:
+    """A login form, or a logged-in user's form, that says it is 100 MiB long is refused
+    with 413 once more than 16 KiB of it came in: the answer comes while the client has
+    sent 64 KiB of it, and the dashboard keeps serving."""
+    cookie = f"{SESSION_COOKIE}={user.cookies[SESSION_COOKIE]}"
+    for path, with_cookie in (("/login", ""), ("/logout", cookie)):
+        status, sent = _post_huge(dashboard, path, with_cookie)
+        assert status == b"HTTP/1.1 413 Request Entity Too Large", (path, status)
+        assert sent < HUGE // 1000
+    assert user.get("/api/now").status == 200  # the session was not ended either
+
+
+def test_an_over_long_password_is_refused_without_hashing(
+        dashboard_certs: Path, history_db: tuple[Path, Sample],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password over 1 KiB is a wrong password at once: refused (401) without an
+    scrypt check (32 MiB and about 0.1 s each), where one of 1 KiB is checked; the
+    dashboard's own application, in-process, counting the checks it makes."""
+    checks: list[int] = []
+
+    def counted(password: str, stored: str) -> bool:
+        checks.append(len(password))
+        return passwords.verify_password(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", counted)
+    settings = build(["--dashboard-dir", str(dashboard_certs / "dashboard"), "--history",
+                      str(history_db[0])], {})
+    dash = open_dashboard(settings)
+    try:
+        with served(make_app(dash), Certificate(settings.tls_cert, settings.tls_key)) as base:
+            client = WebClient(base, dashboard_certs / "dashboard-ca.crt")
+            r = client.login("x" * (MAX_PASSWORD + 1))
+            assert r.status == 401 and "Wrong password." in r.text
+            assert checks == []
+            assert client.login("x" * MAX_PASSWORD).status == 401
+            assert checks == [MAX_PASSWORD]
+            password = (dashboard_certs / "dashboard" / "password").read_text().strip()
+            assert client.login(password).status == 303
+            assert checks == [MAX_PASSWORD, len(password)]
+    finally:
+        dash.close()
+
+
+def test_a_logged_in_user_is_served_while_logins_and_huge_bodies_pour_in(
+        own_dashboard: DashboardProcess) -> None:
+    """20 wrong passwords at once from 4 addresses (as many scrypt checks as the rate
+    limit lets through, run one after another) and posts of 100 MiB bodies: meanwhile
+    a logged-in user's requests are answered in well under a second each, while the
+    checks are still queued."""
+    d = own_dashboard
+    user = d.client()
+    assert user.login(d.password).status == 303
+    attackers = [d.client(source=f"127.0.0.{2 + n // 5}") for n in range(20)]
+    forms = [a.get("/login").csrf for a in attackers]
+    answered: list[float] = []
+
+    def guess(n: int) -> int:
+        status = attackers[n].post("/login", {"csrf": forms[n], "password": f"wrong-{n}",
+                                              "next": "/"}).status
+        answered.append(time.monotonic())
+        return status
+
+    with ThreadPoolExecutor(24) as pool:
+        began = time.monotonic()
+        guesses = [pool.submit(guess, n) for n in range(20)]
+        huge = [pool.submit(_post_huge, d, "/login") for _ in range(4)]
+        time.sleep(0.3)
+        took = []
+        for _ in range(5):
+            start = time.monotonic()
+            assert user.get("/api/now").status == 200
+            took.append(time.monotonic() - start)
+        served_by = time.monotonic()
+        assert [g.result() for g in guesses] == [401] * 20
+        assert all(h.result()[0].startswith(b"HTTP/1.1 413") for h in huge)
+    assert max(answered) - began > 1.0, "the checks were not queued"
+    assert served_by < max(answered), "the user was not served while checks were queued"
+    assert max(took) < 0.5, took
+
+
 def test_a_new_password_ends_every_session_without_restart(
         own_dashboard: DashboardProcess) -> None:
     """`homewatch dashboard password` (what `make dashboard-password` runs) while the
@@ -691,6 +996,52 @@ def test_a_password_hash_fixed_in_place_with_its_mtime_kept_is_seen(
             before.st_ino, before.st_size, before.st_mtime_ns)
         expected = 303 if content == good else 503
         assert d.client().login(d.password).status == expected
+
+
+def test_presence_timelines_are_worked_out_in_the_background_as_it_starts(
+        own_dashboard: DashboardProcess) -> None:
+    """Right after it starts, before any request, the dashboard works out each person's
+    presence timeline in the background (the log says how many its reader keeps), so
+    the first presence request only adds what is new; what it answers is what a reader
+    that worked out nothing ahead answers."""
+    d = own_dashboard
+    assert _eventually(lambda: "presence timelines ready" in d.log()), d.log()
+    log = d.log()
+    assert '"GET ' not in log and '"POST ' not in log  # no request came first
+    with open_reader(d.history) as cold:
+        people = cold.people()
+        expected = cold.presence(time.time() - RANGES["1y"], time.time() + 60)
+    assert len(people) == 3 and cold.timelines == len(people)
+    assert f"presence timelines ready: {len(people)} of {len(people)} people" in log
+    user = d.client()
+    assert user.login(d.password).status == 303
+    answer = user.get("/api/presence?range=1y").json()
+    got = {p["name"]: p["intervals"] for p in answer["people"]}
+    assert sorted(got) == sorted(people)
+    for name in people:  # the same stretches (the first clipped to each range's start)
+        assert [(i["end"], i["state"]) for i in got[name]] == [
+            (i.end, i.state) for i in expected[name]], name
+
+
+def test_a_history_unreadable_while_warming_is_logged_once_and_stops_nothing(
+        history_db: tuple[Path, Sample], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Working out the timelines ahead on a history that cannot be read: its reason is
+    logged once, the work is left to the first request, and nothing is raised."""
+    copy = tmp_path / "history.db"
+    shutil.copy2(history_db[0], copy)
+    history = History(lambda: open_reader(copy))
+    try:
+        with open(copy, "r+b") as f:  # the same file, its header destroyed
+            f.write(b"\0" * 100)
+        with caplog.at_level(logging.INFO, logger="dashboard.app"):
+            asyncio.run(history.warm())
+    finally:
+        history.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("file is not a database" in line for line in lines) == 1, lines
+    assert "presence timelines will be worked out at the first request instead" in lines
+    assert not any("presence timelines ready" in line for line in lines)
 
 
 def test_an_unreadable_history_is_a_503_saying_why_until_it_is_back(

@@ -22,7 +22,7 @@ from homewatch.history import RANGES
 from tests import history_sample as hs
 from tests.browser import PHONE, Visit, chromium, visit
 from tests.history_sample import Sample
-from tests.web import DashboardProcess
+from tests.web import DashboardProcess, age_bounds
 
 ZONE = "Asia/Kolkata"  # UTC+05:30: local times cannot pass for UTC by accident
 
@@ -88,6 +88,11 @@ def test_now_page_shows_the_pis_temperature_and_the_people(
     local = datetime.fromtimestamp(at, ZoneInfo(ZONE))
     expect(as_of).to_contain_text(local.strftime("%H:%M"))
     expect(anna).to_contain_text("2 h ago")
+    last_reading = kitchen.locator("dt:text-is('Last reading') + dd")
+    expect(last_reading).to_have_text(re.compile(r"\d+ (s|min|h) ago"))
+    low, high = age_bounds(last_reading.inner_text())
+    age = time.time() - (history_db[1].now - 30)  # the kitchen's latest reading
+    assert low - 15 <= age < high + 15, (last_reading.inner_text(), age)
     logged_in.screenshot("now")
 
 
@@ -130,14 +135,52 @@ def test_history_draws_every_chart_with_real_data(logged_in: Visit,
     logged_in.screenshot(f"history-{range_name}")
 
 
-def test_devices_page_shows_keys_certificates_and_rejections(logged_in: Visit) -> None:
-    """Devices: the kitchen Pi's key age and rejected messages by reason; a Pi known only
-    from the certificate inventory with its certificate's expiry; rejections from no
-    known device; the server certificates' expiry."""
+def test_the_24_hour_charts_hours_are_the_browsers_local_hours(logged_in: Visit) -> None:
+    """The 24 h chart's time axis in India's time zone (UTC+05:30, so no UTC hour can
+    pass for a local one): every tick stands at a whole local hour, where the data's
+    time range puts it, and is labelled with that hour (the weekday at midnight)."""
+    page = logged_in.page
+    with page.expect_response(lambda r: r.url.endswith(
+            f"/api/temperature?device={hs.KITCHEN}&range=24h")) as answer:
+        logged_in.goto("/history?range=24h")
+    data = answer.value.json()
+    assert logged_in.wait_for_charts()[hs.KITCHEN] == "drawn"
+    chart = page.locator("figure.temperature", has=page.get_by_text(hs.KITCHEN, exact=True))
+    grid = chart.locator(".grid line").first  # from the plot's left edge to its right
+    left, right = (float(grid.get_attribute(a) or "nan") for a in ("x1", "x2"))
+    ticks = chart.locator(".axis.x line")
+    labels = chart.locator(".axis.x text").all_text_contents()
+    assert ticks.count() == len(labels) >= 4, labels
+    shown = []
+    for i, label in enumerate(labels):
+        px = float(ticks.nth(i).get_attribute("x1") or "nan")
+        t = data["start"] + (px - left) / (right - left) * (data["end"] - data["start"])
+        local = datetime.fromtimestamp(round(t / 60) * 60, ZoneInfo(ZONE))
+        assert local.minute == 0, (label, local)
+        shown.append((label, local.strftime("%a" if local.hour == 0 else "%H:%M")))
+    assert [label for label, _ in shown] == [want for _, want in shown], shown
+    assert all(re.fullmatch(r"\d\d:00|[A-Z][a-z]{2}", label) for label in labels), labels
+
+
+def test_devices_page_shows_keys_certificates_and_rejections(
+        logged_in: Visit, history_db: tuple[Path, Sample]) -> None:
+    """Devices: the kitchen Pi's key age, when it was first and last seen (in the
+    browser's own time zone, with how long ago) and rejected messages by reason; a Pi
+    known only from the certificate inventory with its certificate's expiry, never seen;
+    rejections from no known device; the server certificates' expiry."""
     logged_in.goto("/devices")
     page = logged_in.page
     kitchen = page.locator("li.device", has=page.get_by_text(hs.KITCHEN, exact=True))
     expect(kitchen).to_contain_text(f"Key age{hs.KEY_AGE_DAYS} d")
+    sample_now = history_db[1].now
+    for label, t in (("Last seen", sample_now - 30), ("First seen", sample_now - 366 * hs.DAY)):
+        shown = kitchen.locator(f"dt:text-is('{label}') + dd time")
+        local = datetime.fromtimestamp(t, ZoneInfo(ZONE))  # as Chromium's en-GB says it
+        expect(shown).to_have_text(f"{local.day} {local:%b %Y}, {local:%H:%M}")
+        assert float(shown.get_attribute("data-t") or 0) == pytest.approx(t, abs=0.01)
+    ago = kitchen.locator("dt:text-is('Last seen') + dd .age")
+    low, high = age_bounds(ago.inner_text())
+    assert low - 15 <= time.time() - (sample_now - 30) < high + 15, ago.inner_text()
     expect(kitchen.locator(".reasons")).to_contain_text("decrypt 3")
     garage = page.locator("li.device", has=page.get_by_text("pi-garage", exact=True))
     expect(garage).to_contain_text("Last seennever")

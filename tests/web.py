@@ -1,5 +1,6 @@
 """Talking to the dashboard as a careful client does: over HTTPS, verifying its
-certificate against the project CA, keeping cookies; and the dashboard as a real process.
+certificate against the dashboard's CA, keeping cookies; and the dashboard as a real process,
+or its application served in-process (:func:`served`, for tests that turn its clock).
 
 Reusable against any dashboard (the one these tests start, or the Compose stack's): a
 :class:`WebClient` needs only the base URL and the CA certificate.
@@ -7,23 +8,41 @@ Reusable against any dashboard (the one these tests start, or the Compose stack'
 
 from __future__ import annotations
 
+import asyncio
 import html
 import http.client
 import json
 import re
 import ssl
 import subprocess
+import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from dashboard.server import Certificate
 from tests.helpers import clean_env, free_port, python_m, stop_process, wait_for_port
 
 _CSRF = re.compile(r'name="csrf" value="([^"]*)"')
+
+
+_AGE_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+
+
+def age_bounds(text: str) -> tuple[float, float]:
+    """The seconds an age such as "3 min ago" (or a bare "3 min") can stand for: its
+    whole units, cut down as the dashboard shows them."""
+    match = re.fullmatch(r"\s*(\d+) (s|min|h|d|y)(?: ago)?\s*", text)
+    assert match, text
+    unit = _AGE_UNITS[match[2]]
+    return int(match[1]) * unit, (int(match[1]) + 1) * unit
 
 
 @dataclass
@@ -185,3 +204,44 @@ class DashboardProcess:
         code = self.proc.returncode
         self.proc = None
         return code
+
+
+@contextmanager
+def served(app: web.Application, certificate: Certificate,
+           bind: str = "127.0.0.1") -> Iterator[str]:
+    """The dashboard's application served over HTTPS (its own TLS context) on a free
+    loopback port by an event loop on a thread of its own; yields the base URL. For
+    tests that hand the application a clock of their own."""
+    port = free_port(bind)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, handle_signals=False)
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, bind, port, ssl_context=certificate.context).start()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:  # handed to the test's thread
+            failed.append(exc)
+        started.set()
+        if not failed:
+            loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="served-dashboard")
+    thread.start()
+    started.wait(30)
+    if failed:
+        thread.join(30)
+        raise failed[0]
+    try:
+        yield f"https://{bind}:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)

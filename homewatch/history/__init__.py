@@ -224,6 +224,14 @@ class HistoryReader(Protocol):
         Pi that vouches (see :class:`PersonNow`) has them home, unknown from when the last
         such Pi went offline until a Pi reports them again, else away."""
 
+    def people(self) -> list[str]:
+        """The known people's names."""
+
+    def warm(self, person: str) -> int:
+        """Work out ``person``'s presence timeline now, as :meth:`presence` would, and
+        keep it, so that the next presence() only adds what is new; returns how many
+        people's timelines the reader keeps."""
+
     def devices(self) -> list[DeviceReport]: ...
 
     def rejections(self) -> Mapping[tuple[str | None, str], int]:

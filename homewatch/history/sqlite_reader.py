@@ -116,6 +116,27 @@ class SqliteHistoryReader:
                     for person, name in db.execute(
                         "SELECT id, name FROM person ORDER BY name").fetchall()}
 
+    def people(self) -> list[str]:
+        """The known people's names."""
+        with self._read() as db:
+            return [name for (name,) in db.execute("SELECT name FROM person ORDER BY name")]
+
+    def warm(self, person: str) -> int:
+        """Work out ``person``'s whole timeline now (or bring it up to date), as
+        :meth:`presence` would, and keep it: the dashboard does this for each person in
+        the background as it starts, so that its first presence request adds only what
+        is new. Returns :attr:`timelines`."""
+        with self._read() as db:
+            row = db.execute("SELECT id FROM person WHERE name = ?", (person,)).fetchone()
+            if row is not None:
+                self._spans(db, row[0])
+        return self.timelines
+
+    @property
+    def timelines(self) -> int:
+        """How many people's timelines the reader keeps between calls."""
+        return len(self._timelines)
+
     def _spans(self, db: sqlite3.Connection, person: int) -> list[Span]:
         """The person's whole timeline, kept between calls and extended with what was
         recorded since (a dashboard asks for the same timelines again and again; a year
