@@ -147,6 +147,63 @@ def running(stack: Stack, docker_services: Any) -> Iterator[Stack]:
     yield stack
 
 
+STACK_SETTINGS = ("MQTT_BIND", "MQTT_PORT", "DASHBOARD_BIND", "DASHBOARD_PORT",
+                  "HISTORY_RETENTION_DAYS")
+
+
+def compose_config(project_dir: Path, dotenv: str = "") -> dict[str, Any]:
+    """`docker compose config` of the repository's docker-compose.yml with ``dotenv`` as
+    the project's .env (as a user writes it), nothing from this shell: no container."""
+    project_dir.mkdir(exist_ok=True)
+    (project_dir / ".env").write_text(dotenv)
+    env = {k: v for k, v in clean_env().items() if k not in STACK_SETTINGS}
+    r = subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"),
+                        "--project-directory", str(project_dir), "config", "--format", "json"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    config: dict[str, Any] = json.loads(r.stdout)
+    return config
+
+
+def published(config: dict[str, Any], service: str) -> list[tuple[str, str, int]]:
+    return [(p["host_ip"], p["published"], p["target"])
+            for p in config["services"][service].get("ports", [])]
+
+
+def test_compose_defaults_publish_on_the_lan_and_keep_400_days(tmp_path: Path) -> None:
+    """With no .env setting (the README's defaults): the dashboard is published on
+    0.0.0.0:8443 and the broker on 0.0.0.0:8883, nothing else is published, and the
+    subscriber keeps raw readings 400 days, through the option that sets its retention."""
+    from subscriber.settings import OPTIONS
+
+    config = compose_config(tmp_path / "defaults")
+    services = config["services"]
+    assert published(config, "dashboard") == [("0.0.0.0", "8443", 8443)]
+    assert published(config, "broker") == [("0.0.0.0", "8883", 8883)]
+    assert {name for name, s in services.items() if s.get("ports")} == {"dashboard",
+                                                                         "broker"}
+    assert services["dashboard"]["environment"]["HOMEWATCH_PORT"] == "8443"  # the target
+    (retention,) = [o for o in OPTIONS if o.name == "history-retention"]
+    assert services["subscriber"]["environment"][retention.env] == "400"
+    # (nothing on its command line, which would win over the environment)
+    assert services["subscriber"]["command"] == ["homewatch-subscriber"]
+
+
+def test_compose_settings_in_dotenv_move_the_dashboard_and_set_the_retention(
+        tmp_path: Path) -> None:
+    """DASHBOARD_BIND, DASHBOARD_PORT and HISTORY_RETENTION_DAYS in .env reach the
+    dashboard's published port and the subscriber's retention; the container side stays
+    8443."""
+    from subscriber.settings import OPTIONS
+
+    config = compose_config(tmp_path / "set", "DASHBOARD_BIND=127.0.0.1\nDASHBOARD_PORT=9443\n"
+                            "HISTORY_RETENTION_DAYS=30\n")
+    assert published(config, "dashboard") == [("127.0.0.1", "9443", 8443)]
+    assert published(config, "broker") == [("0.0.0.0", "8883", 8883)]  # untouched
+    (retention,) = [o for o in OPTIONS if o.name == "history-retention"]
+    assert config["services"]["subscriber"]["environment"][retention.env] == "30"
+
+
 def test_make_up_starts_every_service_healthy(running: Stack) -> None:
     """`make up` on a fresh copy ends with broker, subscriber, dashboard and publisher
     healthy."""
