@@ -7,6 +7,7 @@
     homewatch homeassistant add [--reload]
     homewatch dashboard password [--stdin]
     homewatch dashboard inventory
+    homewatch dashboard url [--bind ADDRESS] [--port PORT]
     homewatch health FILE [--max-age SECONDS]
     homewatch irk [--add] [--store DIR] [--known-devices FILE]     (on a Pi, as root)
 
@@ -98,6 +99,13 @@ def _parser() -> OneLineParser:
                     help="read the new password from standard input (12+ characters)")
     wsub.add_parser("inventory", help="refresh certificates.json (certificate expiry and "
                     "key dates for the Devices page)")
+    url = wsub.add_parser("url", help="one line: the dashboard's URL(s) and where its "
+                          "password is (never the password)")
+    url.add_argument("--bind", default=os.environ.get("DASHBOARD_BIND") or "0.0.0.0",  # noqa: S104
+                     metavar="ADDRESS", help="the address it is published on "
+                     "[env DASHBOARD_BIND, default 0.0.0.0]")
+    url.add_argument("--port", type=int, default=os.environ.get("DASHBOARD_PORT") or 8443,
+                     help="the port it is published on [env DASHBOARD_PORT, default 8443]")
 
     doctor = sub.add_parser("doctor", help="audit a running deployment; exit 0 when every "
                             "check passed, 1 when one failed, 3 when none failed but some "
@@ -227,6 +235,24 @@ def _device_add(a: argparse.Namespace, layout: provision.Layout) -> list[str]:
     return out
 
 
+def _dashboard_url(layout: provision.Layout, bind: str, port: int) -> str:
+    """Where the dashboard is and where its password is; a warning on stderr when its
+    certificate does not name the host of the first URL (browsers would refuse it)."""
+    from homewatch import dashboard_access, pki
+
+    urls = dashboard_access.urls(layout, bind, port, lan=dashboard_access.lan_address())
+    cert_file = dashboard_access.dashboard_dir(layout) / "server.crt"
+    host = urls[0].split("//", 1)[1].rsplit(":", 1)[0]
+    if cert_file.is_file() and not pki.names_host(pki.load_cert(cert_file), host):
+        sys.stderr.write(f"homewatch: warning: the dashboard's certificate does not name "
+                         f"{host}: browsers will refuse it. Fix: make broker-cert "
+                         f"SAN=\"{host.strip('[]')}\"\n")
+    listening = f"[{bind}]" if ":" in bind else bind
+    return (f"dashboard: {' or '.join(urls)} (listening on {listening}:{port}); log in with "
+            f"the password in {dashboard_access.dashboard_dir(layout) / 'password'} (new "
+            "one: make dashboard-password)")
+
+
 def _warn_unnamed_host(layout: provision.Layout, host: str) -> None:
     """Warn when the broker certificate does not name the host a bundle's URL uses: the
     Pi would refuse the broker (host name verification)."""
@@ -280,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append(f"  password: {ha.password_file}")
             if args.reload:
                 lines.append(_reload())
+        elif args.command == "dashboard" and args.action == "url":
+            lines.append(_dashboard_url(layout, args.bind, args.port))
         elif args.command == "dashboard" and args.action == "inventory":
             path = dashboard_access.write_inventory(layout)
             lines.append(f"refreshed {path}" if path else

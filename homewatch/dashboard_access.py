@@ -8,6 +8,8 @@
   identities themselves;
 - ``server.crt`` / ``server.key``: its HTTPS certificate, made by ``scripts/gen-certs.sh``.
 
+:func:`urls` says where browsers reach it (the Compose init service logs them).
+
 With ``app_gid`` (the containers' group) the directory is setgid to it (2750) and what the
 dashboard reads is 0640; the password itself stays 0600, the host owner's.
 """
@@ -15,8 +17,10 @@ dashboard reads is 0640; the password itself stays 0600, the host owner's.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from homewatch.provision import Layout, describe_identities
 from homewatch.secrets import ensure_private_dir, write_private_file
 
 PASSWORD_MAX = 256
+ALL_ADDRESSES = ("", "0.0.0.0", "::")  # noqa: S104 (names them, binds nothing)
 
 
 def dashboard_dir(layout: Layout) -> Path:
@@ -122,3 +127,49 @@ def _share(directory: Path, app_gid: int | None) -> None:
     except PermissionError:
         raise ProvisionError(f"cannot give {directory} to group {app_gid}: run as root, or "
                              "through scripts/admin.sh") from None
+
+
+def lan_address() -> str | None:
+    """This server's LAN address: the source address of its default route (what `make
+    up` gets from ``ip route get``; connecting a UDP socket sends nothing), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("1.1.1.1", 9))
+            address: str = probe.getsockname()[0]
+    except OSError:
+        return None
+    return address
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def urls(layout: Layout, bind: str, port: int, *, lan: str | None) -> list[str]:
+    """Where browsers reach the dashboard listening on ``bind``:``port``: that one
+    address; on all addresses, the LAN address ``lan`` (as `make up` says), then the
+    host names with a domain its certificate names (``homeserver.local``, names added
+    with ``make broker-cert``). Without a LAN address: the certificate's first address
+    that is not loopback."""
+    if bind not in ALL_ADDRESSES:
+        return [f"https://{_url_host(bind)}:{port}/"]
+    cert_file = dashboard_dir(layout) / "server.crt"
+    names = pki.subject_alt_names(pki.load_cert(cert_file)) if cert_file.is_file() else []
+    hosts: list[str] = []
+    addresses = [n for n in names if _is_ip(n) and not ipaddress.ip_address(n).is_loopback]
+    if lan is not None or addresses:
+        hosts.append(lan if lan is not None else addresses[0])
+    hosts += [n for n in names if not _is_ip(n) and "." in n
+              and n.lower() not in ("localhost", "localhost.localdomain")]
+    return [f"https://{_url_host(h)}:{port}/" for h in dict.fromkeys(hosts or ["localhost"])]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

@@ -7,14 +7,17 @@
 #     namespace to learn them; it opens no connection);
 #   - the subscriber, health-check and demo identities (homewatch server init);
 #   - group ownership for the broker (1883) and the app containers (10001); every file
-#     stays owned by whoever owns certs/ on the host.
+#     stays owned by whoever owns certs/ on the host;
+# and says where the dashboard is and where its password is (never the password), so
+# that `docker compose logs init` tells a plain `docker compose up` what `make up` prints.
 # Runs as root inside the app image, with ./certs mounted at /work/certs.
 set -euo pipefail
 cd "$(dirname "$0")/.."  # /opt/homewatch in the image
 
 certs=${HOMEWATCH_CERTS_DIR:-/work/certs}
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-    echo "usage: init-stack.sh   (the Compose init service; settings: DEMO, DEMO_DEVICE)"
+    echo "usage: init-stack.sh   (the Compose init service; settings: DEMO, DEMO_DEVICE," \
+         "DASHBOARD_BIND, DASHBOARD_PORT)"
     exit 0
 fi
 [[ -d $certs ]] || { echo "init: error: $certs is not mounted" >&2; exit 2; }
@@ -43,4 +46,8 @@ if [[ -f $alerts ]]; then
     chgrp 10001 "$alerts" && chmod 640 "$alerts"
     echo "init: alerts file certs/clients/subscriber/alerts.toml: 0640 to the app group"
 fi
+# DASHBOARD_BIND and DASHBOARD_PORT as Compose publishes the dashboard; the URL's host as
+# `make up` finds it (this server's LAN address: the host's network namespace).
+(cd "$(dirname "$certs")" && homewatch --certs "$(basename "$certs")" dashboard url) \
+    | sed 's/^/init: /'
 echo "init: certs/ ready"

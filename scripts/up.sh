@@ -28,7 +28,8 @@ if ! "${COMPOSE[@]}" up -d --remove-orphans; then
     say "error: the stack did not start; see the lines above" >&2
     exit 1
 fi
-init_log | sed -e '/^init: certs\/ ready/d' -e 's/^init: /homewatch: /'
+# (init's own dashboard line is for plain `docker compose up`: the summary below says it)
+init_log | sed -e '/^init: certs\/ ready/d' -e '/^init: dashboard: /d' -e 's/^init: /homewatch: /'
 
 services=(broker subscriber dashboard)
 if [[ $DEMO_VALUE != 0 ]]; then services+=(publisher); fi

@@ -103,3 +103,59 @@ def write(writer: HistoryWriter, now: float, received: Received) -> Sample:
                  "measured]", now - 1800, DEMO_PI, delivery="none", simulated="demo")
     writer.commit()
     return sample
+
+
+# -- a plain household, for the README's picture of the Now page ------------------------
+
+HOUSEHOLD_PIS = {"pi-kitchen": "Kitchen", "pi-bedroom": "Bedroom"}  # each Pi's room
+HOUSEHOLD_NOW = {"pi-kitchen": 21.4, "pi-bedroom": 18.6, DEMO_PI: 23.7}
+ANNAS_WATCH = "Annas Watch"
+BENS_PHONE = "Bens Phone"
+
+
+def write_household(writer: HistoryWriter, now: float) -> None:
+    """Two days of a home with two Pis in two rooms and the demo Pi: two people home,
+    each in a room (one heard by both Pis), the demo's person away, and recent alerts
+    (an arrival sent to the webhook, a cold bedroom, the demo's invented one). No
+    hostile names: this is the README's picture (tests/test_dashboard_browser.py)."""
+    start = now - 2 * DAY
+    t = start
+    while t < now - 60:
+        for pi, latest in HOUSEHOLD_NOW.items():
+            swing = math.sin((t - now) / DAY * 2 * math.pi)
+            writer.temperature(pi, t, round(latest + 1.5 * swing, 2),
+                               simulated="demo" if pi == DEMO_PI else None)
+        t += 900
+    for i, pi in enumerate(HOUSEHOLD_NOW):
+        simulated = "demo" if pi == DEMO_PI else None
+        writer.temperature(pi, now - 40 - 50 * i, HOUSEHOLD_NOW[pi], simulated=simulated)
+        writer.availability(pi, start + 600 * i, True)
+        writer.scanner(pi, start + 600 * i, "ok", simulated=simulated)
+        writer.key_updated(pi, now - (90 - 20 * i) * DAY)
+    for pi, room in HOUSEHOLD_PIS.items():
+        writer.pi_room(pi, start, room)
+    writer.pi_room(DEMO_PI, start, DEMO_PI)  # (the demo's room is its name)
+    anna_home, ben_home = now - 40 * 60, now - 5 * 3600
+    ben = Sighting(name=BENS_PHONE, state="home", last_seen=now - 90)
+    writer.presence("pi-bedroom", ben_home, [ben])
+    writer.person_room(BENS_PHONE, ben_home, "Bedroom", "pi-bedroom")
+    writer.presence("pi-kitchen", anna_home,
+                    [Sighting(name=ANNAS_WATCH, state="home", last_seen=now - 30)])
+    writer.presence("pi-bedroom", anna_home,  # (heard through the wall)
+                    [ben, Sighting(name=ANNAS_WATCH, state="home", last_seen=now - 200)])
+    writer.person_room(ANNAS_WATCH, anna_home, "Kitchen", "pi-kitchen")
+    writer.presence(DEMO_PI, now - 3 * 3600,
+                    [Sighting(name=FRANK, state="away", last_seen=now - 3 * 3600 - 180)],
+                    simulated="demo")
+    writer.commit()
+    cold = writer.alert("Bedroom below 17 °C", "temperature-below",
+                        "Bedroom (pi-bedroom): 16.8 °C, below 17 °C for 30 min", now - 9 * 3600,
+                        "pi-bedroom")
+    writer.alert_delivery(cold, "delivered", now - 9 * 3600 + 1)
+    writer.alert("demo warm", "temperature-above", "demo-pi: 24.9 °C, above 24 °C [demo data, "
+                 "not measured]", now - 2 * 3600, DEMO_PI, delivery="none", simulated="demo")
+    arrived = writer.alert(f"{ANNAS_WATCH} arrives", "arrives",
+                           f"{ANNAS_WATCH} arrived (Kitchen, seen by pi-kitchen)", anna_home,
+                           ANNAS_WATCH)
+    writer.alert_delivery(arrived, "delivered", anna_home + 1)
+    writer.commit()

@@ -67,18 +67,20 @@ def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
         tmp_path: Path, compose: str, gen_certs_first: bool, demo: bool) -> None:
     """`docker compose up -d` on a fresh clone (after `scripts/gen-certs.sh`, or without
     it): init exits 0, broker, subscriber, dashboard and demo publisher are healthy, a decrypted
-    reading marked [demo] shows; the CA gen-certs made is kept; with DEMO=0 there is no
-    demo publisher and no demo identity; `down` removes it all."""
+    reading marked [demo] shows; `docker compose logs init` says the dashboard's URL and
+    its password's file, not the password; the CA gen-certs made is kept; with DEMO=0
+    there is no demo publisher and no demo identity; `down` removes it all."""
     version = compose_version(compose)
     assert version.startswith("1.") == (compose == V1), version
     directory = tmp_path / "homewatch"
     directory.mkdir()
     copy_repository(directory)
     project = f"hwup{os.getpid()}{uuid.uuid4().hex[:4]}"
+    dashboard_port = free_port()
     with open(directory / ".env", "a") as env:
         env.write(f"\nCOMPOSE_PROJECT_NAME={project}\nMQTT_BIND=127.0.0.1\n"
                   f"MQTT_PORT={free_port()}\nDEMO_INTERVAL=1\nDEMO={int(demo)}\n"
-                  f"DASHBOARD_BIND=127.0.0.1\nDASHBOARD_PORT={free_port()}\n"
+                  f"DASHBOARD_BIND=127.0.0.1\nDASHBOARD_PORT={dashboard_port}\n"
                   # an image of its own, as on a machine that never built one: Compose
                   # builds it from this tree (from the layer cache, mostly)
                   f"HOMEWATCH_IMAGE=homewatch:{project}\n")
@@ -99,6 +101,17 @@ def test_plain_compose_up_on_a_fresh_clone_brings_the_stack_up(
         (init,) = sdk.containers.list(all=True, filters={"label": [
             f"com.docker.compose.project={project}", "com.docker.compose.service=init"]})
         assert init.attrs["State"]["ExitCode"] == 0
+        logs = subprocess.run([*compose.split(), "logs", "--no-color", "init"], cwd=directory,
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert logs.returncode == 0, logs.stderr
+        (line,) = [x for x in logs.stdout.splitlines() if "init: dashboard: " in x]
+        assert line.split("init: dashboard: ", 1)[1] == (
+            f"https://127.0.0.1:{dashboard_port}/ (listening on 127.0.0.1:{dashboard_port}); "
+            "log in with the password in certs/dashboard/password (new one: make "
+            "dashboard-password)"), line
+        assert "warning" not in logs.stdout  # (its certificate names that address)
+        password = (directory / "certs" / "dashboard" / "password").read_text().strip()
+        assert len(password) >= 12 and password not in logs.stdout + logs.stderr
         services = {c.labels["com.docker.compose.service"] for c in sdk.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={project}"})}
         assert services == ({"init", "broker", "subscriber", "dashboard", "publisher"}

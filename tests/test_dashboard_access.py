@@ -3,6 +3,7 @@ inventory; modes and groups as the containers need them, the password the owner'
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import stat
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from homewatch import dashboard_access, passwords, provision
+from homewatch import dashboard_access, passwords, pki, provision
 from homewatch.errors import ProvisionError
 from tests.helpers import ROOT, clean_env, gen_certs, homewatch_cli
 
@@ -191,3 +192,55 @@ def test_the_owner_sets_a_chosen_password_without_root(layout: provision.Layout)
         assert mode(d) == 0o2750
     finally:
         shutil.rmtree(work)
+
+
+@pytest.fixture
+def named_layout(tmp_path: Path) -> provision.Layout:
+    """Certificates for a server called homeserver, with homeserver.lan added."""
+    out = tmp_path / "certs"
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen-certs.sh"), "--out", str(out),
+                    "--san", "homeserver.lan", "--san", "192.0.2.55"],
+                   env=clean_env({"GEN_CERTS_HOSTNAME": "homeserver"}), check=True,
+                   capture_output=True)
+    dashboard_access.init_dashboard(provision.Layout(out))
+    return provision.Layout(out)
+
+
+def test_dashboard_urls_follow_the_bind_address_and_the_certificates_names(
+        named_layout: provision.Layout) -> None:
+    """Published on one address: that URL only. On all addresses: the LAN address first
+    (as `make up` says), then the host names with a domain the certificate gives; without
+    a LAN address, an address of the certificate that is not loopback."""
+    urls = dashboard_access.urls
+    assert urls(named_layout, "127.0.0.1", 9443, lan="192.0.2.55") == [
+        "https://127.0.0.1:9443/"]
+    assert urls(named_layout, "::1", 8443, lan=None) == ["https://[::1]:8443/"]
+    assert urls(named_layout, "0.0.0.0", 8443, lan="192.0.2.55") == [
+        "https://192.0.2.55:8443/", "https://homeserver.local:8443/",
+        "https://homeserver.lan:8443/"]
+    first = urls(named_layout, "0.0.0.0", 8443, lan=None)[0]
+    host = first.removeprefix("https://").removesuffix(":8443/").strip("[]")
+    assert not ipaddress.ip_address(host).is_loopback
+    assert host in pki.subject_alt_names(
+        pki.load_cert(named_layout.root / "dashboard" / "server.crt"))
+
+
+def test_dashboard_url_command_names_the_password_file_never_the_password(
+        named_layout: provision.Layout) -> None:
+    """`homewatch dashboard url` (what the Compose init service logs): one line with the
+    URL for DASHBOARD_BIND:DASHBOARD_PORT and the password's file, not the password; a
+    host the certificate does not name gets a warning with the fix."""
+    pw = (named_layout.root / "dashboard" / "password").read_text().strip()
+    r = subprocess.run([sys.executable, "-m", "homewatch.cli", "--certs", "certs", "dashboard",
+                        "url"], cwd=named_layout.root.parent, capture_output=True, text=True,
+                       check=True, env=clean_env({"DASHBOARD_BIND": "127.0.0.1",
+                                                  "DASHBOARD_PORT": "9443"}))
+    assert r.stdout.splitlines() == [
+        "dashboard: https://127.0.0.1:9443/ (listening on 127.0.0.1:9443); log in with the "
+        "password in certs/dashboard/password (new one: make dashboard-password)"]
+    assert pw not in r.stdout + r.stderr and r.stderr == ""
+    r = homewatch_cli(named_layout.root, "dashboard", "url", "--bind", "192.0.2.77")
+    assert r.stdout.startswith("dashboard: https://192.0.2.77:8443/ (listening on ")
+    assert r.stderr.splitlines() == [
+        "homewatch: warning: the dashboard's certificate does not name 192.0.2.77: browsers "
+        'will refuse it. Fix: make broker-cert SAN="192.0.2.77"']

@@ -2,7 +2,17 @@
 dashboard process: what a person sees, on a desktop and on a phone. Each test also
 asserts that no request left the dashboard's origin, nothing went wrong in the console
 and no dialog opened (a script from a Pi's name would show as one). Screenshots of each
-page go to tests/artifacts/."""
+page go to tests/artifacts/.
+
+The README's picture of the Now page, docs/img/dashboard-now.png, is
+tests/artifacts/readme-now.png from
+test_the_readme_picture_of_now_shows_rooms_people_and_recent_alerts (a plain household,
+tests/history_sample.py's write_household; the other tests' sample is full of hostile
+names), copied there by hand after a change to the Now page:
+
+    python -m pytest tests/test_dashboard_browser.py -k readme_picture
+    cp tests/artifacts/readme-now.png docs/img/dashboard-now.png
+"""
 
 from __future__ import annotations
 
@@ -20,7 +30,8 @@ from playwright.sync_api import Browser, expect
 from dashboard.auth import BROWSER_COOKIE, BROWSER_LIFETIME, SESSION_COOKIE
 from homewatch.history import RANGES
 from tests import history_sample as hs
-from tests.browser import PHONE, Visit, chromium, visit
+from tests.browser import ARTIFACTS, PHONE, Visit, chromium, visit
+from tests.helpers import ROOT
 from tests.history_sample import Sample
 from tests.web import DashboardProcess, age_bounds
 
@@ -31,6 +42,25 @@ ZONE = "Asia/Kolkata"  # UTC+05:30: local times cannot pass for UTC by accident
 def browser(dashboard: DashboardProcess) -> Iterator[Browser]:
     with chromium(dashboard.directory / "server.crt") as b:
         yield b
+
+
+@pytest.fixture(scope="module")
+def household(dashboard: DashboardProcess,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardProcess]:
+    """A second dashboard (same certificate and password) over a plain household's
+    history: the README's picture."""
+    from homewatch.history.sqlite import SqliteHistory
+
+    db = tmp_path_factory.mktemp("household") / "history.db"
+    writer = SqliteHistory(db)
+    try:
+        hs.write_household(writer, time.time())
+    finally:
+        writer.close()
+    process = DashboardProcess(directory=dashboard.directory, history=db, ca=dashboard.ca,
+                               workdir=tmp_path_factory.mktemp("household-dashboard")).start()
+    yield process
+    assert process.stop() == 0, process.log()
 
 
 @pytest.fixture
@@ -242,4 +272,34 @@ def test_logout_closes_the_pages(browser: Browser, dashboard: DashboardProcess) 
         assert v.page.url.endswith("/login")
         v.page.goto(dashboard.base + "/history")
         assert v.page.url.endswith("/login?next=/history")
+        v.assert_clean()
+
+
+def test_the_readme_picture_of_now_shows_rooms_people_and_recent_alerts(
+        browser: Browser, household: DashboardProcess) -> None:
+    """The README's picture of Now (a plain household): each Pi's card with its room and
+    temperature, the people home with their rooms, the demo Pi and its person marked,
+    the recent alerts newest first; it fits the desktop window without scrolling
+    sideways. Kept as tests/artifacts/readme-now.png (see the module's docstring)."""
+    with visit(browser, household.base) as v:
+        v.login(household.password)
+        page = v.page
+        for pi, celsius in hs.HOUSEHOLD_NOW.items():
+            card = page.locator("li.pi", has=page.locator("h3 .name", has_text=pi))
+            expect(card.locator(".temperature")).to_have_text(f"{celsius:.1f} °C")
+            expect(card.locator(".badge")).to_have_text("online")
+            expect(card.locator("dd .room")).to_have_text(hs.HOUSEHOLD_PIS.get(pi, pi))
+        for person, room in ((hs.ANNAS_WATCH, "Kitchen"), (hs.BENS_PHONE, "Bedroom")):
+            card = page.locator("li.person", has=page.get_by_text(person, exact=True))
+            expect(card.locator(".badge")).to_have_text("home")
+            expect(card.locator("h3 .room")).to_have_text(f"· {room}")
+        frank = page.locator("li.person", has=page.get_by_text(hs.FRANK, exact=True))
+        expect(frank.locator(".sim")).to_have_text("demo")
+        expect(page.locator("ul.alerts .rule")).to_have_text(
+            [f"{hs.ANNAS_WATCH} arrives", "demo warm", "Bedroom below 17 °C"])
+        expect(page.locator("ul.alerts .delivery")).to_have_text(["sent", "no webhook", "sent"])
+        assert v.horizontal_overflow() <= 0
+        path = v.screenshot("readme-now")
+        assert path == ARTIFACTS / "readme-now.png"
+        assert (ROOT / "docs" / "img" / "dashboard-now.png").is_file()  # the README's copy
         v.assert_clean()

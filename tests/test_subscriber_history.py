@@ -122,11 +122,28 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+def temperature_lines(output: str | list[str]) -> list[str]:
+    """The temperature readings a subscriber showed (each names its own timestamp)."""
+    lines = output.splitlines() if isinstance(output, str) else output
+    return [line for line in lines if "/temperature,Payload:" in line]
+
+
+def recorded(db: Path) -> int:
+    """How many temperature readings the history holds."""
+    r = reader(db)
+    try:
+        return sum(b.count for b in r.temperature("pi-kitchen", time.time() - 3600,
+                                                  time.time() + 60))
+    finally:
+        r.close()
+
+
 def test_a_full_disk_stops_the_subscriber_unacknowledged_and_nothing_is_lost(
         broker: Broker, workdir: Path, small_disk: Path) -> None:
     """History on a disk that fills up: the subscriber exits 1 with one line naming the
     file; nothing unrecorded was acknowledged, so after space is freed a restart shows
-    and records every reading: none lost."""
+    and records every reading: none lost, none recorded twice, and none shown twice but
+    those it had shown and could not record before it stopped (the README's limit)."""
     db = small_disk / "hist.db"
     cmd = subscriber_cmd(broker, workdir, "--history", str(db), "--client-id",
                          f"sub-disk-{os.getpid()}")
@@ -138,21 +155,33 @@ def test_a_full_disk_stops_the_subscriber_unacknowledged_and_nothing_is_lost(
                              cwd=workdir, env=clean_env(), capture_output=True, text=True,
                              timeout=60)
         assert pub.returncode == 0, pub.stderr
-        _, err = sub.communicate(timeout=30)
+        out, err = sub.communicate(timeout=30)
     assert sub.returncode == 1, err
     errors = [line for line in err.splitlines() if line.startswith("subscriber: error:")]
     assert len(errors) == 1 and str(db) in errors[0], err
     assert "Traceback" not in err
+    first = temperature_lines(out)
+    assert len(set(first)) == len(first), first
+    kept_before = recorded(db)  # acknowledged: the broker must not send these again
+    assert kept_before < 20  # (the disk really was full)
     filler.unlink()
     with running(cmd, cwd=workdir) as sub:
-        lines = read_lines(sub, 20, timeout=30)
-    assert len([line for line in lines if "/temperature," in line]) >= 20
-    r = reader(db)
-    try:
-        buckets = r.temperature("pi-kitchen", time.time() - 3600, time.time() + 60)
-    finally:
-        r.close()
-    assert sum(b.count for b in buckets) == 20
+        second = temperature_lines(read_lines(sub, 20 - kept_before, timeout=30))
+        deadline = time.monotonic() + 10
+        while recorded(db) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # anything sent again would show by now
+        sub.send_signal(signal.SIGTERM)
+        rest, err = sub.communicate(timeout=20)
+    assert sub.returncode == 0, err
+    second += temperature_lines(rest)
+    assert len(set(second)) == len(second), second  # none twice after the restart
+    assert len(set(first) | set(second)) == 20  # none lost
+    # Shown again: exactly those shown before the stop and not recorded (never the
+    # recorded, acknowledged ones).
+    assert len(set(first) & set(second)) == len(first) - kept_before, (first, second)
+    assert len(second) == 20 - kept_before
+    assert recorded(db) == 20  # each kept once
 
 
 def test_no_history_keeps_no_database(broker: Broker, workdir: Path) -> None:
