@@ -173,6 +173,27 @@ def test_a_repeated_reading_is_kept_once(writer: SqliteHistory, db: Path) -> Non
     assert rows(db, "SELECT DISTINCT n FROM rollup") == [(1,)]
 
 
+def test_a_copy_among_new_readings_leaves_the_new_ones_whole(writer: SqliteHistory,
+                                                             db: Path) -> None:
+    """A batch that holds a copy of a recorded reading besides new ones (what a crash
+    before the acknowledgement redelivers, followed by fresh readings) keeps each
+    reading once: in the raw points, the rollups and the Pi's reading count."""
+    writer.temperature("pi-a", T0 + 1, 20.0)
+    writer.temperature("pi-a", T0 + 11, 21.0)
+    writer.commit()
+    writer.temperature("pi-a", T0 + 11, 21.0)  # the copy
+    writer.temperature("pi-a", T0 + 21, 22.0)
+    writer.temperature("pi-b", T0 + 21, 23.0)
+    writer.commit()
+    assert rows(db, "SELECT device_id, ts - ?, centi FROM temperature ORDER BY 1, 2",
+                round(T0 * 1000)) == [(1, 1000, 2000), (1, 11000, 2100), (1, 21000, 2200),
+                                      (2, 21000, 2300)]
+    assert rows(db, "SELECT name, readings FROM device ORDER BY 1") == [("pi-a", 3),
+                                                                         ("pi-b", 1)]
+    assert rows(db, "SELECT device_id, lo, hi, total, n FROM rollup WHERE step = 86400 "
+                "ORDER BY 1") == [(1, 2000, 2200, 6300, 3), (2, 2300, 2300, 2300, 1)]
+
+
 def test_different_readings_in_one_millisecond_are_all_kept(writer: SqliteHistory,
                                                             db: Path) -> None:
     """Two different readings filed under the same millisecond are both kept (the

@@ -7,10 +7,10 @@ database; :class:`SqliteHistoryReader` (or :func:`open_reader`, both from
 side opens the file are in :mod:`homewatch.history.schema`.
 
 Writing
-    Temperature readings go into the raw table as they come (filed under the time they
-    were taken), and into 5-minute, hourly and daily rollups (min, max, sum, count),
-    merged into the buckets once per commit; a late reading lands in its own buckets the
-    same way. A repeated reading (same Pi, same millisecond) is kept once. Presence,
+    Temperature readings go into the raw table (filed under the time they were taken),
+    all of a batch in one statement at its commit, and into 5-minute, hourly and daily
+    rollups (min, max, sum, count), merged into the buckets once per commit; a late
+    reading lands in its own buckets the same way. A repeated reading (same Pi, same millisecond) is kept once. Presence,
     availability and scanner status are kept as changes plus the latest state. Nothing
     is durable before :meth:`SqliteHistory.commit`; any SQLite error (full disk,
     read-only file, locked for longer than the busy timeout, damaged file) is a
@@ -192,6 +192,8 @@ class SqliteHistory:
         self._dirty_pairs: set[tuple[int, int]] = set()
         self._rollups: dict[tuple[int, int, int], list[int]] = {}
         self._deltas: dict[int, _Delta] = {}
+        # the batch's temperature readings: Pi id, ms, centi, sim, received, taken at
+        self._points: list[tuple[int, int, int, int, float, float]] = []
 
     def _abort(self) -> None:
         """Roll the open batch back after a failure (best effort) and drop the caches."""
@@ -220,21 +222,44 @@ class SqliteHistory:
         if not (isinstance(celsius, int | float) and
                 CELSIUS_RANGE[0] <= celsius <= CELSIUS_RANGE[1]):
             raise ValueError(f"temperature {celsius!r} is outside {CELSIUS_RANGE} °C")
-        dev, sim, centi = self._device(device), schema.SIM_CODES[simulated], round(celsius * 100)
-        if not self._insert_point(dev, round(at * 1000), centi, sim):
-            log.debug("history: %s's reading taken at %.3f is already recorded", device, at)
+        self._points.append((self._device(device), round(at * 1000), round(celsius * 100),
+                             schema.SIM_CODES[simulated], self._clock(), at))
+
+    def _write_points(self) -> None:
+        """The batch's raw points, and what they add to the rollups and the Pis' rows.
+        Usually none of them is recorded yet: one ``executemany``. Otherwise (a copy
+        delivered again after a crash, two readings in one millisecond) that is undone
+        and each point goes in by itself (:meth:`_insert_point`)."""
+        points, self._points = self._points, []
+        if not points:
             return
-        for step in schema.ROLLUP_STEPS:
-            key = (dev, step, int(at // step) * step)
-            acc = self._rollups.get(key)
-            if acc is None:
-                self._rollups[key] = [centi, centi, centi, 1, sim]
-            else:
-                acc[0], acc[1] = min(acc[0], centi), max(acc[1], centi)
-                acc[2], acc[3], acc[4] = acc[2] + centi, acc[3] + 1, max(acc[4], sim)
-        delta = self._touch(dev, sim)
-        if delta.temp is None or at >= delta.temp[0]:
-            delta.temp = (at, centi, sim)
+        rows = [(dev, ts, centi, sim) for dev, ts, centi, sim, _, _ in points]
+        kept = points
+        if len({(dev, ts) for dev, ts, _, _ in rows}) == len(rows):
+            self._db.execute("SAVEPOINT points")
+            before = self._db.total_changes
+            self._db.executemany(INSERT_TEMPERATURE, rows)
+            if self._db.total_changes - before != len(rows):
+                self._db.execute("ROLLBACK TO points")
+                kept = []
+            self._db.execute("RELEASE points")
+        else:
+            kept = []
+        if not kept:
+            kept = [p for p in points if self._insert_point(*p[:4])]
+        rollups = self._rollups
+        for dev, _, centi, sim, received, at in kept:
+            for step in schema.ROLLUP_STEPS:
+                key = (dev, step, int(at // step) * step)
+                acc = rollups.get(key)
+                if acc is None:
+                    rollups[key] = [centi, centi, centi, 1, sim]
+                else:
+                    acc[0], acc[1] = min(acc[0], centi), max(acc[1], centi)
+                    acc[2], acc[3], acc[4] = acc[2] + centi, acc[3] + 1, max(acc[4], sim)
+            delta = self._touch(dev, sim, received)
+            if delta.temp is None or at >= delta.temp[0]:
+                delta.temp = (at, centi, sim)
 
     def _insert_point(self, dev: int, ts: int, centi: int, sim: int) -> bool:
         """Insert a raw point; False when this very reading is already there (a copy
@@ -247,6 +272,8 @@ class SqliteHistory:
             row = self._db.execute("SELECT centi, sim FROM temperature WHERE device_id = ? "
                                    "AND ts = ?", (dev, ts)).fetchone()
             if row is not None and tuple(row) == (centi, sim):
+                log.debug("history: a reading of Pi id %d taken at %d ms is already recorded",
+                          dev, ts)
                 return False
             ts += 1
         log.warning("history: more than %d different readings taken within one millisecond "
@@ -437,6 +464,7 @@ class SqliteHistory:
     def commit(self) -> None:
         """Write the batch's rollups and states, delete what retention says is due, and
         make it all durable in one commit."""
+        self._write_points()  # (before retention: it may delete some of them)
         if self._clock() >= self._next_retention:
             self._begin()
             self._retention()
@@ -499,10 +527,11 @@ class SqliteHistory:
             person = self._persons[name] = int(row[0])
         return person
 
-    def _touch(self, dev: int, sim: int) -> _Delta:
-        """Count a reading of ``dev`` received now."""
+    def _touch(self, dev: int, sim: int, now: float | None = None) -> _Delta:
+        """Count a reading of ``dev`` received ``now`` (default: now)."""
         delta = self._deltas.setdefault(dev, _Delta())
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         delta.readings += 1
         delta.first_seen, delta.last_seen = min(delta.first_seen, now), max(delta.last_seen,
                                                                             now)
