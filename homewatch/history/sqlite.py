@@ -7,13 +7,13 @@ database; :class:`SqliteHistoryReader` (or :func:`open_reader`, both from
 side opens the file are in :mod:`homewatch.history.schema`.
 
 Writing
-    Temperature readings go into the raw table (filed under the time they were taken),
-    all of a batch in one statement at its commit, and into 5-minute, hourly and daily
-    rollups (min, max, sum, count), merged into the buckets once per commit; a late
-    reading lands in its own buckets the same way. A repeated reading (same Pi, same
-    millisecond) is kept once. Presence, availability and scanner status are kept as
-    changes plus the latest state. Nothing is durable before :meth:`SqliteHistory.commit`; any SQLite error (full disk,
-    read-only file, locked for longer than the busy timeout, damaged file) is a
+    Temperature readings go into the raw table (filed under the time they were taken), all
+    of a batch in one statement at its commit, and into 5-minute, hourly and daily rollups
+    (min, max, sum, count), merged into the buckets once per commit; a late reading lands in
+    its own buckets the same way. A repeated reading (same Pi, same millisecond) is kept
+    once. Presence, availability and scanner status are kept as changes plus the latest
+    state. Nothing is durable before :meth:`SqliteHistory.commit`; any SQLite error (full
+    disk, read-only file, locked for longer than the busy timeout, damaged file) is a
     :class:`~homewatch.errors.StorageError` naming the file, after which the open
     transaction is rolled back, so the caller acknowledges nothing that was not recorded.
 
