@@ -1246,3 +1246,30 @@ def test_the_readmes_curl_login_works(dashboard: DashboardProcess, dashboard_cer
                        env=clean_env({"CA": "certs/dashboard-ca.crt", "URL": dashboard.base}))
     assert r.returncode == 0, r.stderr
     assert {"at", "people", "pis"} <= set(json.loads(r.stdout))
+
+
+def test_the_apis_records_are_what_dataclasses_asdict_makes_of_them() -> None:
+    """The API's quick record-to-dict (no deep copy) gives exactly what
+    ``dataclasses.asdict`` gives for every record the API serves: a record that ever
+    holds another dataclass makes this fail rather than the API's JSON."""
+    import dataclasses
+
+    from dashboard import api
+    from homewatch.history import AlertRecord, Bucket, Interval, PersonNow, PiNow
+    records = [
+        PiNow(name="pi-a", online=True, status_since=1.0, temperature=20.5,
+              temperature_at=2.0, last_reading_at=3.0, scanner_state="ok",
+              scanner_detail="", simulated="demo", room="Kitchen"),
+        PersonNow(name="Anna", state="home", home=True, since=1.0, seen_by=("pi-a",),
+                  last_seen=2.0, unconfirmed_by=(), simulated=None, room="Kitchen",
+                  room_since=1.0),
+        AlertRecord(id=1, at=1.0, rule="r", kind="arrives", message="m", subject="Anna",
+                    delivery="delivered", delivered_at=2.0, simulated=None),
+        Bucket(start=0.0, end=300.0, min=20.0, max=21.0, mean=20.5, count=30),
+        Interval(start=0.0, end=None, state="home", seen_by=("pi-a", "pi-b")),
+    ]
+    for record in records:
+        for field in dataclasses.fields(record):
+            assert not dataclasses.is_dataclass(getattr(record, field.name)), field
+        assert api.asdict(record) == dataclasses.asdict(record)
+        assert json.dumps(api.asdict(record)) == json.dumps(dataclasses.asdict(record))
