@@ -173,6 +173,30 @@ def test_a_repeated_reading_is_kept_once(writer: SqliteHistory, db: Path) -> Non
     assert rows(db, "SELECT DISTINCT n FROM rollup") == [(1,)]
 
 
+def test_a_pis_mark_is_that_of_its_last_reading_received_in_a_batch(
+        db: Path, clock: Clock) -> None:
+    """A Pi with a real sensor and a simulated scanner: the mark on its card is that of
+    the reading received last, also when a batch holds both (temperatures are written
+    at the commit, after the presence report that came later)."""
+    with SqliteHistory(db, clock=clock) as w:
+        clock.now = T0 + 1
+        w.temperature("pi-a", T0, 20.0)
+        clock.now = T0 + 2
+        w.presence("pi-a", T0 + 1, [Sighting(name="Anna", state="home")],
+                   simulated="simulated")
+        w.commit()
+        with open_reader(db) as r:
+            assert [p.simulated for p in r.now(T0 + 3).pis] == ["simulated"]
+        clock.now = T0 + 12
+        w.presence("pi-a", T0 + 11, [Sighting(name="Anna", state="home")],
+                   simulated="simulated")
+        clock.now = T0 + 13
+        w.temperature("pi-a", T0 + 12, 20.0)
+        w.commit()
+        with open_reader(db) as r:
+            assert [p.simulated for p in r.now(T0 + 14).pis] == [None]
+
+
 def test_a_copy_among_new_readings_leaves_the_new_ones_whole(writer: SqliteHistory,
                                                              db: Path) -> None:
     """A batch that holds a copy of a recorded reading besides new ones (what a crash

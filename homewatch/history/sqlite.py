@@ -155,7 +155,8 @@ class _Delta:
     readings: int = 0
     first_seen: float = math.inf
     last_seen: float = -math.inf
-    last_sim: int = 0
+    last_sim: int = 0  # the mark of the last reading received (at last_sim_at)
+    last_sim_at: float = -math.inf
     temp: tuple[float, int, int] | None = None  # the newest by taken time: at, centi, sim
 
 
@@ -535,7 +536,8 @@ class SqliteHistory:
         delta.readings += 1
         delta.first_seen, delta.last_seen = min(delta.first_seen, now), max(delta.last_seen,
                                                                             now)
-        delta.last_sim = sim
+        if now >= delta.last_sim_at:  # (temperatures are counted at the commit)
+            delta.last_sim, delta.last_sim_at = sim, now
         return delta
 
     def _load_pairs(self) -> dict[tuple[int, int], _Pair]:
