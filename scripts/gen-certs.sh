@@ -25,7 +25,8 @@ the broker's, signed by the dashboard's CA) in DIR (default: certs).
   --days N          server certificates' validity in days (default 825)
   --broker-gid GID  make the broker's files group-readable by GID (1883 in the official
                     Mosquitto image), never world-readable
-  --renew-server    reissue the server certificates with the existing CA (e.g. new SANs)
+  --renew-server    reissue the server certificates with the existing CA, naming what
+                    they named and the --san values (more names, never fewer)
   --force           replace the existing CAs: every client must get the new ca.crt,
                     every browser the new dashboard-ca.crt
 USAGE
@@ -112,7 +113,43 @@ elif [[ -e $web_crt ]] && ! openssl verify -CAfile "$wca_crt" "$web_crt" >/dev/n
     rm -f "$web_crt" "$web_key"  # signed by another CA (the project's, before): reissue
 fi
 
+ipv6_short() {  # an IPv6 address as openssl prints it (FD00:0:0:0:0:0:0:2) -> fd00::2
+    local IFS=: g i run=0 start=0 best=0 bestlen=0
+    local -a groups=()
+    read -ra g <<<"${1,,}"
+    for i in "${!g[@]}"; do groups+=("$(printf '%x' "$((16#${g[i]}))")"); done
+    for i in "${!groups[@]}"; do
+        if [[ ${groups[i]} == 0 ]]; then
+            [[ $run -eq 0 ]] && start=$i
+            run=$((run + 1))
+            if [[ $run -gt $bestlen ]]; then bestlen=$run; best=$start; fi
+        else
+            run=0
+        fi
+    done
+    if [[ $bestlen -ge 2 ]]; then
+        printf '%s::%s' "${groups[*]:0:best}" "${groups[*]:best+bestlen}"
+    else
+        printf '%s' "${groups[*]}"
+    fi
+}
+
 if [[ $renew -eq 1 ]]; then
+    # More names, not other names: what the current certificates name (a name added by an
+    # earlier --san, an address this host no longer has) is named again, beside the new.
+    for c in "$srv_crt" "$web_crt"; do
+        [[ -e $c ]] || continue
+        while read -r s; do
+            case "$s" in
+                DNS:localhost|DNS:broker|DNS:dashboard|"IP Address:127.0.0.1") ;;
+                "IP Address:0:0:0:0:0:0:0:1"|"IP Address:::1") ;;
+                DNS:*) extra_sans+=("$s") ;;
+                "IP Address:"*:*) extra_sans+=("IP:$(ipv6_short "${s#IP Address:}")") ;;
+                "IP Address:"*) extra_sans+=("IP:${s#IP Address:}") ;;
+            esac
+        done < <(openssl x509 -in "$c" -noout -ext subjectAltName 2>/dev/null \
+                 | tail -n +2 | tr ',' '\n' | sed 's/^ *//')
+    done
     rm -f "$srv_crt" "$srv_key" "$web_crt" "$web_key"
 fi
 

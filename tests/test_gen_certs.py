@@ -70,6 +70,19 @@ def test_renew_server_keeps_the_ca_and_adds_sans(tmp_path: Path) -> None:
     assert "DNS:nas.lan" in sans(tmp_path / "broker" / "server.crt")
 
 
+def test_renew_server_adds_names_and_keeps_those_added_before(tmp_path: Path) -> None:
+    """`make broker-cert SAN=...` names more, never fewer: a name or address added by an
+    earlier --san stays in both server certificates when another is added."""
+    gen_certs(tmp_path, "--san", "nas.lan", "--san", "192.0.2.7")
+    gen_certs(tmp_path, "--renew-server", "--san", "homeserver.lan")
+    for cert in (tmp_path / "broker" / "server.crt", tmp_path / "dashboard" / "server.crt"):
+        names = [n.strip() for n in sans(cert).splitlines()[1].split(",")]
+        assert {"DNS:nas.lan", "IP Address:192.0.2.7", "DNS:homeserver.lan"} <= set(names)
+        assert len(names) == len(set(names))
+    assert "DNS:dashboard" not in sans(tmp_path / "broker" / "server.crt")
+    assert "DNS:broker" not in sans(tmp_path / "dashboard" / "server.crt")
+
+
 def test_force_replaces_the_ca(tmp_path: Path) -> None:
     """--force makes a new CA (and a new broker certificate)."""
     gen_certs(tmp_path)
