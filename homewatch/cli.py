@@ -243,10 +243,17 @@ def _dashboard_url(layout: provision.Layout, bind: str, port: int) -> str:
     urls = dashboard_access.urls(layout, bind, port, lan=dashboard_access.lan_address())
     cert_file = dashboard_access.dashboard_dir(layout) / "server.crt"
     host = urls[0].split("//", 1)[1].rsplit(":", 1)[0]
-    if cert_file.is_file() and not pki.names_host(pki.load_cert(cert_file), host):
+    try:
+        named = not cert_file.is_file() or pki.names_host(pki.load_cert(cert_file), host)
+    except ValueError:
+        sys.stderr.write(f"homewatch: warning: {cert_file} is not a certificate: remake "
+                         "it with make broker-cert\n")
+        named = True
+    if not named:
         sys.stderr.write(f"homewatch: warning: the dashboard's certificate does not name "
                          f"{host}: browsers will refuse it. Fix: make broker-cert "
                          f"SAN=\"{host.strip('[]')}\"\n")
+    bind = bind.strip("[]")
     listening = f"[{bind}]" if ":" in bind else bind
     return (f"dashboard: {' or '.join(urls)} (listening on {listening}:{port}); log in with "
             f"the password in {dashboard_access.dashboard_dir(layout) / 'password'} (new "

@@ -154,10 +154,14 @@ def urls(layout: Layout, bind: str, port: int, *, lan: str | None) -> list[str]:
     host names with a domain its certificate names (``homeserver.local``, names added
     with ``make broker-cert``). Without a LAN address: the certificate's first address
     that is not loopback."""
+    bind = bind.strip("[]")  # an IPv6 address may come written as in a URL
     if bind not in ALL_ADDRESSES:
         return [f"https://{_url_host(bind)}:{port}/"]
     cert_file = dashboard_dir(layout) / "server.crt"
-    names = pki.subject_alt_names(pki.load_cert(cert_file)) if cert_file.is_file() else []
+    try:
+        names = pki.subject_alt_names(pki.load_cert(cert_file)) if cert_file.is_file() else []
+    except ValueError:  # not a certificate: no names to offer (make up says what to do)
+        names = []
     hosts: list[str] = []
     addresses = [n for n in names if _is_ip(n) and not ipaddress.ip_address(n).is_loopback]
     if lan is not None or addresses:

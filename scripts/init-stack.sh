@@ -48,6 +48,7 @@ if [[ -f $alerts ]]; then
 fi
 # DASHBOARD_BIND and DASHBOARD_PORT as Compose publishes the dashboard; the URL's host as
 # `make up` finds it (this server's LAN address: the host's network namespace).
+# (What it says is for people: a failure here is reported, never fatal to the stack.)
 (cd "$(dirname "$certs")" && homewatch --certs "$(basename "$certs")" dashboard url) \
-    | sed 's/^/init: /'
+    | sed 's/^/init: /' || echo "init: dashboard: its address could not be worked out (see above)"
 echo "init: certs/ ready"

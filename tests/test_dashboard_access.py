@@ -215,6 +215,9 @@ def test_dashboard_urls_follow_the_bind_address_and_the_certificates_names(
     assert urls(named_layout, "127.0.0.1", 9443, lan="192.0.2.55") == [
         "https://127.0.0.1:9443/"]
     assert urls(named_layout, "::1", 8443, lan=None) == ["https://[::1]:8443/"]
+    assert urls(named_layout, "[::1]", 8443, lan=None) == ["https://[::1]:8443/"]
+    assert urls(named_layout, "[::]", 8443, lan="192.0.2.55") == urls(
+        named_layout, "0.0.0.0", 8443, lan="192.0.2.55")
     assert urls(named_layout, "0.0.0.0", 8443, lan="192.0.2.55") == [
         "https://192.0.2.55:8443/", "https://homeserver.local:8443/",
         "https://homeserver.lan:8443/"]
@@ -244,3 +247,18 @@ def test_dashboard_url_command_names_the_password_file_never_the_password(
     assert r.stderr.splitlines() == [
         "homewatch: warning: the dashboard's certificate does not name 192.0.2.77: browsers "
         'will refuse it. Fix: make broker-cert SAN="192.0.2.77"']
+
+
+def test_dashboard_url_with_a_damaged_certificate_warns_and_still_answers(
+        named_layout: provision.Layout) -> None:
+    """A dashboard certificate that is not one (what the init service meets, then logs)
+    is a one-line warning, not a traceback; the line still names the password's file."""
+    (named_layout.root / "dashboard" / "server.crt").write_text("not a certificate\n")
+    for bind in ("0.0.0.0", "[::1]"):
+        r = homewatch_cli(named_layout.root, "dashboard", "url", "--bind", bind)
+        assert r.stdout.startswith("dashboard: https://") and "dashboard/password" in r.stdout
+        assert "Traceback" not in r.stderr
+    assert r.stdout.startswith("dashboard: https://[::1]:8443/ (listening on [::1]:8443)")
+    assert r.stderr.splitlines() == [
+        f"homewatch: warning: {named_layout.root / 'dashboard' / 'server.crt'} is not a "
+        "certificate: remake it with make broker-cert"]
