@@ -239,22 +239,22 @@ def _dashboard_url(layout: provision.Layout, bind: str, port: int) -> str:
     """Where the dashboard is and where its password is; a warning on stderr when its
     certificate does not name the host of the first URL (browsers would refuse it)."""
     from homewatch import dashboard_access, pki
+    from homewatch.url import url_host
 
-    urls = dashboard_access.urls(layout, bind, port, lan=dashboard_access.lan_address())
+    hosts = dashboard_access.hosts(layout, bind, lan=dashboard_access.lan_address())
+    urls = [f"https://{url_host(h)}:{port}/" for h in hosts]
     cert_file = dashboard_access.dashboard_dir(layout) / "server.crt"
-    host = urls[0].split("//", 1)[1].rsplit(":", 1)[0]
     try:
-        named = not cert_file.is_file() or pki.names_host(pki.load_cert(cert_file), host)
+        named = not cert_file.is_file() or pki.names_host(pki.load_cert(cert_file), hosts[0])
     except ValueError:
         sys.stderr.write(f"homewatch: warning: {cert_file} is not a certificate: remake "
                          "it with make broker-cert\n")
         named = True
     if not named:
         sys.stderr.write(f"homewatch: warning: the dashboard's certificate does not name "
-                         f"{host}: browsers will refuse it. Fix: make broker-cert "
-                         f"SAN=\"{host.strip('[]')}\"\n")
-    bind = bind.strip("[]")
-    listening = f"[{bind}]" if ":" in bind else bind
+                         f"{hosts[0]}: browsers will refuse it. Fix: make broker-cert "
+                         f"SAN=\"{hosts[0]}\"\n")
+    listening = url_host(bind.strip("[]"))
     return (f"dashboard: {' or '.join(urls)} (listening on {listening}:{port}); log in with "
             f"the password in {dashboard_access.dashboard_dir(layout) / 'password'} (new "
             "one: make dashboard-password)")

@@ -29,6 +29,7 @@ from homewatch.errors import ProvisionError
 from homewatch.passwords import hash_password, new_password
 from homewatch.provision import Layout, describe_identities
 from homewatch.secrets import ensure_private_dir, write_private_file
+from homewatch.url import url_host
 
 PASSWORD_MAX = 256
 ALL_ADDRESSES = ("", "0.0.0.0", "::")  # noqa: S104 (names them, binds nothing)
@@ -141,34 +142,32 @@ def lan_address() -> str | None:
     return address
 
 
-def _url_host(host: str) -> str:
-    try:
-        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
-    except ValueError:
-        return host
-
-
-def urls(layout: Layout, bind: str, port: int, *, lan: str | None) -> list[str]:
-    """Where browsers reach the dashboard listening on ``bind``:``port``: that one
-    address; on all addresses, the LAN address ``lan`` (as `make up` says), then the
-    host names with a domain its certificate names (``homeserver.local``, names added
-    with ``make broker-cert``). Without a LAN address: the certificate's first address
-    that is not loopback."""
+def hosts(layout: Layout, bind: str, *, lan: str | None) -> list[str]:
+    """Where browsers reach the dashboard listening on ``bind``: that one address; on all
+    addresses, the LAN address ``lan`` (as `make up` says), then the host names with a
+    domain its certificate names (``homeserver.local``, names added with ``make
+    broker-cert``). Without a LAN address: the certificate's first address that is not
+    loopback."""
     bind = bind.strip("[]")  # an IPv6 address may come written as in a URL
     if bind not in ALL_ADDRESSES:
-        return [f"https://{_url_host(bind)}:{port}/"]
+        return [bind]
     cert_file = dashboard_dir(layout) / "server.crt"
     try:
         names = pki.subject_alt_names(pki.load_cert(cert_file)) if cert_file.is_file() else []
     except ValueError:  # not a certificate: no names to offer (make up says what to do)
         names = []
-    hosts: list[str] = []
+    found: list[str] = []
     addresses = [n for n in names if _is_ip(n) and not ipaddress.ip_address(n).is_loopback]
     if lan is not None or addresses:
-        hosts.append(lan if lan is not None else addresses[0])
-    hosts += [n for n in names if not _is_ip(n) and "." in n
+        found.append(lan if lan is not None else addresses[0])
+    found += [n for n in names if not _is_ip(n) and "." in n
               and n.lower() not in ("localhost", "localhost.localdomain")]
-    return [f"https://{_url_host(h)}:{port}/" for h in dict.fromkeys(hosts or ["localhost"])]
+    return list(dict.fromkeys(found or ["localhost"]))
+
+
+def urls(layout: Layout, bind: str, port: int, *, lan: str | None) -> list[str]:
+    """The :func:`hosts` as the dashboard's URLs on ``port``."""
+    return [f"https://{url_host(h)}:{port}/" for h in hosts(layout, bind, lan=lan)]
 
 
 def _is_ip(text: str) -> bool:

@@ -31,8 +31,12 @@ class BrokerURL:
 
     def __str__(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}/{self.base}"
+        return f"{scheme}://{url_host(self.host)}:{self.port}/{self.base}"
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def is_loopback(host: str) -> bool:
